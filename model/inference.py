@@ -1,0 +1,161 @@
+"""Running a Darknet network on decoded images: device choice and the ``Detector``."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.darknet import Darknet
+from model.errors import CfgError, ImageError, ModelError
+from model.postprocess import non_max_suppression, scale_boxes
+from model.preprocess import PAD_COLOR, letterbox, to_tensor
+from model.weights import load_weights
+
+logger = logging.getLogger(__name__)
+
+_CUDA_SPEC = re.compile(r"cuda(?::(\d+))?")
+
+
+def select_device(spec: str = "auto", index: int = 0) -> torch.device:
+    """Turn a device spec into a ``torch.device``.
+
+    ``"auto"``: ``cuda:{index % gpu_count}`` when GPUs exist, else the CPU (``index``
+    spreads workers over GPUs); ``"cpu"``; ``"cuda"`` (like auto, but GPUs are required);
+    ``"cuda:N"``. Raises ValueError for anything else or for a GPU that is not there.
+    """
+    spec = spec.strip().lower()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "auto":
+        return torch.device(f"cuda:{index % gpus}") if gpus else torch.device("cpu")
+    match = _CUDA_SPEC.fullmatch(spec)
+    if match is None:
+        raise ValueError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")
+    if not gpus:
+        raise ValueError(f"device '{spec}' requested but no CUDA GPU is available")
+    number = index % gpus if match.group(1) is None else int(match.group(1))
+    if number >= gpus:
+        raise ValueError(f"device '{spec}' requested but only {gpus} CUDA GPU(s) exist")
+    return torch.device(f"cuda:{number}")
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Class names, one per non-empty line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read names file: {exc}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _build_network(cfg: Path, img_size: int) -> Darknet:
+    """Build the network for ``img_size``, explaining a size the network cannot take."""
+    try:
+        return Darknet(cfg, img_size)
+    except CfgError as exc:
+        try:
+            native = Darknet(cfg)  # at the cfg's own [net] size
+        except CfgError:
+            raise exc from None
+        if img_size % native.max_stride:
+            raise ModelError(f"img_size {img_size} must be a multiple of the network's "
+                             f"largest stride, {native.max_stride}") from exc
+        raise
+
+
+class Detector:
+    """A loaded, fused network in eval mode plus the pipeline around it.
+
+    Build one with :meth:`Detector.load`; :meth:`detect` takes decoded BGR images.
+    """
+
+    def __init__(self, model: Darknet, names: list[str], device: torch.device, img_size: int,
+                 model_name: str) -> None:
+        if len(names) != model.num_classes:
+            raise ModelError(f"{len(names)} class names for a network with "
+                             f"{model.num_classes} classes")
+        self.model = model
+        self.names = names
+        self.device = device
+        self.img_size = img_size
+        self.model_name = model_name
+        self.stride = model.max_stride
+
+    @classmethod
+    def load(cls, cfg: str | Path, weights: str | Path | None, names: str | Path,
+             img_size: int = 512, device: str = "auto") -> Detector:
+        """Build the network from ``cfg``, load ``weights`` (random weights when None),
+        fuse it and move it to ``device`` (see :func:`select_device`).
+
+        Raises CfgError / WeightsError / ModelError for unusable files or settings and
+        ValueError for a bad device spec.
+        """
+        cfg, names_path = Path(cfg), Path(names)
+        torch_device = select_device(device)
+        class_names = read_names(names_path)
+        model = _build_network(cfg, img_size)
+        if len(class_names) != model.num_classes:
+            raise ModelError(f"{names_path}: {len(class_names)} class names, but {cfg} has "
+                             f"{model.num_classes} classes")
+        if weights is None:
+            logger.warning("no weights given for %s: the network has random weights", cfg)
+            model_name = cfg.stem
+        else:
+            load_weights(model, weights)
+            model_name = f"{cfg.stem}:{Path(weights).stem}"
+        model.eval()
+        model.fuse()
+        model.to(torch_device)
+        logger.info("loaded %s on %s at %d px (%d classes)", model_name, torch_device,
+                    img_size, model.num_classes)
+        return cls(model, class_names, torch_device, img_size, model_name)
+
+    def detect(self, images: Sequence[np.ndarray], conf_thres: float = 0.3,
+               iou_thres: float = 0.6, agnostic: bool = False,
+               max_det: int = 300) -> list[list[dict[str, Any]]]:
+        """Detect objects in BGR ``uint8`` HxWx3 images (sizes may differ), in one batch.
+
+        Returns, per image, detections sorted by confidence, each
+        ``{"label", "class_id", "confidence", "box": {"x1", "y1", "x2", "y2"}}`` with the
+        box in that image's pixels (clipped to it; boxes left empty by clipping, i.e.
+        wholly in the letterbox padding, are dropped).
+        """
+        if len(images) == 0:
+            return []
+        for position, img in enumerate(images):
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
+                raise ImageError(f"image {position}: expected a BGR uint8 HxWx3 array, got "
+                                 f"{img.dtype} {img.shape}")
+        boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
+        batch = to_tensor([b[0] for b in boxed]).to(self.device)
+        with torch.inference_mode():
+            pred = self.model(batch)[0]
+            per_image = non_max_suppression(pred, conf_thres, iou_thres, agnostic, max_det)
+        results = []
+        for img, (_, ratio, pad), dets in zip(images, boxed, per_image, strict=True):
+            rows = scale_boxes(dets.cpu(), ratio, pad, img.shape[:2])
+            # A box that lies wholly in the letterbox padding is empty once clipped.
+            rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])]
+            results.append([self._as_dict(row) for row in rows.tolist()])
+        return results
+
+    def _as_dict(self, row: list[float]) -> dict[str, Any]:
+        x1, y1, x2, y2, confidence, class_id = row
+        return {
+            "label": self.names[int(class_id)],
+            "class_id": int(class_id),
+            "confidence": round(confidence, 4),
+            "box": {"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2),
+                    "y2": round(y2, 2)},
+        }
+
+    def warmup(self) -> None:
+        """Run the whole pipeline once on a blank image (allocations, CUDA kernels)."""
+        self.detect([np.full((self.img_size, self.img_size, 3), PAD_COLOR, np.uint8)])

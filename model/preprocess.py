@@ -1,0 +1,186 @@
+"""Image pre-processing: safe decoding, letterboxing and batching into a tensor.
+
+Everything here is a pure function of its arguments, so the service can run it in a
+worker process and the tests can run it without a model.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import struct
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from model.errors import ImageDecodeError, ImageTooLargeError
+
+logger = logging.getLogger(__name__)
+
+# Pillow's names for the formats we accept, in the order they are tried.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+
+PAD_COLOR = (114, 114, 114)
+
+_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk type followed by its (constant) CRC
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded JPEG, PNG, BMP or WebP image into a BGR ``uint8`` HxWx3 array.
+
+    The dimensions are read from the header first, so an image claiming more than
+    ``max_pixels`` pixels is refused before any pixel data is decompressed.
+    Grayscale, alpha and 16-bit images come back as 8-bit BGR; the EXIF orientation of a
+    JPEG is applied (as OpenCV does by default), so boxes refer to the upright image.
+
+    Raises:
+        ImageTooLargeError: width * height exceeds ``max_pixels`` (or Pillow's own
+            decompression-bomb limit).
+        ImageDecodeError: empty, unrecognised, unsupported, truncated or corrupt data.
+    """
+    if not data:
+        raise ImageDecodeError("empty image data")
+    fmt, width, height = _read_header(data)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, more than the "
+            f"{max_pixels} allowed")
+    _check_complete(data, fmt)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ImageDecodeError(f"cannot decode {fmt} image: {exc}") from exc
+    if img is None:
+        raise ImageDecodeError(f"cannot decode {fmt} image: the data is corrupt")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ImageDecodeError(f"cannot decode {fmt} image: unexpected pixel layout "
+                               f"{img.shape} {img.dtype}")
+    if sorted(img.shape[:2]) != sorted((height, width)):
+        raise ImageDecodeError(f"cannot decode {fmt} image: decoded size "
+                               f"{img.shape[1]}x{img.shape[0]} differs from the header's "
+                               f"{width}x{height}")
+    return img
+
+
+def _read_header(data: bytes) -> tuple[str, int, int]:
+    """Return (format, width, height) from the header alone; decodes no pixels."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        # Checked first: Pillow cannot even open an incomplete WebP.
+        riff_size = struct.unpack_from("<I", data, 4)[0]
+        if len(data) < 8 + riff_size:
+            raise ImageDecodeError(
+                f"truncated WebP: {len(data)} bytes, the header announces {8 + riff_size}")
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as im:
+            fmt, (width, height) = str(im.format), im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # The warning only arrives as an exception where warnings are errors.
+        raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            "unrecognised or unsupported image format (supported: JPEG, PNG, BMP, WebP)"
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        raise ImageDecodeError(f"cannot read the image header: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image header gives an empty size {width}x{height}")
+    return fmt, width, height
+
+
+def _check_complete(data: bytes, fmt: str) -> None:
+    """Refuse truncated files cheaply, by their structure, before decoding.
+
+    Some OpenCV builds return a partially decoded (grey-filled) image for a truncated
+    JPEG, so completeness is checked here rather than trusted to the decoder.
+    """
+    if fmt == "JPEG" and not _jpeg_complete(data):
+        raise ImageDecodeError("truncated JPEG: no end-of-image marker after the scan data")
+    if fmt == "PNG" and _PNG_IEND not in data:
+        raise ImageDecodeError("truncated PNG: no IEND chunk")
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True if an EOI marker (FFD9) follows the first start-of-scan segment.
+
+    Marker segments before the first scan are skipped by their lengths, so an EOI inside
+    an embedded EXIF thumbnail does not count. Entropy-coded data never contains FFD9
+    (0xFF bytes there are stuffed as FF00 or are restart markers), so any FFD9 after the
+    scan starts is a real end of image; trailing bytes after it are allowed.
+    """
+    pos = 2  # after SOI
+    n = len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            # Not the segment structure we expect (some writers leave junk between
+            # segments): settle for any end-of-image marker further on.
+            return data.find(b"\xff\xd9", pos) != -1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI before any scan: nothing to decode
+            return False
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # standalone markers
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", pos + 2 + length) != -1
+        pos += 2 + length
+    return False
+
+
+def letterbox(img: np.ndarray, new_shape: int | tuple[int, int], stride: int = 32,
+              auto: bool = False, color: tuple[int, int, int] = PAD_COLOR,
+              ) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize ``img`` keeping its aspect ratio and pad it to ``new_shape`` (h, w).
+
+    The scale is ``r = min(new_h / h0, new_w / w0)`` (small images are enlarged). With
+    ``auto=False`` the result is exactly ``new_shape``; with ``auto=True`` each side is
+    padded only up to the next multiple of ``stride``. Padding is split evenly, the odd
+    pixel going to the bottom/right.
+
+    Returns:
+        (image, r, (pad_left, pad_top)): map a letterboxed point back with
+        ``x0 = (x - pad_left) / r`` and ``y0 = (y - pad_top) / r``.
+    """
+    if img.ndim < 2 or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"letterbox needs a non-empty image, got shape {img.shape}")
+    new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    if new_h <= 0 or new_w <= 0:
+        raise ValueError(f"new_shape must be positive, got {new_shape}")
+    h0, w0 = img.shape[:2]
+    r = min(new_h / h0, new_w / w0)
+    resized_w, resized_h = max(1, round(w0 * r)), max(1, round(h0 * r))
+    if (resized_w, resized_h) != (w0, h0):
+        interpolation = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(img, (resized_w, resized_h), interpolation=interpolation)
+    if auto:
+        out_w = math.ceil(resized_w / stride) * stride
+        out_h = math.ceil(resized_h / stride) * stride
+    else:
+        out_w, out_h = new_w, new_h
+    pad_w, pad_h = out_w - resized_w, out_h - resized_h
+    left, top = pad_w // 2, pad_h // 2
+    if pad_w or pad_h:
+        img = cv2.copyMakeBorder(img, top, pad_h - top, left, pad_w - left,
+                                 cv2.BORDER_CONSTANT, value=color)
+    return img, r, (float(left), float(top))
+
+
+def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack same-shape BGR ``uint8`` HxWx3 images into a float (N, 3, H, W) RGB tensor in 0..1."""
+    if len(images) == 0:
+        raise ValueError("to_tensor needs at least one image")
+    shapes = {img.shape for img in images}
+    if len(shapes) != 1:
+        raise ValueError(f"to_tensor needs images of one shape, got {sorted(shapes)}")
+    shape = shapes.pop()
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"to_tensor needs HxWx3 images, got shape {shape}")
+    batch = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)  # BGR->RGB, NHWC->NCHW
+    return torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255.0)
