@@ -1,0 +1,193 @@
+"""Seed N detection records and time filtered history pages (EXPLAIN ANALYZE + wall clock).
+
+    python -m bench.history_query                  # 100,000 records, throw-away embedded PG
+    python -m bench.history_query --records 20000
+    DATABASE_URL=postgresql://... python -m bench.history_query   # an existing server
+                                                   # (creates and drops database yolo_bench)
+
+Records are written through ``db.save_records`` (the service's own write path) and read
+through ``db.history_query`` / ``db.list_detections``. Labels follow a skewed distribution
+(common ``go``/``stop``, rare ``warningLeft``) over 90 days, so both frequent and rare
+label filters are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+import db
+from utils.embedded_pg import EmbeddedPostgres
+from utils.migrate import migrate
+
+log = logging.getLogger("bench.history_query")
+
+LABELS = {"go": 0.35, "stop": 0.30, "stopLeft": 0.12, "goLeft": 0.12, "warning": 0.10,
+          "warningLeft": 0.01}
+DAYS = 90
+BATCH = 2000
+BENCH_DB = "yolo_bench"
+
+
+def make_records(n: int, end: datetime, rng: random.Random) -> list[db.Record]:
+    names, weights = list(LABELS), list(LABELS.values())
+    span = DAYS * 86400
+    records = []
+    for i in range(n):
+        created = end - timedelta(seconds=span * (n - i) / n + rng.random())
+        detections = []
+        for _ in range(rng.choice((0, 1, 1, 2, 2, 3, 4))):
+            label = rng.choices(names, weights)[0]
+            x, y = rng.uniform(0, 600), rng.uniform(0, 400)
+            detections.append({"label": label, "class_id": names.index(label),
+                               "confidence": round(rng.uniform(0.3, 0.99), 4),
+                               "box": {"x1": x, "y1": y, "x2": x + 20, "y2": y + 50}})
+        records.append(db.Record(
+            id=uuid.uuid4(), created_at=created, filename=f"cam{i % 7}/frame_{i:06d}.jpg",
+            sha256=f"{i:064x}", width=640, height=480, model="bench", inference_ms=40.0,
+            detections=detections))
+    return records
+
+
+async def seed(pool: asyncpg.Pool, n: int, end: datetime) -> float:
+    rng = random.Random(42)
+    started = time.perf_counter()
+    for offset in range(0, n, BATCH):
+        await db.save_records(pool, make_records(min(BATCH, n - offset), end, rng))
+    # Steady state: what autovacuum does soon after a bulk load (statistics, visibility map).
+    async with pool.acquire() as conn:
+        await conn.execute("VACUUM ANALYZE")
+    return time.perf_counter() - started
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, float]:
+    await fn()  # warm the cache
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+async def explain(pool: asyncpg.Pool, filters: db.HistoryFilter, limit: int,
+                  cursor: db.Cursor | None) -> tuple[float, str]:
+    sql, args = db.history_query(filters, limit=limit, cursor=cursor)
+    rows = await pool.fetch(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT TEXT) {sql}", *args)
+    lines = [row[0] for row in rows]
+    execution = next(float(line.split()[2]) for line in lines
+                     if line.startswith("Execution Time"))
+    top_scan = next((line.strip() for line in lines if "Index" in line or "Seq Scan" in line),
+                    lines[0].strip())
+    return execution, top_scan
+
+
+async def cursor_after(pool: asyncpg.Pool, filters: db.HistoryFilter, limit: int,
+                       pages: int) -> db.Cursor | None:
+    cursor = None
+    for _ in range(pages):
+        page = await db.list_detections(pool, filters, limit=limit, cursor=cursor)
+        cursor = page.next_cursor
+    return cursor
+
+
+async def run(dsn: str, n: int, limit: int, repeat: int) -> None:
+    pool = await db.create_pool({"dsn": dsn}, minsize=1, maxsize=4)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        end = datetime.now(timezone.utc)
+        existing = await pool.fetchval("SELECT count(*) FROM detections")
+        if existing < n:
+            seconds = await seed(pool, n - existing, end)
+            print(f"seeded {n - existing:,} records in {seconds:.1f} s "
+                  f"({(n - existing) / seconds:,.0f} records/s)")
+        total = await pool.fetchval("SELECT count(*) FROM detections")
+        boxes = await pool.fetchval("SELECT count(*) FROM detection_labels")
+        print(f"{total:,} records, {boxes:,} (record, label) index rows\n")
+
+        week = end - timedelta(days=7)
+        cases = [
+            ("newest page, no filter", db.HistoryFilter(), 0),
+            ("label=stop (30% of boxes)", db.HistoryFilter(label="stop"), 0),
+            ("label=warningLeft (1%)", db.HistoryFilter(label="warningLeft"), 0),
+            ("label=go, last 7 days, min_conf 0.8",
+             db.HistoryFilter(label="go", since=week, until=end, min_confidence=0.8), 0),
+            ("label=stop, page 21 (cursor)", db.HistoryFilter(label="stop"), 20),
+            ("min_confidence=0.95, no label", db.HistoryFilter(min_confidence=0.95), 0),
+            ("label=goLeft, a 1-day window 60 days ago",
+             db.HistoryFilter(label="goLeft", since=end - timedelta(days=60),
+                              until=end - timedelta(days=59)), 0),
+            ("filename contains 'cam3/frame_0999'", db.HistoryFilter(filename="cam3/frame_0999"), 0),
+        ]
+        header = f"{'query (limit ' + str(limit) + ')':48} {'EXPLAIN ms':>10} {'median ms':>10} {'p95 ms':>8}  plan"
+        print(header)
+        print("-" * len(header))
+        for name, filters, pages in cases:
+            cursor = await cursor_after(pool, filters, limit, pages)
+            execution, plan = await explain(pool, filters, limit, cursor)
+            median, p95 = await timed(
+                lambda f=filters, c=cursor: db.list_detections(pool, f, limit=limit, cursor=c),
+                repeat)
+            print(f"{name:48} {execution:10.2f} {median:10.2f} {p95:8.2f}  {plan[:60]}")
+        median, p95 = await timed(lambda: db.stats(pool), max(3, repeat // 4))
+        print(f"{'stats (all labels, all days)':48} {'':>10} {median:10.2f} {p95:8.2f}")
+    finally:
+        await db.close_pool(pool, 10)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        admin = await asyncpg.connect(url)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
+            await admin.execute(f"CREATE DATABASE {BENCH_DB}")
+        finally:
+            await admin.close()
+        dsn = urlunsplit(urlsplit(url)._replace(path="/" + BENCH_DB))
+        try:
+            await run(dsn, args.records, args.limit, args.repeat)
+        finally:
+            admin = await asyncpg.connect(url)
+            try:
+                await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+            finally:
+                await admin.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="yolo-bench-") as folder:
+        server = EmbeddedPostgres(Path(folder) / "pgdata")
+        await asyncio.to_thread(server.start)
+        try:
+            await db.ensure_database(server.dsn, BENCH_DB)
+            await run(server.dsn_for(BENCH_DB), args.records, args.limit, args.repeat)
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--limit", type=int, default=50, help="page size")
+    parser.add_argument("--repeat", type=int, default=30, help="timed runs per query")
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

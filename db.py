@@ -1,0 +1,356 @@
+"""Detection history in PostgreSQL: connection pool, records, images, queries.
+
+Query functions take an ``asyncpg.Pool`` and return frozen dataclasses; a missing row
+raises :class:`RecordNotFound`, which handlers map to 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 200
+
+
+class RecordNotFound(LookupError):
+    """No detection record (or stored image) with that id."""
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor that this service did not produce."""
+
+
+# ---------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class Record:
+    """One analysed image and what the model found in it."""
+
+    id: UUID
+    created_at: datetime
+    filename: str
+    sha256: str
+    width: int
+    height: int
+    model: str
+    inference_ms: float
+    detections: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "created_at": self.created_at.isoformat(),
+            "filename": self.filename,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "model": self.model,
+            "inference_ms": self.inference_ms,
+            "detections": self.detections,
+        }
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    sha256: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """History filters. ``label`` and ``min_confidence`` together mean: a box of that label
+    with at least that confidence. ``since`` is inclusive, ``until`` exclusive; ``filename``
+    is a case-insensitive substring."""
+
+    label: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    min_confidence: float | None = None
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the (created_at, id) of the last record of a page."""
+
+    created_at: datetime
+    id: UUID
+
+    def encode(self) -> str:
+        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            stamp, ident = raw.split("|")
+            created_at = datetime.fromisoformat(stamp)
+            if created_at.tzinfo is None:
+                raise ValueError("naive timestamp")
+            return cls(created_at, UUID(ident))
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise InvalidCursor("invalid cursor") from exc
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Record]
+    next_cursor: Cursor | None
+
+
+@dataclass(frozen=True)
+class LabelCount:
+    label: str
+    records: int
+    boxes: int
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: date
+    records: int
+    boxes: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    records: int
+    boxes: int
+    labels: list[LabelCount] = field(default_factory=list)
+    days: list[DayCount] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "boxes": self.boxes,
+            "labels": [{"label": c.label, "records": c.records, "boxes": c.boxes}
+                       for c in self.labels],
+            "days": [{"day": c.day.isoformat(), "records": c.records, "boxes": c.boxes}
+                     for c in self.days],
+        }
+
+
+# ---------------------------------------------------------------- pool and lifecycle
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
+                              schema="pg_catalog")
+
+
+async def create_pool(connect: dict[str, Any], *, minsize: int, maxsize: int) -> asyncpg.Pool:
+    """An asyncpg pool whose connections speak jsonb as Python objects."""
+    return await asyncpg.create_pool(**connect, min_size=minsize, max_size=maxsize,
+                                     init=_init_connection)
+
+
+async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
+    """Close gracefully, waiting at most ``timeout`` seconds for connections to be released."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.warning("database connections still busy after %.0fs; terminating them", timeout)
+        pool.terminate()
+
+
+async def ensure_database(admin_dsn: str, database: str) -> None:
+    """Create ``database`` on the server if it does not exist (embedded mode)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            ident = '"' + database.replace('"', '""') + '"'
+            await conn.execute(f"CREATE DATABASE {ident}")
+            log.info("created database %s", database)
+    finally:
+        await conn.close()
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
+    """Raise if the database does not answer within ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+
+# ---------------------------------------------------------------- writes
+
+def _label_rows(record: Record) -> list[tuple[UUID, str, datetime, int, float]]:
+    per_label: dict[str, tuple[int, float]] = {}
+    for det in record.detections:
+        boxes, best = per_label.get(det["label"], (0, 0.0))
+        per_label[det["label"]] = (boxes + 1, max(best, float(det["confidence"])))
+    return [(record.id, label, record.created_at, boxes, best)
+            for label, (boxes, best) in sorted(per_label.items())]
+
+
+async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
+                       images: Sequence[StoredImage] = ()) -> None:
+    """Insert records (and their original images) in one transaction.
+
+    Idempotent: a record whose id exists already, or an image whose sha256 exists
+    already, is left as it is.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if images:
+            await conn.executemany(
+                "INSERT INTO images (sha256, content_type, size_bytes, data) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
+                [(img.sha256, img.content_type, len(img.data), img.data) for img in images])
+        await conn.executemany(
+            "INSERT INTO detections (id, created_at, filename, sha256, width, height, model, "
+            "inference_ms, detections, num_detections, max_confidence) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            [(r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
+              r.inference_ms, r.detections, len(r.detections),
+              max((float(d["confidence"]) for d in r.detections), default=None))
+             for r in records])
+        label_rows = [row for r in records for row in _label_rows(r)]
+        if label_rows:
+            await conn.executemany(
+                "INSERT INTO detection_labels (detection_id, label, created_at, boxes, "
+                "max_confidence) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                label_rows)
+
+
+# ---------------------------------------------------------------- reads
+
+_COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "
+            "d.inference_ms, d.detections")
+
+
+def _record(row: asyncpg.Record) -> Record:
+    return Record(id=row["id"], created_at=row["created_at"], filename=row["filename"],
+                  sha256=row["sha256"], width=row["width"], height=row["height"],
+                  model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
+                  detections=row["detections"])
+
+
+async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:
+    """One record by id; raises RecordNotFound."""
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM detections d WHERE d.id = $1",
+                              detection_id)
+    if row is None:
+        raise RecordNotFound(f"no detection with id {detection_id}")
+    return _record(row)
+
+
+async def get_image(pool: asyncpg.Pool, detection_id: UUID) -> tuple[Record, StoredImage]:
+    """A record and its stored original; raises RecordNotFound for either."""
+    record = await get_detection(pool, detection_id)
+    row = await pool.fetchrow("SELECT content_type, data FROM images WHERE sha256 = $1",
+                              record.sha256)
+    if row is None:
+        raise RecordNotFound(f"the image of detection {detection_id} was not stored")
+    return record, StoredImage(record.sha256, row["content_type"], bytes(row["data"]))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def history_query(filters: HistoryFilter, *, limit: int,
+                  cursor: Cursor | None = None) -> tuple[str, list[Any]]:
+    """The SQL and arguments of one history page (``limit + 1`` rows, to see if more exist).
+
+    With a label, rows are read in order from the ``detection_labels`` index on
+    (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
+    of ``detections``. Either way a page costs about ``limit`` index entries.
+    """
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if filters.label is not None:
+        source = "detection_labels t JOIN detections d ON d.id = t.detection_id"
+        where = [f"t.label = {arg(filters.label)}"]
+        order_at, order_id, conf = "t.created_at", "t.detection_id", "t.max_confidence"
+    else:
+        source = "detections d"
+        where = []
+        order_at, order_id, conf = "d.created_at", "d.id", "d.max_confidence"
+    if filters.min_confidence is not None:
+        where.append(f"{conf} >= {arg(filters.min_confidence)}")
+    if filters.since is not None:
+        where.append(f"{order_at} >= {arg(filters.since)}")
+    if filters.until is not None:
+        where.append(f"{order_at} < {arg(filters.until)}")
+    if filters.filename:
+        where.append(f"d.filename ILIKE {arg('%' + _escape_like(filters.filename) + '%')}")
+    if cursor is not None:
+        where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
+    sql = (f"SELECT {_COLUMNS} FROM {source}"
+           + (f" WHERE {' AND '.join(where)}" if where else "")
+           + f" ORDER BY {order_at} DESC, {order_id} DESC LIMIT {arg(limit + 1)}")
+    return sql, args
+
+
+async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFilter(), *,
+                          limit: int = 50, cursor: Cursor | None = None) -> Page:
+    """One page of history, newest first, keyset-paginated on (created_at, id)."""
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be within 1..{MAX_PAGE_SIZE}")
+    sql, args = history_query(filters, limit=limit, cursor=cursor)
+    rows = await pool.fetch(sql, *args)
+    items = [_record(row) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = Cursor(last.created_at, last.id)
+    return Page(items, next_cursor)
+
+
+def _range(column: str, since: datetime | None, until: datetime | None,
+           args: list[Any]) -> str:
+    where = []
+    if since is not None:
+        args.append(since)
+        where.append(f"{column} >= ${len(args)}")
+    if until is not None:
+        args.append(until)
+        where.append(f"{column} < ${len(args)}")
+    return f" WHERE {' AND '.join(where)}" if where else ""
+
+
+async def stats(pool: asyncpg.Pool, *, since: datetime | None = None,
+                until: datetime | None = None) -> Stats:
+    """Record and box counts: in total, per label and per UTC day, within [since, until)."""
+    args: list[Any] = []
+    where = _range("created_at", since, until, args)
+    # Three independent aggregates: run them side by side on separate connections.
+    total, labels, days = await asyncio.gather(
+        pool.fetchrow(
+            f"SELECT count(*) AS records, coalesce(sum(num_detections), 0) AS boxes "
+            f"FROM detections{where}", *args),
+        pool.fetch(
+            f"SELECT label, count(*) AS records, sum(boxes) AS boxes FROM detection_labels"
+            f"{where} GROUP BY label ORDER BY records DESC, label", *args),
+        pool.fetch(
+            f"SELECT created_day AS day, count(*) AS records, "
+            f"coalesce(sum(num_detections), 0) AS boxes FROM detections{where} "
+            f"GROUP BY created_day ORDER BY created_day", *args))
+    return Stats(
+        records=total["records"], boxes=int(total["boxes"]),
+        labels=[LabelCount(r["label"], r["records"], int(r["boxes"])) for r in labels],
+        days=[DayCount(r["day"], r["records"], int(r["boxes"])) for r in days])
+
+
+async def list_labels(pool: asyncpg.Pool) -> list[str]:
+    """Every label that occurs in the history, sorted."""
+    rows = await pool.fetch("SELECT DISTINCT label FROM detection_labels ORDER BY label")
+    return [row["label"] for row in rows]

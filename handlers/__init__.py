@@ -1,0 +1,1 @@
+"""Request handlers: ``api`` (JSON) and ``pages`` (HTML)."""

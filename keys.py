@@ -1,0 +1,18 @@
+"""Typed keys for everything stored on the application."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from aiohttp import web
+
+from pool import DetectorPool
+from settings import Config
+from utils.embedded_pg import EmbeddedPostgres
+
+config_key = web.AppKey("config", Config)
+db_key = web.AppKey("db", asyncpg.Pool)
+embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)
+detector_pool_key = web.AppKey("detector_pool", DetectorPool)
+warmup_task_key = web.AppKey("warmup_task", asyncio.Task)

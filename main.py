@@ -1,0 +1,147 @@
+"""Entry point: ``python main.py [--config PATH]`` serves the detection service.
+
+``init_app(config)`` builds the application in a fixed order: config, templates,
+resources (``cleanup_ctx``: PostgreSQL, then the warm worker pool), routes, middlewares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+import db
+import keys
+from pool import DetectorPool
+from routes import setup_routes
+from settings import BASE_DIR, Config, ConfigError, load_config
+from utils.embedded_pg import EmbeddedPostgres
+from utils.migrate import migrate
+from utils.web_errors import error_middleware
+
+log = logging.getLogger("yolo_service")
+
+TEMPLATES_DIR = BASE_DIR / "system" / "templates"
+
+
+async def pg_context(app: web.Application) -> AsyncIterator[None]:
+    """PostgreSQL: embedded server (when configured), asyncpg pool, migrations."""
+    config = app[keys.config_key].postgres
+    embedded: EmbeddedPostgres | None = None
+    if config.embedded:
+        embedded = EmbeddedPostgres(config.data_dir)
+        await asyncio.to_thread(embedded.start)
+        app[keys.embedded_pg_key] = embedded
+    try:
+        if embedded is not None:
+            await db.ensure_database(embedded.dsn, config.database)
+            connect: dict[str, Any] = {"dsn": embedded.dsn_for(config.database)}
+        else:
+            connect = config.connect_kwargs()
+        pool = await db.create_pool(connect, minsize=config.minsize, maxsize=config.maxsize)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
+            app[keys.db_key] = pool
+            yield
+        finally:
+            await db.close_pool(pool, config.close_timeout)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _warm_up(pool: DetectorPool) -> None:
+    try:
+        await pool.start()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the pool records the error; /readyz and /detect report it
+        log.exception("the detection workers could not be started")
+
+
+def detector_pool_context(
+        shared: DetectorPool | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The worker pool: created and warmed in the background, closed on shutdown.
+
+    Warm-up runs as a task so that the server answers /healthz and /readyz (503) while
+    the workers load; /detect answers 503 until every worker is warm. A ``shared`` pool
+    (tests) is used as it is and left open.
+    """
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if shared is not None:
+            app[keys.detector_pool_key] = shared
+            yield
+            return
+        config = app[keys.config_key]
+        pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
+                            log_level=config.log_level)
+        app[keys.detector_pool_key] = pool
+        task = asyncio.create_task(_warm_up(pool), name="worker-warm-up")
+        app[keys.warmup_task_key] = task
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close(config.server.shutdown_timeout)
+
+    return context
+
+
+async def init_app(config: Config, *, detector_pool: DetectorPool | None = None) -> web.Application:
+    """Build the application; resources start when the app starts (cleanup_ctx)."""
+    app = web.Application(client_max_size=config.server.max_upload_bytes,
+                          middlewares=[error_middleware])
+    app[keys.config_key] = config
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+                         autoescape=jinja2.select_autoescape(["html", "xml"]))
+    app[aiohttp_jinja2.static_root_key] = "/static"
+    app.cleanup_ctx.append(pg_context)
+    app.cleanup_ctx.append(detector_pool_context(detector_pool))
+    setup_routes(app)
+    return app
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="YOLO object detection service")
+    parser.add_argument("--config", help="config file (default: $YOLO_CONFIG or "
+                                         "config/config.yaml)")
+    parser.add_argument("--host", help="override server.host")
+    parser.add_argument("--port", type=int, help="override server.port")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides.setdefault("server", {})["host"] = args.host
+    if args.port is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    logging.getLogger().setLevel(config.log_level)
+    log.info("configuration: %s", config.source)
+    web.run_app(init_app(config), host=config.server.host, port=config.server.port,
+                shutdown_timeout=config.server.shutdown_timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

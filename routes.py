@@ -1,0 +1,27 @@
+"""URL map: pages, JSON API, stored images, health, static files."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from handlers import api, pages
+from settings import BASE_DIR
+
+STATIC_DIR = BASE_DIR / "system" / "static"
+
+
+def setup_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/", pages.index, name="index")
+    router.add_get("/history", pages.history, name="history")
+    router.add_get("/detections/{id}", pages.record_page, name="record")
+    router.add_get("/detections/{id}/image", api.detection_image, name="record_image")
+
+    router.add_post("/detect", api.detect, name="detect")
+    router.add_get("/api/detections", api.list_detections, name="api_detections")
+    router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
+    router.add_get("/api/stats", api.stats, name="api_stats")
+
+    router.add_get("/healthz", api.healthz, name="healthz")
+    router.add_get("/readyz", api.readyz, name="readyz")
+    router.add_static("/static", STATIC_DIR, name="static")

@@ -1,0 +1,347 @@
+"""Service configuration: one YAML file, validated once at start-up.
+
+``load_config`` reads the YAML (path from the argument, else ``$YOLO_CONFIG``, else
+``config/config.yaml``), applies environment overrides (``DATABASE_URL``), checks
+every value and returns a frozen :class:`Config`. A bad value raises
+:class:`ConfigError` whose message starts with the dotted key, e.g.
+``workers.max_workers: must be a positive integer``.
+Relative paths are resolved against the project root, ``BASE_DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+BASE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_PATH = BASE_DIR / "config" / "config.yaml"
+CONFIG_ENV = "YOLO_CONFIG"
+DATABASE_URL_ENV = "DATABASE_URL"
+
+DEVICE_CHOICES = ("auto", "cpu")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    max_upload_mb: float
+    max_pixels: int
+    max_files: int
+    shutdown_timeout: float
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    embedded: bool
+    data_dir: Path
+    dsn: str | None
+    database: str
+    user: str
+    password: str | None
+    host: str
+    port: int
+    minsize: int
+    maxsize: int
+    close_timeout: float
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """asyncpg connection arguments for an external server."""
+        if self.dsn is not None:
+            return {"dsn": self.dsn}
+        return {"database": self.database, "user": self.user, "password": self.password,
+                "host": self.host, "port": self.port}
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    data: Path
+    weights: Path
+    cfg: Path
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    max_workers: int
+    device: str
+    threads_per_worker: int | None
+    img_size: int
+    conf_thres: float
+    iou_thres: float
+    warmup_timeout: float
+    model_path: ModelPaths
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    store_images: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig
+    postgres: PostgresConfig
+    workers: WorkersConfig
+    storage: StorageConfig
+    log_level: str
+    source: Path | None = None
+
+
+# ---------------------------------------------------------------- value checks
+
+class _Section:
+    """Reads typed values from one mapping of the YAML, naming keys in errors."""
+
+    def __init__(self, raw: Any, prefix: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(prefix, "must be a mapping")
+        self.raw = raw
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, default: Any = None, *, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.raw or self.raw[name] is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        return self.raw[name]
+
+    def section(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.raw.get(name), self.key(name))
+
+    def integer(self, name: str, default: int | None = None, *, minimum: int = 1,
+                maximum: int | None = None, required: bool = False) -> int:
+        value = self.get(name, default, required=required)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+                or (maximum is not None and value > maximum):
+            upper = "" if maximum is None else f" <= {maximum}"
+            if minimum == 1:
+                raise ConfigError(self.key(name), f"must be a positive integer{upper}, got {value!r}")
+            upper = "" if maximum is None else f" and <= {maximum}"
+            raise ConfigError(self.key(name), f"must be an integer >= {minimum}{upper}, got {value!r}")
+        return value
+
+    def optional_integer(self, name: str) -> int | None:
+        if self.get(name) is None:
+            return None
+        return self.integer(name)
+
+    def number(self, name: str, default: float, *, low: float = 0.0, high: float | None = None,
+               low_inclusive: bool = False) -> float:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(self.key(name), f"must be a number, got {value!r}")
+        too_low = value < low if low_inclusive else value <= low
+        if too_low or (high is not None and value > high):
+            bracket = "[" if low_inclusive else "("
+            upper = "inf)" if high is None else f"{high}]"
+            raise ConfigError(self.key(name), f"must be in {bracket}{low}, {upper}, got {value!r}")
+        return float(value)
+
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.get(name, default, required=required)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(self.key(name), f"must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be true or false, got {value!r}")
+        return value
+
+    def path(self, name: str, default: str | None = None, *, must_exist: bool = False,
+             required: bool = False) -> Path:
+        value = self.string(name, default, required=required)
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = BASE_DIR / path
+        if must_exist and not path.is_file():
+            raise ConfigError(self.key(name), f"file not found: {path}")
+        return path
+
+    def check_unknown(self) -> None:
+        for name in self.raw:
+            if name not in self.used:
+                raise ConfigError(self.key(str(name)), "unknown key")
+
+
+def _device(section: _Section) -> str:
+    value = section.string("device", "auto").strip().lower()
+    if value in DEVICE_CHOICES:
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise ConfigError(section.key("device"), f"must be auto, cpu or cuda:N, got {value!r}")
+
+
+# ---------------------------------------------------------------- sections
+
+def _server(raw: _Section) -> ServerConfig:
+    s = raw.section("server")
+    config = ServerConfig(
+        host=s.string("host", "127.0.0.1"),
+        port=s.integer("port", 8080, minimum=0, maximum=65535),
+        max_upload_mb=s.number("max_upload_mb", 20.0, high=4096.0),
+        max_pixels=s.integer("max_pixels", 50_000_000),
+        max_files=s.integer("max_files", 16, maximum=1000),
+        shutdown_timeout=s.number("shutdown_timeout", 30.0),
+    )
+    s.check_unknown()
+    return config
+
+
+def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
+    s = raw.section("postgres")
+    dsn = env.get(DATABASE_URL_ENV) or None
+    if dsn is not None and urlsplit(dsn).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(DATABASE_URL_ENV, "must be a postgresql:// URL")
+    embedded = s.boolean("embedded", False) and dsn is None
+    config = PostgresConfig(
+        embedded=embedded,
+        data_dir=s.path("data_dir", "var/pgdata"),
+        dsn=dsn,
+        database=s.string("database", "postgres"),
+        user=s.string("user", "postgres"),
+        password=s.get("password"),
+        host=s.string("host", "127.0.0.1"),
+        port=s.integer("port", 5432, maximum=65535),
+        minsize=s.integer("minsize", 1, minimum=0),
+        maxsize=s.integer("maxsize", 10),
+        close_timeout=s.number("close_timeout", 10.0),
+    )
+    if config.password is not None and not isinstance(config.password, str):
+        raise ConfigError(s.key("password"), "must be a string")
+    if config.minsize > config.maxsize:
+        raise ConfigError(s.key("minsize"), f"must not exceed postgres.maxsize ({config.maxsize})")
+    s.check_unknown()
+    return config
+
+
+def _workers(raw: _Section) -> WorkersConfig:
+    s = raw.section("workers")
+    paths = s.section("model_path")
+    model_path = ModelPaths(
+        data=paths.path("data", required=True, must_exist=True),
+        weights=paths.path("weights", required=True, must_exist=True),
+        cfg=paths.path("cfg", required=True, must_exist=True),
+    )
+    paths.check_unknown()
+    img_size = s.integer("img_size", 512)
+    if img_size % 32:
+        raise ConfigError(s.key("img_size"), f"must be a multiple of 32, got {img_size}")
+    config = WorkersConfig(
+        max_workers=s.integer("max_workers", 1, maximum=256),
+        device=_device(s),
+        threads_per_worker=s.optional_integer("threads_per_worker"),
+        img_size=img_size,
+        conf_thres=s.number("conf_thres", 0.3, high=1.0),
+        iou_thres=s.number("iou_thres", 0.6, high=1.0),
+        warmup_timeout=s.number("warmup_timeout", 300.0),
+        model_path=model_path,
+    )
+    s.check_unknown()
+    return config
+
+
+def _storage(raw: _Section) -> StorageConfig:
+    s = raw.section("storage")
+    config = StorageConfig(store_images=s.boolean("store_images", True))
+    s.check_unknown()
+    return config
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: mappings merge, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                 source: Path | None = None) -> Config:
+    """Validate an already-parsed YAML mapping; raise ConfigError naming the bad key."""
+    env = {} if env is None else env
+    root = _Section(data, "")
+    config = Config(
+        server=_server(root),
+        postgres=_postgres(root, env),
+        workers=_workers(root),
+        storage=_storage(root),
+        log_level=_log_level(root),
+        source=source,
+    )
+    root.check_unknown()
+    return config
+
+
+def _log_level(root: _Section) -> str:
+    s = root.section("logging")
+    level = s.string("level", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(s.key("level"), f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    s.check_unknown()
+    return level
+
+
+def config_path(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Path:
+    """The config file to read: the argument, else $YOLO_CONFIG, else config/config.yaml."""
+    env = os.environ if env is None else env
+    chosen = path if path is not None else env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    resolved = Path(chosen).expanduser()
+    return resolved if resolved.is_absolute() else (Path.cwd() / resolved)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read, override and validate the configuration file."""
+    env = dict(os.environ) if env is None else dict(env)
+    source = config_path(path, env)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {source}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: invalid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"{source}: the top level must be a mapping")
+    if overrides:
+        data = _merge(dict(data), overrides)
+    return parse_config(data, env, source)

@@ -1,0 +1,169 @@
+"""Service test fixtures: a real embedded PostgreSQL, a real model, a real process pool.
+
+- ``pg_server`` (session): an embedded PostgreSQL in a temp directory, started here.
+- ``model_weights`` (session): random weights for tests/data/service-6cls.cfg, saved
+  with the engine's own ``save_weights``.
+- ``database`` (function): a fresh database on that server, dropped after the test.
+- ``make_config`` / ``test_config``: config/test.yaml pointed at those.
+- ``detector_pool`` (session): one warm worker, shared by the apps of all tests (spawn +
+  torch import + warm-up cost seconds; tests of the pool's own lifecycle start their own).
+- ``client``: an aiohttp test client for ``init_app(test_config, detector_pool=...)``.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import cv2
+import numpy as np
+import pytest
+import pytest_asyncio
+import torch
+
+from main import init_app
+from pool import DetectorPool
+from settings import BASE_DIR, Config, load_config
+from utils.embedded_pg import EmbeddedPostgres
+
+TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SERVICE_CFG = DATA_DIR / "service-6cls.cfg"
+SHARED_IMAGES = BASE_DIR.parent / "shared" / "images"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Its own temp dir, not pytest's numbered ones (which a concurrent pytest run may
+    # rotate away). Durability is pointless for throw-away data: fsync off is faster.
+    with tempfile.TemporaryDirectory(prefix="yolo-test-pg-") as folder:
+        server = EmbeddedPostgres(Path(folder) / "data", settings={
+            "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.darknet import Darknet
+    from model.weights import save_weights
+
+    torch.manual_seed(1234)
+    net = Darknet(SERVICE_CFG, img_size=128)
+    path = tmp_path_factory.mktemp("weights") / "service-6cls.pt"
+    save_weights(net, path)
+    return path
+
+
+async def _admin(server: EmbeddedPostgres) -> asyncpg.Connection:
+    return await asyncpg.connect(server.dsn)
+
+
+@pytest.fixture
+async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, empty database name; dropped (connections and all) after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(pg_server)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield name
+    conn = await _admin(pg_server)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def make_config(pg_server: EmbeddedPostgres, model_weights: Path,
+                database: str) -> Callable[..., Config]:
+    """Build a validated Config from config/test.yaml plus overrides."""
+    socket_dir = pg_server.dsn.split("host=")[1].split("&")[0]
+
+    def build(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
+        base: dict[str, Any] = {
+            "postgres": {"host": socket_dir, "port": pg_server.port, "database": database},
+            "workers": {"model_path": {"weights": str(model_weights)}},
+        }
+        return load_config(TEST_CONFIG, env=env or {}, overrides=_merge(base, overrides or {}))
+
+    return build
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def test_config(make_config: Callable[..., Config]) -> Config:
+    return make_config()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def detector_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
+    config = load_config(TEST_CONFIG, env={}, overrides={
+        "workers": {"model_path": {"weights": str(model_weights)}}})
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+    await pool.start()
+    yield pool
+    await pool.close(10)
+
+
+@pytest.fixture
+async def db_pool(test_config: Config) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool on the test database, schema migrated."""
+    import db
+    from utils.migrate import migrate
+
+    pool = await db.create_pool(test_config.postgres.connect_kwargs(), minsize=1, maxsize=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    yield pool
+    await db.close_pool(pool, 5)
+
+
+@pytest.fixture
+async def client(test_config: Config, detector_pool: DetectorPool, aiohttp_client: Any) -> Any:
+    # aiohttp_client comes last: set up after the database, so torn down (app closed) first.
+    app = await init_app(test_config, detector_pool=detector_pool)
+    return await aiohttp_client(app)
+
+
+# ---------------------------------------------------------------- images
+
+def encode(image: np.ndarray, ext: str) -> bytes:
+    ok, data = cv2.imencode(ext, image)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="session")
+def bus_jpeg() -> bytes:
+    return (SHARED_IMAGES / "bus.jpg").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def zidane_jpeg() -> bytes:
+    return (SHARED_IMAGES / "zidane.jpg").read_bytes()
+
+
+def webp_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image[:, :, ::-1]).save(buffer, format="WEBP")
+    return buffer.getvalue()
