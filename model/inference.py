@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from model.weights import load_weights
 logger = logging.getLogger(__name__)
 
 _CUDA_SPEC = re.compile(r"cuda(?::(\d+))?")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 def select_device(spec: str = "auto", index: int = 0) -> torch.device:
@@ -55,6 +57,22 @@ def read_names(path: str | Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def select_backend(spec: str, device: torch.device) -> str:
+    """Resolve a backend spec: ``"torch"``; ``"onnxruntime"`` (CPU only); ``"auto"``:
+    ONNX Runtime on the CPU when it and the ONNX exporter's packages are installed, else
+    PyTorch.  Raises ValueError for anything else or for ONNX Runtime on a GPU."""
+    spec = spec.strip().lower()
+    if spec not in BACKENDS:
+        raise ValueError(f"unknown backend '{spec}': use {', '.join(BACKENDS)}")
+    if spec == "auto":
+        usable = all(importlib.util.find_spec(name) is not None
+                     for name in ("onnxruntime", "onnx", "onnxscript"))
+        return "onnxruntime" if device.type == "cpu" and usable else "torch"
+    if spec == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"the onnxruntime backend runs on the CPU only, not {device}")
+    return spec
+
+
 def _build_network(cfg: Path, img_size: int) -> Darknet:
     """Build the network for ``img_size``, explaining a size the network cannot take."""
     try:
@@ -77,11 +95,16 @@ class Detector:
     """
 
     def __init__(self, model: Darknet, names: list[str], device: torch.device, img_size: int,
-                 model_name: str) -> None:
+                 model_name: str,
+                 runner: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
+                 backend: str = "torch") -> None:
         if len(names) != model.num_classes:
             raise ModelError(f"{len(names)} class names for a network with "
                              f"{model.num_classes} classes")
         self.model = model
+        # What runs the forward pass: the network itself or, e.g., an ONNX Runtime session.
+        self.runner = runner if runner is not None else model
+        self.backend = backend
         self.names = names
         self.device = device
         self.img_size = img_size
@@ -90,15 +113,22 @@ class Detector:
 
     @classmethod
     def load(cls, cfg: str | Path, weights: str | Path | None, names: str | Path,
-             img_size: int = 512, device: str = "auto") -> Detector:
+             img_size: int = 512, device: str = "auto", backend: str = "torch",
+             onnx_cache_dir: str | Path | None = None, threads: int | None = None) -> Detector:
         """Build the network from ``cfg``, load ``weights`` (random weights when None),
         fuse it and move it to ``device`` (see :func:`select_device`).
 
+        ``backend`` (see :func:`select_backend`) picks what runs the forward pass; for
+        ONNX Runtime the fused network is exported to ONNX (cached in ``onnx_cache_dir``
+        when given, see :meth:`model.onnx_backend.OnnxRunner.from_darknet`) and run with
+        ``threads`` intra-op threads (default: torch's thread count).
+
         Raises CfgError / WeightsError / ModelError for unusable files or settings and
-        ValueError for a bad device spec.
+        ValueError for a bad device or backend spec.
         """
         cfg, names_path = Path(cfg), Path(names)
         torch_device = select_device(device)
+        backend = select_backend(backend, torch_device)
         class_names = read_names(names_path)
         model = _build_network(cfg, img_size)
         if len(class_names) != model.num_classes:
@@ -113,9 +143,15 @@ class Detector:
         model.eval()
         model.fuse()
         model.to(torch_device)
-        logger.info("loaded %s on %s at %d px (%d classes)", model_name, torch_device,
-                    img_size, model.num_classes)
-        return cls(model, class_names, torch_device, img_size, model_name)
+        runner = None
+        if backend == "onnxruntime":
+            from model.onnx_backend import OnnxRunner  # optional dependency
+
+            runner = OnnxRunner.from_darknet(model, (img_size, img_size), onnx_cache_dir,
+                                             threads)
+        logger.info("loaded %s on %s at %d px (%d classes, %s backend)", model_name,
+                    torch_device, img_size, model.num_classes, backend)
+        return cls(model, class_names, torch_device, img_size, model_name, runner, backend)
 
     def detect(self, images: Sequence[np.ndarray], conf_thres: float = 0.3,
                iou_thres: float = 0.6, agnostic: bool = False,
@@ -136,7 +172,7 @@ class Detector:
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
         with torch.inference_mode():
-            pred = self.model(batch)[0]
+            pred = self.runner(batch)[0]
             per_image = non_max_suppression(pred, conf_thres, iou_thres, agnostic, max_det)
         results = []
         for img, (_, ratio, pad), dets in zip(images, boxed, per_image, strict=True):
