@@ -1,0 +1,650 @@
+"""Service load benchmark: the whole service under closed-loop load against the bare engine.
+
+Starts its own service instance (``main.py`` with a temp config: embedded PostgreSQL and
+spool in a temp directory, the model below) or uses ``--url`` of a running one, then
+POSTs real JPEGs to ``/detect`` (multipart, one image per request) from N concurrent
+clients that each send the next request as soon as the last one answered, for each
+concurrency level: a warm-up, then ``--duration`` seconds (or ``--requests`` requests).
+
+Before the service starts, the bare engine runs in this process on the same images with
+the same cfg, weights, img_size and device: ``Detector.detect`` after ``decode_image``
+(decode + letterbox + forward + NMS), one image at a time, torch threads = cores.  Then
+
+- service efficiency = best service images/s over the levels / bare engine images/s;
+- added latency at concurrency 1 = service p50 at c=1 - bare engine p50 per image.
+
+Model: ``workers.model_path`` and ``img_size`` of the base config (``config/config.yaml``)
+unless ``--cfg/--weights/--names/--img-size`` are given; without a weights file the
+network gets random weights (written once, Darknet format: speed does not depend on
+their values).  If the default cfg does not exist, ``tests/data/service-6cls.cfg`` with
+random weights is used instead, and the report says so.
+
+    python -m bench.load                                   # levels 1,2,4,8,16, 30 s each
+    python -m bench.load --levels 1,2,4 --duration 10 --warmup 3
+    python -m bench.load --cfg ../shared/darknet/yolov3-spp-6cls.cfg --img-size 512 \\
+        --set workers.max_queue=64 --json load.json
+    python -m bench.load --url http://127.0.0.1:8080 --no-engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cv2
+import numpy as np
+import yaml
+
+from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port,
+                            parse_assignment, write_config)
+
+log = logging.getLogger("bench.load")
+
+SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "images"
+FALLBACK_CFG = PROJECT_ROOT / "tests" / "data" / "service-6cls.cfg"
+FALLBACK_NAMES = PROJECT_ROOT / "tests" / "data" / "service-6cls.names"
+OK = "200"
+ERROR_BACKOFF_S = 0.05  # after a failed request, so that fast 503s do not spin the client
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class JpegImage:
+    name: str
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    cfg: Path
+    weights: Path | None  # None: random weights, written before use
+    names: Path
+    img_size: int
+    note: str = ""
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"levels must be positive integers, got {text!r}")
+    return levels
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running service instead of starting one "
+                                      "(e.g. http://127.0.0.1:8080)")
+    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "config" / "config.yaml",
+                        help="base service config (default: config/config.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a service config key, e.g. "
+                                                  "workers.max_queue=64 (repeatable)")
+    parser.add_argument("--cfg", type=Path, help="Darknet cfg (default: the config's)")
+    parser.add_argument("--weights", type=Path, help="weights (default: the config's with "
+                                                     "--cfg unset, else random)")
+    parser.add_argument("--names", type=Path, help="class names (default: the config's)")
+    parser.add_argument("--img-size", type=int, help="network input size (default: the config's)")
+    parser.add_argument("--images", type=Path, nargs="+",
+                        help="JPEGs to send (default: shared bus.jpg, zidane.jpg + 2 generated)")
+    parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8, 16],
+                        help="concurrency levels (default: 1,2,4,8,16)")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="measured seconds per level (default: 30)")
+    parser.add_argument("--requests", type=int,
+                        help="measured requests per level instead of --duration")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="unmeasured seconds of load before each level (default: 5)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="per-request timeout in seconds (default: 300)")
+    parser.add_argument("--threads", type=int, default=_cores(),
+                        help="bare engine torch threads (default: the cores, %(default)s)")
+    parser.add_argument("--engine-duration", type=float,
+                        help="bare engine seconds (default: --duration)")
+    parser.add_argument("--no-engine", action="store_true", help="skip the bare engine")
+    parser.add_argument("--ready-timeout", type=float, default=600.0,
+                        help="seconds to wait for /readyz (default: 600)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp directory (config, service log, database)")
+    args = parser.parse_args(argv)
+    for name in ("duration", "warmup", "timeout"):
+        if getattr(args, name) < 0 or (name != "warmup" and getattr(args, name) == 0):
+            parser.error(f"--{name} must be positive")
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be positive")
+    if args.threads < 1:
+        parser.error("--threads must be positive")
+    try:
+        args.overrides = dict(parse_assignment(text) for text in args.overrides)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
+    return args
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _project_path(value: str | os.PathLike[str]) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def resolve_model(args: argparse.Namespace, workers: dict[str, Any]) -> ModelChoice:
+    """The model to run, from the flags, else the base config's ``workers`` section."""
+    paths = workers.get("model_path") or {}
+    img_size = args.img_size or int(workers.get("img_size") or 512)
+    default_names = _project_path(paths["data"]) if paths.get("data") else None
+    if args.cfg is not None:
+        names = args.names or default_names
+        if names is None:
+            raise SystemExit("--names is required: the config names no class names file")
+        return ModelChoice(args.cfg.resolve(), args.weights and args.weights.resolve(),
+                           names.resolve(), img_size)
+    cfg = _project_path(paths.get("cfg", ""))
+    weights = args.weights or (_project_path(paths["weights"]) if paths.get("weights") else None)
+    if not cfg.is_file():
+        return ModelChoice(FALLBACK_CFG, None, FALLBACK_NAMES, img_size,
+                           f"the default cfg {cfg} does not exist: using {FALLBACK_CFG.name} "
+                           "with random weights instead")
+    names = (args.names or default_names)
+    if names is None:
+        raise SystemExit("--names is required: the config names no class names file")
+    if weights is None or not weights.is_file():
+        return ModelChoice(cfg, None, names, img_size,
+                           f"the default weights {weights} do not exist: the default cfg runs "
+                           "with random weights (same speed)")
+    return ModelChoice(cfg, weights, names, img_size)
+
+
+def materialize_weights(model: ModelChoice, workdir: Path) -> ModelChoice:
+    """Write random Darknet weights for a model that has none."""
+    if model.weights is not None:
+        return model
+    import torch
+
+    from model.darknet import Darknet
+    from model.weights import save_weights
+
+    torch.manual_seed(0)
+    path = workdir / f"{model.cfg.stem}-random.weights"
+    save_weights(Darknet(model.cfg, model.img_size), path)
+    log.info("random weights for %s written to %s", model.cfg.name, path)
+    return ModelChoice(model.cfg, path, model.names, model.img_size, model.note)
+
+
+def _encode(name: str, image: np.ndarray) -> JpegImage:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError(f"cannot encode {name}")
+    return JpegImage(name, buffer.tobytes(), image.shape[1], image.shape[0])
+
+
+def generated_images() -> list[JpegImage]:
+    """Two deterministic JPEGs: a street-like scene with lights, and a textured frame."""
+    rng = np.random.default_rng(0)
+    scene = np.zeros((720, 1280, 3), np.uint8)
+    scene[:] = np.linspace(40, 200, 720, dtype=np.uint8)[:, None, None]  # sky to road
+    cv2.fillPoly(scene, [np.array([[0, 720], [560, 380], [720, 380], [1280, 720]])], (70, 70, 70))
+    for _ in range(6):
+        x, y = int(rng.integers(40, 1200)), int(rng.integers(40, 380))
+        cv2.rectangle(scene, (x, y), (x + 24, y + 64), (20, 20, 20), -1)
+        color = [(0, 0, 255), (0, 200, 255), (0, 255, 0)][int(rng.integers(0, 3))]
+        cv2.circle(scene, (x + 12, y + 12 + 20 * int(rng.integers(0, 3))), 8, color, -1)
+    scene = cv2.add(scene, rng.integers(0, 25, scene.shape, dtype=np.uint8))
+    texture = cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480),
+                         interpolation=cv2.INTER_CUBIC)
+    return [_encode("generated-street-1280x720.jpg", scene),
+            _encode("generated-texture-640x480.jpg", texture)]
+
+
+def load_images(paths: Sequence[Path] | None) -> list[JpegImage]:
+    """The given JPEGs, else the shared photos that exist plus two generated ones."""
+    images = []
+    chosen = list(paths) if paths else [SHARED_IMAGES / "bus.jpg", SHARED_IMAGES / "zidane.jpg"]
+    for path in chosen:
+        if not path.is_file():
+            if paths:
+                raise SystemExit(f"{path}: no such image")
+            log.warning("%s not found: not used", path)
+            continue
+        data = path.read_bytes()
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise SystemExit(f"{path}: not a decodable image")
+        images.append(JpegImage(path.name, data, decoded.shape[1], decoded.shape[0]))
+    if not paths:
+        images.extend(generated_images())
+    return images
+
+
+# ---------------------------------------------------------------- statistics
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between closest ranks; NaN when empty."""
+    if not values:
+        return math.nan
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: start and end on ``time.perf_counter``, and its outcome
+    (``"200"``, another status code, ``"timeout"`` or a client error's name)."""
+
+    start: float
+    end: float
+    status: str
+
+
+@dataclass
+class LevelStats:
+    concurrency: int
+    requests: int  # started in the measured window
+    ok: int
+    errors: dict[str, int]
+    window_s: float
+    images_per_s: float  # 200s completed in the window / window
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    latencies_ms: list[float] = field(repr=False)  # of the 200s started in the window
+
+
+def summarize(concurrency: int, samples: Sequence[Sample], window_start: float,
+              window_end: float) -> LevelStats:
+    """Stats of one level: requests started in ``[window_start, window_end)`` give the
+    counts and latencies (200s only); successes *completed* in the window give the
+    throughput, so requests in flight at either edge do not bias it."""
+    if window_end <= window_start:
+        raise ValueError("the measured window is empty")
+    measured = [s for s in samples if window_start <= s.start < window_end]
+    latencies = [(s.end - s.start) * 1e3 for s in measured if s.status == OK]
+    completed = sum(1 for s in samples
+                    if s.status == OK and window_start <= s.end <= window_end)
+    window = window_end - window_start
+    return LevelStats(
+        concurrency=concurrency, requests=len(measured), ok=len(latencies),
+        errors=dict(sorted(Counter(s.status for s in measured if s.status != OK).items())),
+        window_s=window, images_per_s=completed / window,
+        p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+        mean_ms=sum(latencies) / len(latencies) if latencies else math.nan,
+        latencies_ms=latencies)
+
+
+@dataclass
+class EngineStats:
+    backend: str
+    device: str
+    threads: int
+    images: int
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    latencies_ms: list[float] = field(repr=False)
+
+
+# ---------------------------------------------------------------- bare engine
+
+def measure_engine(model: ModelChoice, images: Sequence[JpegImage], *, device: str,
+                   backend: str, threads: int, conf: float, iou: float, max_pixels: int,
+                   duration: float) -> EngineStats:
+    """``decode_image`` + ``Detector.detect`` per image in this process, one at a time:
+    one warm-up pass over the images, then for ``duration`` seconds (at least two passes)."""
+    import torch
+
+    from model.inference import Detector
+    from model.preprocess import decode_image
+
+    torch.set_num_threads(threads)
+    detector = Detector.load(model.cfg, model.weights, model.names, img_size=model.img_size,
+                             device=device, backend=backend, threads=threads)
+
+    def run(image: JpegImage) -> float:
+        start = time.perf_counter()
+        decoded = decode_image(image.data, max_pixels=max_pixels)
+        detector.detect([decoded], conf_thres=conf, iou_thres=iou)
+        return time.perf_counter() - start
+
+    for image in images:
+        run(image)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    while (time.perf_counter() - started < duration) or len(latencies) < 2 * len(images):
+        latencies.append(run(images[len(latencies) % len(images)]))
+    elapsed = time.perf_counter() - started
+    stats = EngineStats(backend=detector.backend, device=str(detector.device), threads=threads,
+                        images=len(latencies), images_per_s=len(latencies) / elapsed,
+                        p50_ms=percentile(latencies, 50) * 1e3,
+                        p95_ms=percentile(latencies, 95) * 1e3,
+                        latencies_ms=[t * 1e3 for t in latencies])
+    del detector
+    gc.collect()
+    return stats
+
+
+# ---------------------------------------------------------------- load generator
+
+async def _post(session: aiohttp.ClientSession, url: str, image: JpegImage) -> str:
+    form = aiohttp.FormData()
+    form.add_field("image", image.data, filename=image.name, content_type="image/jpeg")
+    try:
+        async with session.post(url, data=form) as response:
+            await response.read()
+            return str(response.status)
+    except asyncio.TimeoutError:
+        return "timeout"
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__
+
+
+async def run_level(session: aiohttp.ClientSession, url: str, images: Sequence[JpegImage],
+                    concurrency: int, warmup: float, duration: float,
+                    max_requests: int | None) -> tuple[LevelStats, list[Sample], float]:
+    """``concurrency`` closed-loop clients: warm-up, then the measured window; waits for
+    every request to finish before returning (levels never overlap)."""
+    samples: list[Sample] = []
+    sent = 0
+    measured_started = 0
+    begin = time.perf_counter()
+    window_start = begin + warmup
+    stop_at = math.inf if max_requests is not None else window_start + duration
+
+    async def client() -> None:
+        nonlocal sent, measured_started
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                return
+            if max_requests is not None and now >= window_start:
+                if measured_started >= max_requests:
+                    return
+                measured_started += 1
+            image = images[sent % len(images)]
+            sent += 1
+            start = time.perf_counter()
+            status = await _post(session, url, image)
+            samples.append(Sample(start, time.perf_counter(), status))
+            if status != OK:
+                await asyncio.sleep(ERROR_BACKOFF_S)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    if max_requests is not None:
+        in_window = [s.end for s in samples if s.start >= window_start]
+        window_end = max(in_window) if in_window else time.perf_counter()
+    else:
+        window_end = window_start + duration
+    return summarize(concurrency, samples, window_start, window_end), samples, begin
+
+
+async def _load(args: argparse.Namespace, base_url: str, images: Sequence[JpegImage],
+                service: ServiceProcess | None) -> tuple[dict[str, Any], list[LevelStats],
+                                                         list[list[Sample]]]:
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    connector = aiohttp.TCPConnector(limit=max(args.levels) + 2)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        if service is not None:
+            service.start()
+            log.info("waiting for %s/readyz (embedded PostgreSQL, worker warm-up)", base_url)
+            ready = await service.wait_ready(session, args.ready_timeout)
+        else:
+            async with session.get(f"{base_url}/readyz") as response:
+                if response.status != 200:
+                    raise ServiceError(f"{base_url}/readyz answered {response.status}")
+                ready = await response.json()
+        log.info("service ready: model %s, workers %s", ready.get("model"), ready.get("workers"))
+        levels, raw = [], []
+        for concurrency in args.levels:
+            log.info("concurrency %d: %.0f s warm-up, then %s", concurrency, args.warmup,
+                     f"{args.requests} requests" if args.requests else f"{args.duration:.0f} s")
+            stats, samples, begin = await run_level(session, f"{base_url}/detect", images,
+                                                    concurrency, args.warmup, args.duration,
+                                                    args.requests)
+            levels.append(stats)
+            raw.append([Sample(s.start - begin, s.end - begin, s.status) for s in samples])
+            log.info("concurrency %d: %.2f images/s, p50 %.0f ms, errors %s", concurrency,
+                     stats.images_per_s, stats.p50_ms, stats.errors or "none")
+    return ready, levels, raw
+
+
+# ---------------------------------------------------------------- report
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def _errors(errors: dict[str, int]) -> str:
+    return " ".join(f"{status}x{count}" for status, count in errors.items()) or "0"
+
+
+def format_table(levels: Sequence[LevelStats]) -> str:
+    lines = [f"{'concurrency':>11} {'requests':>8} {'ok':>6} {'errors':>14} {'images/s':>9} "
+             f"{'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}"]
+    for s in levels:
+        lines.append(f"{s.concurrency:>11} {s.requests:>8} {s.ok:>6} {_errors(s.errors):>14} "
+                     f"{s.images_per_s:>9.2f} {_ms(s.p50_ms):>9} {_ms(s.p95_ms):>9} "
+                     f"{_ms(s.p99_ms):>9}")
+    return "\n".join(lines)
+
+
+def derived(engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[str, Any]:
+    """Service efficiency at saturation and added latency at concurrency 1."""
+    out: dict[str, Any] = {}
+    if not levels:
+        return out
+    best = max(levels, key=lambda s: s.images_per_s)
+    out["best_images_per_s"] = best.images_per_s
+    out["best_concurrency"] = best.concurrency
+    if engine is not None and engine.images_per_s > 0:
+        out["efficiency"] = best.images_per_s / engine.images_per_s
+    single = next((s for s in levels if s.concurrency == 1), None)
+    if engine is not None and single is not None and not math.isnan(single.p50_ms):
+        out["added_latency_c1_ms"] = single.p50_ms - engine.p50_ms
+    return out
+
+
+def report(model: ModelChoice, ready: dict[str, Any], images: Sequence[JpegImage],
+           engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[str, Any]:
+    workers = ready.get("workers") or []
+    layout = ", ".join(f"{w.get('device')}x{w.get('threads')}t" for w in workers) or "?"
+    print(f"model: cfg={model.cfg.name} weights={model.weights.name if model.weights else '?'} "
+          f"img_size={model.img_size}; service reports model={ready.get('model')} "
+          f"workers=[{layout}]")
+    if model.note:
+        print(f"note: {model.note}")
+    print("images: " + ", ".join(f"{i.name} ({i.width}x{i.height}, {len(i.data) // 1024} KiB)"
+                                 for i in images))
+    if engine is not None:
+        print(f"bare engine ({engine.backend} on {engine.device}, {engine.threads} threads, "
+              f"decode+letterbox+forward+NMS, {engine.images} images): "
+              f"{engine.images_per_s:.2f} images/s, p50 {engine.p50_ms:.1f} ms, "
+              f"p95 {engine.p95_ms:.1f} ms")
+    print("service, closed loop, one image per request (latency percentiles of 200s):")
+    print(format_table(levels))
+    numbers = derived(engine, levels)
+    if "efficiency" in numbers and engine is not None:
+        print(f"service efficiency: {numbers['efficiency']:.3f} (best "
+              f"{numbers['best_images_per_s']:.2f} images/s at concurrency "
+              f"{numbers['best_concurrency']} / bare engine {engine.images_per_s:.2f}; "
+              "target >= 0.95)")
+    if "added_latency_c1_ms" in numbers and engine is not None:
+        print(f"added latency at concurrency 1: {numbers['added_latency_c1_ms']:+.1f} ms "
+              f"(service p50 {levels[[s.concurrency for s in levels].index(1)].p50_ms:.1f} "
+              f"- bare engine p50 {engine.p50_ms:.1f}; target <= 5 ms)")
+    return numbers
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
+               ready: dict[str, Any], images: Sequence[JpegImage],
+               engine: EngineStats | None, levels: Sequence[LevelStats],
+               raw: Sequence[Sequence[Sample]], numbers: dict[str, Any],
+               load_before: float | None) -> None:
+    import torch
+
+    data = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": {"platform": platform.platform(), "cores": _cores(),
+                 "load_average_before": load_before,
+                 "python": sys.version.split()[0], "torch": torch.__version__,
+                 "aiohttp": aiohttp.__version__},
+        "settings": {"url": args.url, "levels": args.levels, "duration_s": args.duration,
+                     "requests": args.requests, "warmup_s": args.warmup,
+                     "overrides": args.overrides},
+        "model": {"cfg": str(model.cfg), "weights": str(model.weights),
+                  "names": str(model.names), "img_size": model.img_size, "note": model.note},
+        "images": [{"name": i.name, "width": i.width, "height": i.height, "bytes": len(i.data)}
+                   for i in images],
+        "service": ready,
+        "engine": asdict(engine) if engine is not None else None,
+        "levels": [{**asdict(s), "samples": [asdict(x) for x in samples]}
+                   for s, samples in zip(levels, raw, strict=True)],
+        "derived": numbers,
+    }
+    path.write_text(json.dumps(_json_safe(data), indent=1), encoding="utf-8")
+    log.info("raw numbers written to %s", path)
+
+
+# ---------------------------------------------------------------- main
+
+def _service_settings(args: argparse.Namespace, model: ModelChoice | None) -> dict[str, Any]:
+    """Dotted overrides for the service config: the model, then the user's ``--set``."""
+    overrides: dict[str, Any] = {"server.host": "127.0.0.1"}
+    if model is not None:
+        overrides.update({"workers.model_path.cfg": str(model.cfg),
+                          "workers.model_path.weights": str(model.weights),
+                          "workers.model_path.data": str(model.names),
+                          "workers.img_size": model.img_size})
+    overrides.update(args.overrides)
+    return overrides
+
+
+def _workers_section(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    workers = dict(base.get("workers") or {})
+    for key, value in overrides.items():
+        if key.startswith("workers.") and key.count(".") == 1:
+            workers[key.split(".", 1)[1]] = value
+    return workers
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+
+
+def _warn_if_busy() -> float | None:
+    """The load average before the benchmark starts, with a warning when the machine is
+    busy: other work on the cores skews every number here, a multi-threaded bare engine
+    most (its threads wait for each other at every layer)."""
+    load = _load_average()
+    if load is not None and load > 0.5:
+        log.warning("the machine is busy before the benchmark (1-min load average %.2f on %d "
+                    "cores): treat the numbers as noisy", load, _cores())
+    return load
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    base = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    workers = _workers_section(base, args.overrides)
+    server = base.get("server") or {}
+    model = materialize_weights(resolve_model(args, workers), workdir)
+    if model.note:
+        log.warning("%s", model.note)
+    images = load_images(args.images)
+    load_before = _warn_if_busy()
+    engine = None
+    if not args.no_engine:
+        log.info("bare engine: %s at %d px, %d threads", model.cfg.name, model.img_size,
+                 args.threads)
+        engine = measure_engine(
+            model, images, device=str(workers.get("device") or "auto"),
+            backend=str(workers.get("backend") or "torch"), threads=args.threads,
+            conf=float(workers.get("conf_thres") or 0.3),
+            iou=float(workers.get("iou_thres") or 0.6),
+            max_pixels=int(server.get("max_pixels") or 50_000_000),
+            duration=args.engine_duration or args.duration)
+    service = None
+    base_url = (args.url or "").rstrip("/")
+    if not args.url:
+        port = free_port()
+        config_path = workdir / "service.yaml"
+        write_config(args.config, config_path, workdir, _service_settings(args, model))
+        service = ServiceProcess(config_path, port, workdir / "service.log")
+        base_url = service.url
+    try:
+        ready, levels, raw = asyncio.run(_load(args, base_url, images, service))
+    finally:
+        if service is not None:
+            log.info("stopping the service")
+            service.stop()
+    numbers = report(model, ready, images, engine, levels)
+    if load_before is not None:
+        print(f"1-min load average before the run: {load_before:.2f} on {_cores()} cores")
+    if args.json is not None:
+        write_json(args.json, args, model, ready, images, engine, levels, raw, numbers,
+                   load_before)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="yolo-load-"))
+    try:
+        return run(args, workdir)
+    except ServiceError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if args.keep:
+            log.info("kept %s (service.yaml, service.log, pgdata)", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
