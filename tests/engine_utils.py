@@ -4,6 +4,8 @@ OpenCV's Darknet implementation as an independent reference."""
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from model.darknet import Darknet
+from model.weights import load_weights, save_weights
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DARKNET_DIR = SHARED / "darknet"
@@ -70,3 +73,65 @@ def opencv_forward(cfg: Path, weights: Path, image: np.ndarray) -> list[np.ndarr
     net.setInput(blob)
     names = [n for n in net.getUnconnectedOutLayersNames() if n.startswith("yolo")]
     return list(net.forward(names))
+
+
+# OpenCV normalises BatchNorm with eps 1e-6 (Darknet: 1e-5); match the reference.
+OPENCV_BN_EPS = 1e-6
+
+# Every shared cfg (the users' network at full size, the rest small to keep CI fast) and
+# our own cfgs that exercise the remaining layer types and options.
+PARITY_CASES = [
+    (DARKNET_DIR / "yolov3-spp-6cls.cfg", 512),
+    (DARKNET_DIR / "yolov3-spp.cfg", 160),
+    (DARKNET_DIR / "yolov3.cfg", 160),
+    (DARKNET_DIR / "yolov3-tiny.cfg", 160),
+    (DARKNET_DIR / "yolov4-tiny.cfg", 160),
+    (DATA_DIR / "engine-all-layers.cfg", 64),
+    (DATA_DIR / "engine-new-coords.cfg", 64),
+]
+
+
+def _opencv_cfg(cfg: Path, out: Path) -> Path:
+    """OpenCV zeroes class scores below its yolo 'thresh' (default 0.2): set it to 0."""
+    out.write_text(re.sub(r"^\[yolo\]", "[yolo]\nthresh=0", cfg.read_text(), flags=re.M))
+    return out
+
+
+def _opencv_rows(outputs: list[np.ndarray], net: Darknet, hw: tuple[int, int]) -> np.ndarray:
+    """OpenCV rows (grid y, grid x, anchor order; relative units) in our order and units."""
+    heads = [(net.shapes[i].h, net.shapes[i].w) for i, m in enumerate(net.module_list)
+             if m in net.yolo_layers]
+    rows = []
+    for raw, layer, (ny, nx) in zip(outputs, net.yolo_layers, heads):
+        per = 5 + layer.num_classes
+        rows.append(raw.reshape(ny, nx, layer.num_anchors, per).transpose(2, 0, 1, 3)
+                    .reshape(-1, per))
+    ref = np.concatenate(rows).astype(np.float64)
+    ref[:, [0, 2]] *= hw[1]
+    ref[:, [1, 3]] *= hw[0]
+    return ref
+
+
+def assert_matches_opencv(cfg: Path, size: int, tmp_path: Path,
+                          backend: Callable[[Darknet], Callable[[torch.Tensor], tuple]]) -> None:
+    """Random Darknet-format weights, read by both OpenCV and our engine (run through
+    ``backend(fused_net)``): boxes and objectness within 1e-3 relative, class
+    probabilities (times objectness, as OpenCV reports them) within 1e-3 absolute."""
+    weights = tmp_path / "random.weights"
+    save_weights(randomize(Darknet(cfg, size), seed=size), weights)
+    net = Darknet(cfg, size)
+    load_weights(net, weights)
+    net.set_bn_eps(OPENCV_BN_EPS)
+    net.eval().fuse()
+    image = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
+    with torch.inference_mode():
+        ours = backend(net)(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[0][0]
+    ours = ours.double().numpy()
+
+    ref = _opencv_rows(opencv_forward(_opencv_cfg(cfg, tmp_path / "ref.cfg"), weights, image),
+                       net, (size, size))
+    assert ours.shape == ref.shape
+    # The network is not degenerate: objectness and box sizes really vary.
+    assert ours[:, 4].max() - ours[:, 4].min() > 0.5
+    np.testing.assert_allclose(ours[:, :5], ref[:, :5], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(ours[:, 5:] * ours[:, 4:5], ref[:, 5:], rtol=0, atol=1e-3)

@@ -8,78 +8,20 @@ probabilities within 1e-3 absolute.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from model.darknet import Darknet
 from model.errors import CfgError
-from model.weights import load_weights, save_weights
-from tests.engine_utils import DARKNET_DIR, DATA_DIR, opencv_forward, randomize
+from tests.engine_utils import (DARKNET_DIR, DATA_DIR, PARITY_CASES, assert_matches_opencv,
+                                randomize)
 
-# OpenCV normalises BatchNorm with eps 1e-6 (Darknet: 1e-5); match the reference.
-OPENCV_BN_EPS = 1e-6
-
-CASES = [
-    (DARKNET_DIR / "yolov3-spp-6cls.cfg", 512),  # the users' network at full size
-    (DARKNET_DIR / "yolov3-spp.cfg", 160),
-    (DARKNET_DIR / "yolov3.cfg", 160),
-    (DARKNET_DIR / "yolov3-tiny.cfg", 160),
-    (DARKNET_DIR / "yolov4-tiny.cfg", 160),
-    (DATA_DIR / "engine-all-layers.cfg", 64),
-    (DATA_DIR / "engine-new-coords.cfg", 64),
-]
-
-
-def _opencv_cfg(cfg: Path, out: Path) -> Path:
-    """OpenCV zeroes class scores below its yolo 'thresh' (default 0.2): set it to 0."""
-    out.write_text(re.sub(r"^\[yolo\]", "[yolo]\nthresh=0", cfg.read_text(), flags=re.M))
-    return out
-
-
-def _opencv_rows(outputs: list[np.ndarray], net: Darknet, hw: tuple[int, int]) -> np.ndarray:
-    """OpenCV rows (grid y, grid x, anchor order; relative units) in our order and units."""
-    rows = []
-    for raw, layer, head in zip(outputs, net.yolo_layers, _head_shapes(net)):
-        ny, nx = head
-        per = 5 + layer.num_classes
-        rows.append(raw.reshape(ny, nx, layer.num_anchors, per).transpose(2, 0, 1, 3)
-                    .reshape(-1, per))
-    ref = np.concatenate(rows).astype(np.float64)
-    ref[:, [0, 2]] *= hw[1]
-    ref[:, [1, 3]] *= hw[0]
-    return ref
-
-
-def _head_shapes(net: Darknet) -> list[tuple[int, int]]:
-    return [(net.shapes[i].h, net.shapes[i].w) for i, m in enumerate(net.module_list)
-            if m in net.yolo_layers]
-
-
-@pytest.mark.parametrize("cfg,size", CASES, ids=lambda v: v.stem if isinstance(v, Path) else str(v))
+@pytest.mark.parametrize("cfg,size", PARITY_CASES,
+                         ids=lambda v: v.stem if isinstance(v, Path) else str(v))
 def test_matches_opencv(cfg: Path, size: int, tmp_path: Path) -> None:
-    weights = tmp_path / "random.weights"
-    save_weights(randomize(Darknet(cfg, size), seed=size), weights)
-
-    net = Darknet(cfg, size)
-    load_weights(net, weights)
-    net.set_bn_eps(OPENCV_BN_EPS)
-    net.eval().fuse()
-    image = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
-    with torch.inference_mode():
-        ours = net(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[0][0]
-    ours = ours.double().numpy()
-
-    ref = _opencv_rows(opencv_forward(_opencv_cfg(cfg, tmp_path / "ref.cfg"), weights, image),
-                       net, (size, size))
-    assert ours.shape == ref.shape
-    # The network is not degenerate: objectness and box sizes really vary.
-    assert ours[:, 4].max() - ours[:, 4].min() > 0.5
-    np.testing.assert_allclose(ours[:, :5], ref[:, :5], rtol=1e-3, atol=1e-6)
-    np.testing.assert_allclose(ours[:, 5:] * ours[:, 4:5], ref[:, 5:], rtol=0, atol=1e-3)
+    assert_matches_opencv(cfg, size, tmp_path, backend=lambda net: net)
 
 
 def test_output_contract_and_strides_from_shapes() -> None:

@@ -6,38 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
 from model.darknet import Darknet
 from model.inference import Detector, select_backend
 from model.onnx_backend import OnnxRunner, export_onnx
-from model.weights import load_weights, save_weights
-from tests.engine_utils import DARKNET_DIR, DATA_DIR, IMAGES_DIR, opencv_forward, randomize
-from tests.test_darknet import CASES, OPENCV_BN_EPS, _opencv_cfg, _opencv_rows
+from model.weights import save_weights
+from tests.engine_utils import (DARKNET_DIR, DATA_DIR, IMAGES_DIR, PARITY_CASES,
+                                assert_matches_opencv, randomize)
 
 
-@pytest.mark.parametrize("cfg,size", CASES, ids=lambda v: v.stem if isinstance(v, Path) else str(v))
+@pytest.mark.parametrize("cfg,size", PARITY_CASES,
+                         ids=lambda v: v.stem if isinstance(v, Path) else str(v))
 def test_onnxruntime_matches_opencv(cfg: Path, size: int, tmp_path: Path) -> None:
-    weights = tmp_path / "random.weights"
-    save_weights(randomize(Darknet(cfg, size), seed=size), weights)
-
-    net = Darknet(cfg, size)
-    load_weights(net, weights)
-    net.set_bn_eps(OPENCV_BN_EPS)
-    net.eval().fuse()
-    runner = OnnxRunner.from_darknet(net, (size, size), threads=2)
-    image = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
-    ours = runner(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[0][0]
-    ours = ours.double().numpy()
-
-    ref = _opencv_rows(opencv_forward(_opencv_cfg(cfg, tmp_path / "ref.cfg"), weights, image),
-                       net, (size, size))
-    assert ours.shape == ref.shape
-    assert ours[:, 4].max() - ours[:, 4].min() > 0.5
-    np.testing.assert_allclose(ours[:, :5], ref[:, :5], rtol=1e-3, atol=1e-6)
-    np.testing.assert_allclose(ours[:, 5:] * ours[:, 4:5], ref[:, 5:], rtol=0, atol=1e-3)
+    assert_matches_opencv(cfg, size, tmp_path,
+                          backend=lambda net: OnnxRunner.from_darknet(net, (size, size), threads=2))
 
 
 def test_dynamic_batch_and_unfused_source(tmp_path: Path) -> None:
