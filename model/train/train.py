@@ -1,0 +1,218 @@
+"""Train a Darknet cfg on generated traffic-light scenes.
+
+    python -m model.train.train --cfg model/data/traffic-lights-tiny-spp.cfg \
+        --out runs/tl --epochs 24 --epoch-size 1600 --batch 16 --img-size 320 --seed 0
+
+Each epoch draws ``--epoch-size`` fresh scenes (a pure function of seed, epoch and index),
+so a run is reproducible for its seed. After every epoch the exponential moving average
+(EMA) of the weights is scored (mAP@0.5) on a held-out validation set, and
+``<out>/last.pt`` / ``<out>/best.pt`` (ultralytics checkpoint format, EMA weights) and
+``<out>/state.pt`` (everything ``--resume`` needs) are written.
+
+The shipped model was trained in two stages (see model/data/README.md): 24 epochs on
+256-pixel scenes at input 256, then 20 epochs with ``--init`` from that model on
+256-pixel scenes magnified to input 320 (``--img-size 320 --scene-size 256``), after
+rescaling the anchors with ``python -m model.train.anchors --img-size 320 --scene-size 256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.darknet import Darknet
+from model.layers import YOLOLayer
+from model.train.dataset import SceneDataset, collate
+from model.train.evaluate import evaluate
+from model.train.loss import LayerInfo, LossConfig, YoloLoss
+from model.weights import load_weights, save_weights
+
+logger = logging.getLogger(__name__)
+
+
+def init_head_biases(net: Darknet, img_size: int) -> None:
+    """Start objectness near the prior of ~8 objects per image and classes near uniform."""
+    modules = list(net.module_list)
+    for index, module in enumerate(modules):
+        if not isinstance(module, YOLOLayer):
+            continue
+        conv = modules[index - 1].Conv2d
+        if conv.bias is None:
+            continue
+        with torch.no_grad():
+            bias = conv.bias.view(module.num_anchors, -1)
+            cells = (img_size / module.stride) ** 2
+            bias[:, 4] = math.log(8 / cells)
+            bias[:, 5:] = math.log(0.6 / max(module.num_classes - 0.99, 0.01))
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.995, ramp: float = 300.0) -> None:
+        self.ema = copy.deepcopy(model).eval()
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.ramp = ramp
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``."""
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.ramp))
+        source = model.state_dict()
+        for key, value in self.ema.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(source[key].detach(), alpha=1 - d)
+            else:
+                value.copy_(source[key])
+
+
+def build_optimizer(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with weight decay on convolution weights only (not BatchNorm, not biases)."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (decay if name.endswith("Conv2d.weight") else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                             betas=(0.9, 0.999))
+
+
+def learning_rate(step: int, total: int, base: float, warmup: int, final: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to ``final * base``."""
+    if step < warmup:
+        return base * (0.1 + 0.9 * step / warmup)
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def loss_layers(net: Darknet) -> list[LayerInfo]:
+    """The anchor/stride/scale description of each yolo layer for the loss."""
+    return [LayerInfo(anchors=layer.anchors.clone(), stride=layer.stride,
+                      scale_x_y=layer.scale_x_y) for layer in net.yolo_layers]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cfg", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/train"))
+    p.add_argument("--epochs", type=int, default=24)
+    p.add_argument("--epoch-size", type=int, default=1600, help="scenes per epoch")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=320, help="network input size")
+    p.add_argument("--scene-size", type=int, default=None,
+                   help="long side of the generated scenes (default: --img-size)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-seed", type=int, default=1000)
+    p.add_argument("--val-count", type=int, default=120)
+    p.add_argument("--workers", type=int, default=1, help="data loader processes")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--resume", type=Path, default=None, help="a state.pt to continue from")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (.pt or .weights) instead of random ones")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after the epoch that passes this wall time (0: no limit)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    net = Darknet(args.cfg, img_size=args.img_size)
+    init_head_biases(net, args.img_size)
+    if args.init is not None:
+        load_weights(net, args.init)
+    ema = ModelEMA(net)
+    optimizer = build_optimizer(net, args.lr, args.weight_decay)
+    criterion = YoloLoss(loss_layers(net), net.num_classes, args.img_size, LossConfig())
+    dataset = SceneDataset(args.seed, args.epoch_size, args.img_size,
+                           scene_size=args.scene_size)
+    steps_per_epoch = math.ceil(args.epoch_size / args.batch)
+    total_steps = args.epochs * steps_per_epoch
+    start_epoch, best, history = 0, -1.0, []
+    if args.resume is not None:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        ema.ema.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        best = float(state["best_fitness"])
+        history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at epoch %d (best mAP %.4f)", args.resume, start_epoch, best)
+
+    started = time.monotonic()
+    for epoch in range(start_epoch, args.epochs):
+        net.train()
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=args.batch, shuffle=False,
+                            num_workers=args.workers, collate_fn=collate, drop_last=False)
+        running = torch.zeros(3)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch")
+        for i, (images, targets) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, args.lr, args.warmup)
+            loss, parts = criterion(net(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            optimizer.step()
+            ema.update(net)
+            running = (running * i + parts) / (i + 1)
+            bar.set_postfix(box=f"{running[0]:.4f}", obj=f"{running[1]:.4f}",
+                            cls=f"{running[2]:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        bar.close()
+
+        stats = evaluate(ema.ema, args.val_seed, args.val_count, args.img_size, args.scene_size)
+        fitness = stats.mean_ap()
+        aps = " ".join(f"{r.ap:.3f}" for r in stats.results(0.3))
+        line = (f"epoch {epoch} box {running[0]:.4f} obj {running[1]:.4f} cls {running[2]:.4f} "
+                f"mAP50 {fitness:.4f} AP {aps} minutes {(time.monotonic() - started) / 60:.1f}")
+        history.append(line)
+        logger.info(line)
+        results = "\n".join(history)
+        fitness_arr = np.array([fitness])
+        save_weights(ema.ema, args.out / "last.pt", epoch=epoch, best_fitness=fitness_arr,
+                     training_results=results, optimizer=None)
+        if fitness > best:
+            best = fitness
+            save_weights(ema.ema, args.out / "best.pt", epoch=epoch, best_fitness=fitness_arr,
+                         training_results=results, optimizer=None)
+        state = {"model": net.state_dict(), "ema": ema.ema.state_dict(),
+                 "ema_updates": ema.updates, "optimizer": optimizer.state_dict(),
+                 "epoch": epoch, "best_fitness": best, "history": history,
+                 "torch_rng": torch.get_rng_state()}
+        tmp = args.out / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(args.out / "state.pt")
+        if args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes:
+            logger.info("time limit reached after epoch %d", epoch)
+            break
+    logger.info("best validation mAP@0.5 %.4f; weights in %s", best, args.out)
+
+
+if __name__ == "__main__":
+    main()
