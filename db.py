@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 MAX_PAGE_SIZE = 200
 
 
+# The database is away (stopped, restarting, unreachable, out of disk or connections), as
+# opposed to a statement it refuses: a write that fails with one of these may be retried.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    # Raised by asyncpg when the server goes away in the middle of an operation
+    # ("cannot switch to state ...; another operation is in progress").
+    asyncpg.InternalClientError,
+)
+
+
 class RecordNotFound(LookupError):
     """No detection record (or stored image) with that id."""
 
@@ -47,6 +63,18 @@ class Record:
     model: str
     inference_ms: float
     detections: list[dict[str, Any]]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """The inverse of ``to_json`` (spooled records); raises KeyError / ValueError."""
+        created_at = datetime.fromisoformat(data["created_at"])
+        if created_at.tzinfo is None:
+            raise ValueError("naive created_at")
+        return cls(id=UUID(data["id"]), created_at=created_at, filename=str(data["filename"]),
+                   sha256=str(data["sha256"]), width=int(data["width"]),
+                   height=int(data["height"]), model=str(data["model"]),
+                   inference_ms=float(data["inference_ms"]),
+                   detections=list(data["detections"]))
 
     def to_json(self) -> dict[str, Any]:
         return {

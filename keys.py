@@ -8,7 +8,10 @@ import asyncpg
 from aiohttp import web
 
 from pool import DetectorPool
+from recorder import RecordWriter
 from settings import Config
+from utils.admission import Admission
+from utils.auth import Auth
 from utils.embedded_pg import EmbeddedPostgres
 
 config_key = web.AppKey("config", Config)
@@ -16,3 +19,6 @@ db_key = web.AppKey("db", asyncpg.Pool)
 embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)
 detector_pool_key = web.AppKey("detector_pool", DetectorPool)
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
+records_key = web.AppKey("records", RecordWriter)
+auth_key = web.AppKey("auth", Auth)  # present only when access control is on
+admission_key = web.AppKey("admission", Admission)

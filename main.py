@@ -1,7 +1,12 @@
 """Entry point: ``python main.py [--config PATH]`` serves the detection service.
 
 ``init_app(config)`` builds the application in a fixed order: config, templates,
-resources (``cleanup_ctx``: PostgreSQL, then the warm worker pool), routes, middlewares.
+resources (``cleanup_ctx``: PostgreSQL, the record writer with its spool and replay
+task, the warm worker pool), routes, middlewares.
+
+On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
+(their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
+resources in reverse order: workers, spool, database.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from aiohttp import web
 import db
 import keys
 from pool import DetectorPool
+from recorder import RecordWriter
 from routes import setup_routes
 from settings import BASE_DIR, Config, ConfigError, load_config
+from utils.admission import Admission
+from utils.auth import Auth
+from utils.auth import middleware as auth_middleware
 from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import migrate
+from utils.spool import Spool
+from utils.tokens import TokenStore
 from utils.web_errors import error_middleware
 
 log = logging.getLogger("yolo_service")
@@ -58,6 +69,40 @@ async def pg_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def records_context(app: web.Application) -> AsyncIterator[None]:
+    """The record writer: the spool (records already in it are replayed first) and the
+    background task that replays it into PostgreSQL."""
+    config = app[keys.config_key]
+    spool = await asyncio.to_thread(Spool.open, config.storage.spool_dir,
+                                    max_bytes=config.storage.spool_max_bytes)
+    try:
+        writer = RecordWriter(app[keys.db_key], spool,
+                              write_timeout=config.postgres.write_timeout)
+        app[keys.records_key] = writer
+        task = asyncio.create_task(writer.replay_forever(), name="spool-replay")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await _final_replay(writer, config.postgres.close_timeout)
+    finally:
+        spool.close()
+
+
+async def _final_replay(writer: RecordWriter, timeout: float) -> None:
+    """On shutdown, empty the spool into the database if it answers; else keep it."""
+    if writer.spool.pending_entries == 0:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.replay_pending()
+    except db.UNAVAILABLE_ERRORS as exc:
+        log.warning("%d record(s) stay in the spool (%s); they are replayed at the next "
+                    "start", writer.spool.pending_items, type(exc).__name__)
 
 
 async def _warm_up(pool: DetectorPool) -> None:
@@ -101,13 +146,25 @@ def detector_pool_context(
 
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None) -> web.Application:
     """Build the application; resources start when the app starts (cleanup_ctx)."""
+    middlewares = [error_middleware]
+    auth = None
+    if config.auth.tokens_file is not None:
+        auth = Auth(TokenStore(config.auth.tokens_file),
+                    session_seconds=config.auth.session_hours * 3600.0,
+                    cookie_secure=config.auth.cookie_secure)
+        middlewares.append(auth_middleware(auth))
     app = web.Application(client_max_size=config.server.max_upload_bytes,
-                          middlewares=[error_middleware])
+                          middlewares=middlewares)
     app[keys.config_key] = config
+    app[keys.admission_key] = Admission(config.workers.max_workers + config.workers.max_queue)
+    if auth is not None:
+        app[keys.auth_key] = auth
+        log.info("access control on: tokens in %s", config.auth.tokens_file)
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app.cleanup_ctx.append(pg_context)
+    app.cleanup_ctx.append(records_context)
     app.cleanup_ctx.append(detector_pool_context(detector_pool))
     setup_routes(app)
     return app

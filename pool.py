@@ -1,35 +1,63 @@
-"""The warm process pool that runs the model.
+"""The warm worker pool that runs the model, and keeps running it when workers die.
 
-:class:`DetectorPool` owns a ``ProcessPoolExecutor`` (spawn context, ``worker.init`` as
-initializer). ``start()`` makes every worker start and waits until all are warm;
-``detect()`` sends encoded bytes to a worker and maps its plain answer back to data or a
-typed error; ``close()`` stops the workers, bounded in time.
+:class:`DetectorPool` owns ``max_workers`` worker processes (:mod:`worker_process`), each
+served by one task that takes jobs from a shared queue, one at a time. ``start()``
+returns once every worker is warm.
+
+Faults and load:
+
+- **A worker dies** (killed, out of memory, a native crash) or hangs past
+  ``job_timeout``: its job fails with ``WorkerDied``, the slot is refilled with a fresh
+  worker (re-warmed, retried with back-off if the model will not load) and the pool is
+  ``recovering`` (not ready) until it is; the other workers keep serving. ``detect``
+  retries a job whose worker died once, at the front of the queue; an image whose job
+  kills a second worker is refused with :class:`ImageKilledWorker`, and remembered (by
+  SHA-256) so that sending it again is refused without running it.
+- **Cancellation**: a job whose caller is cancelled (request timeout, client gone) is
+  taken off the queue if no worker has started it.
+- **Event loops**: the workers are served from the pool's own event loop, in a thread it
+  owns; ``start``/``detect``/``run``/``close`` may be awaited from any loop (the app's,
+  or each test's) and cancelling the caller cancels the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import multiprocessing
 import os
-import signal
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
 from multiprocessing.context import SpawnContext
-from multiprocessing.synchronize import Barrier
 from typing import Any, TypeVar
 
 import worker
 from model.errors import ImageDecodeError, ImageTooLargeError
 from settings import WorkersConfig
+from worker_process import WorkerDied, WorkerProcess
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+POISON_MEMORY = 1024  # images remembered as having killed two workers
+RESTART_BACKOFF_S = (0.5, 30.0)  # first and longest wait between failed restarts
+STOP_TIMEOUT_S = 10.0
+
 
 class PoolUnavailable(RuntimeError):
     """The pool is not warm yet, has failed or is closed."""
+
+
+class ImageKilledWorker(RuntimeError):
+    """This image's job killed a worker twice; it is refused, not retried again."""
+
+    def __init__(self, sha256: str) -> None:
+        super().__init__(f"the image (sha256 {sha256[:16]}…) crashed the detector twice and "
+                         "is refused")
+        self.sha256 = sha256
 
 
 def available_cores() -> int:
@@ -46,117 +74,350 @@ def threads_per_worker(config: WorkersConfig) -> int:
     return max(1, available_cores() // config.max_workers)
 
 
-class DetectorPool:
-    """A fixed number of warm model workers."""
+@dataclass
+class _Job:
+    message: tuple[Any, ...]
+    future: asyncio.Future[Any]
 
-    def __init__(self, config: WorkersConfig, *, max_pixels: int, log_level: str = "INFO") -> None:
+
+class _JobQueue:
+    """FIFO of jobs waiting for a worker; a job can be pushed to the front or withdrawn."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[_Job] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: _Job, *, front: bool = False) -> None:
+        if front:
+            self._jobs.appendleft(job)
+        else:
+            self._jobs.append(job)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def discard(self, job: _Job) -> None:
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            pass  # already taken by a worker
+
+    def drain(self) -> list[_Job]:
+        jobs = list(self._jobs)
+        self._jobs.clear()
+        return jobs
+
+    async def get(self) -> _Job:
+        while not self._jobs:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return self._jobs.popleft()
+
+
+@dataclass
+class PoolStats:
+    """Counters since start (readiness, metrics and the reliability script read them)."""
+
+    worker_deaths: int = 0
+    restarts: int = 0
+    retried_jobs: int = 0
+    refused_images: int = 0
+    last_death: str | None = field(default=None)
+
+
+class DetectorPool:
+    """``max_workers`` warm model workers fed from one queue."""
+
+    def __init__(self, config: WorkersConfig, *, max_pixels: int, log_level: str = "INFO",
+                 detect_fn: Callable[[bytes, float, float], Any] | None = None) -> None:
+        """``detect_fn``: a module-level function run in the workers instead of
+        ``worker.detect`` (tests inject faults with it)."""
         self.config = config
         self.spec = worker.WorkerSpec(
             cfg=str(config.model_path.cfg), weights=str(config.model_path.weights),
             names=str(config.model_path.data), img_size=config.img_size, device=config.device,
-            threads=threads_per_worker(config), max_pixels=max_pixels, log_level=log_level)
-        self.state = "new"  # new -> starting -> ready | failed -> closed
+            threads=threads_per_worker(config), max_pixels=max_pixels, log_level=log_level,
+            detect_fn=detect_fn)
+        # new -> starting -> ready <-> recovering; starting -> failed; any -> closed
+        self.state = "new"
         self.error: str | None = None
-        self.workers: list[worker.WorkerInfo] = []
+        self.stats = PoolStats()
         self._ctx: SpawnContext = multiprocessing.get_context("spawn")
-        self._executor: ProcessPoolExecutor | None = None
-        self._barrier: Barrier | None = None
+        self._procs: dict[int, WorkerProcess] = {}
+        self._starting: dict[int, WorkerProcess] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._running: dict[int, _Job] = {}
+        self._queue = _JobQueue()
+        self._poisoned: OrderedDict[str, None] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._start_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------- state
 
     @property
     def ready(self) -> bool:
+        """Every worker is warm."""
         return self.state == "ready"
 
     @property
+    def accepting(self) -> bool:
+        """Jobs are taken (while a dead worker is replaced, the others serve)."""
+        return self.state in ("ready", "recovering")
+
+    @property
     def model_name(self) -> str | None:
-        return self.workers[0].model if self.workers else None
+        infos = self.workers
+        return infos[0].model if infos else None
+
+    @property
+    def workers(self) -> list[worker.WorkerInfo]:
+        """The warm workers, by index."""
+        return sorted((p.info for p in self._procs.values() if p.info is not None),
+                      key=lambda info: info.index)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Queue and fault figures for /readyz."""
+        return {"state": self.state, "workers": len(self._procs),
+                "max_workers": self.config.max_workers, "busy": len(self._running),
+                "queued_jobs": len(self._queue), **asdict(self.stats)}
+
+    # ------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Spawn every worker and return once all of them are warm."""
         if self.state != "new":
             raise RuntimeError(f"pool cannot start from state {self.state!r}")
         self.state = "starting"
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="detector-pool",
+                                        daemon=True)
+        self._thread.start()
+        await self._call(self._start())
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the pool's loop; cancelling the caller cancels it there."""
+        if self._loop is None:
+            coro.close()
+            raise PoolUnavailable(self.error or "the detection workers are not running")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return await asyncio.wrap_future(future)
+
+    async def _start(self) -> None:
+        self._start_task = asyncio.current_task()
         n = self.config.max_workers
-        loop = asyncio.get_running_loop()
         log.info("starting %d worker(s), %d torch thread(s) each, device %s",
                  n, self.spec.threads, self.spec.device)
-        self._barrier = self._ctx.Barrier(n)
-        self._executor = ProcessPoolExecutor(
-            max_workers=n, mp_context=self._ctx, initializer=worker.init,
-            initargs=(self.spec, self._ctx.Value("i", 0), self._barrier))
-        timeout = self.config.warmup_timeout
-        # One ping per worker: they meet at the barrier, so each runs in its own process
-        # and completes only when all n workers have passed the initializer (warm).
-        pings = [loop.run_in_executor(self._executor, worker.ping, timeout) for _ in range(n)]
-        try:
-            infos = await asyncio.wait_for(asyncio.gather(*pings), timeout + 5.0)
-        except asyncio.CancelledError:
-            self._barrier.abort()
-            raise
-        except Exception as exc:  # BrokenProcessPool, BrokenBarrierError, TimeoutError, ...
-            self._barrier.abort()
+        procs = {i: WorkerProcess(self._ctx, self.spec, i) for i in range(n)}
+        self._starting = procs
+        for proc in procs.values():
+            proc.start()
+        outcomes = await asyncio.gather(
+            *(proc.wait_ready(self.config.warmup_timeout) for proc in procs.values()),
+            return_exceptions=True)
+        self._starting = {}
+        problem = None
+        for index, outcome in zip(procs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                problem = problem or f"workers failed to start: {outcome}"
+            elif outcome.error is not None:
+                problem = problem or f"worker {index} could not load the model: {outcome.error}"
+        if problem is not None:
             self.state = "failed"
-            self.error = f"workers failed to start: {type(exc).__name__}: {exc}"
-            log.error("%s", self.error)
-            raise PoolUnavailable(self.error) from exc
-        self.workers = sorted(infos, key=lambda info: info.index)
-        failed = [info for info in self.workers if info.error is not None]
-        if failed:
-            self.state = "failed"
-            self.error = f"worker {failed[0].index} could not load the model: {failed[0].error}"
-            log.error("%s", self.error)
-            raise PoolUnavailable(self.error)
-        if len({info.pid for info in self.workers}) != n:  # cannot happen with the barrier
-            raise RuntimeError("worker warm-up reached fewer processes than max_workers")
-        self.state = "ready"
-        for info in self.workers:
-            log.info("worker %d (pid %d) warm on %s in %.0f ms", info.index, info.pid,
+            self.error = problem
+            log.error("%s", problem)
+            await asyncio.gather(*(proc.stop(STOP_TIMEOUT_S) for proc in procs.values()))
+            raise PoolUnavailable(problem)
+        self._procs = dict(procs)
+        for index, proc in procs.items():
+            self._serve(index, proc)
+            info = proc.info
+            assert info is not None
+            log.info("worker %d (pid %d) warm on %s in %.0f ms", index, info.pid,
                      info.device, info.warmup_ms)
+        if self.state == "starting":  # not closed meanwhile
+            self.state = "ready"
 
-    async def detect(self, data: bytes, *, conf_thres: float, iou_thres: float) -> worker.DetectResult:
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers: queued and running jobs fail with PoolUnavailable."""
+        self.state = "closed"
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            await self._call(self._close(timeout))
+        finally:
+            self._loop = None
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join, timeout)
+            if not thread.is_alive():
+                loop.close()
+
+    async def _close(self, timeout: float) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in (self._start_task, *self._tasks.values())
+                 if task is not None and task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        closed = PoolUnavailable("the detection workers have stopped")
+        for job in [*self._queue.drain(), *self._running.values()]:
+            if not job.future.done():
+                job.future.set_exception(closed)
+        self._running.clear()
+        procs = [*self._procs.values(), *self._starting.values()]
+        self._procs, self._starting = {}, {}
+        await asyncio.gather(*(proc.stop(timeout) for proc in procs))
+        self.state = "closed"
+        if procs:
+            log.info("detection workers stopped")
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().shutdown_default_executor()
+        except TimeoutError:
+            log.warning("a write to a worker pipe is still blocked; leaving it behind")
+
+    # ------------------------------------------------------------- jobs
+
+    async def detect(self, data: bytes, *, conf_thres: float,
+                     iou_thres: float) -> worker.DetectResult:
         """Run the model on one encoded image in a worker.
 
-        Raises ImageDecodeError / ImageTooLargeError for bad input, PoolUnavailable when no
-        warm worker can take the job.
+        Raises ImageDecodeError / ImageTooLargeError for bad input, ImageKilledWorker for
+        an image that crashed two workers, PoolUnavailable when the pool is not serving.
         """
-        if self._executor is None or not self.ready:
+        if not self.accepting:
             raise PoolUnavailable(self.error or "the detection workers are not ready")
-        loop = asyncio.get_running_loop()
-        try:
-            answer = await loop.run_in_executor(self._executor, worker.detect, data,
-                                                conf_thres, iou_thres)
-        except BrokenProcessPool as exc:
-            self.state = "failed"
-            self.error = "a detection worker died"
-            log.error("%s: %s", self.error, exc)
-            raise PoolUnavailable(self.error) from exc
+        answer = await self._call(self._detect(data, conf_thres, iou_thres))
         if isinstance(answer, worker.DetectFailure):
             if answer.kind == "too_large":
                 raise ImageTooLargeError(answer.message)
             raise ImageDecodeError(answer.message)
         return answer
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a module-level function of ``worker`` in the pool (diagnostics, tests)."""
-        if self._executor is None:
-            raise PoolUnavailable("the pool has not started")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def close(self, timeout: float = 30.0) -> None:
-        """Stop the workers: queued jobs are cancelled, running ones may finish."""
-        executor, self._executor = self._executor, None
-        self.state = "closed"
-        if executor is None:
-            return
-        if self._barrier is not None:
-            self._barrier.abort()  # release pings still waiting for a worker that never came
+    async def _detect(self, data: bytes, conf_thres: float,
+                      iou_thres: float) -> worker.DetectResult | worker.DetectFailure:
+        if self._poisoned:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in self._poisoned:
+                self.stats.refused_images += 1
+                raise ImageKilledWorker(digest)
+        message = ("detect", data, conf_thres, iou_thres)
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True), timeout)
-        except TimeoutError:
-            log.warning("workers did not stop within %.0fs; terminating them", timeout)
-            for info in self.workers:
-                try:
-                    os.kill(info.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        log.info("detection workers stopped")
+            return await self._submit(message)
+        except WorkerDied as first:
+            self.stats.retried_jobs += 1
+            log.warning("%s; retrying its job once", first)
+            try:
+                return await self._submit(message, front=True)
+            except WorkerDied as second:
+                digest = hashlib.sha256(data).hexdigest()
+                self._poisoned[digest] = None
+                while len(self._poisoned) > POISON_MEMORY:
+                    self._poisoned.popitem(last=False)
+                self.stats.refused_images += 1
+                log.error("image sha256=%s (%d bytes) killed two workers, refusing it: %s",
+                          digest, len(data), second)
+                raise ImageKilledWorker(digest) from second
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a module-level function in one of the workers (diagnostics, tests)."""
+        result: T = await self._call(self._submit(("call", fn, args)))
+        return result
+
+    async def _submit(self, message: tuple[Any, ...], *, front: bool = False) -> Any:
+        if not self.accepting:
+            raise PoolUnavailable(self.error or "the detection workers are not ready")
+        job = _Job(message, asyncio.get_running_loop().create_future())
+        self._queue.put(job, front=front)
+        try:
+            return await job.future
+        finally:
+            if not job.future.done():  # our caller gave up (timeout, client gone)
+                job.future.cancel()
+            self._queue.discard(job)  # drops it unless a worker has started it
+
+    # ------------------------------------------------------------- workers
+
+    def _serve(self, index: int, proc: WorkerProcess) -> None:
+        task = asyncio.create_task(self._serve_slot(index, proc), name=f"worker-slot-{index}")
+        task.add_done_callback(self._slot_ended)
+        self._tasks[index] = task
+
+    def _slot_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a worker slot stopped unexpectedly", exc_info=task.exception())
+
+    async def _serve_slot(self, index: int, proc: WorkerProcess) -> None:
+        """Feed one worker from the queue; replace it when it dies."""
+        while True:
+            job = await self._queue.get()
+            if job.future.done():
+                continue
+            self._running[index] = job
+            try:
+                answer = await proc.call(job.message, self.config.job_timeout)
+            except WorkerDied as exc:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                proc = await self._replace(index, exc)
+                continue
+            except asyncio.CancelledError:
+                if not job.future.done():
+                    job.future.set_exception(PoolUnavailable("the detection workers stopped"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - WorkerCallError and the like: the caller's
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                continue
+            finally:
+                self._running.pop(index, None)
+            if not job.future.done():
+                job.future.set_result(answer)
+
+    async def _replace(self, index: int, reason: WorkerDied) -> WorkerProcess:
+        """Start a fresh worker in slot ``index``; retry with back-off until one is warm."""
+        self._procs.pop(index, None)
+        self.stats.worker_deaths += 1
+        self.stats.last_death = str(reason)
+        self.state = "recovering"
+        self.error = str(reason)
+        log.error("%s; starting a replacement", reason)
+        delay, longest = RESTART_BACKOFF_S
+        while True:
+            proc = WorkerProcess(self._ctx, self.spec, index)
+            self._starting[index] = proc
+            try:
+                proc.start()
+                info = await proc.wait_ready(self.config.warmup_timeout)
+                if info.error is not None:
+                    raise WorkerDied(f"worker {index} could not load the model: {info.error}")
+            except WorkerDied as exc:
+                self.error = f"worker {index} could not be restarted: {exc}"
+                log.error("%s; next try in %.1fs", self.error, delay)
+                await proc.stop(STOP_TIMEOUT_S)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+                continue
+            except asyncio.CancelledError:  # the pool is closing
+                proc.kill()
+                await proc.stop(STOP_TIMEOUT_S)
+                raise
+            finally:
+                self._starting.pop(index, None)
+            break
+        self._procs[index] = proc
+        self.stats.restarts += 1
+        log.info("worker %d replaced by pid %d, warm in %.0f ms", index, info.pid,
+                 info.warmup_ms)
+        if len(self._procs) == self.config.max_workers and self.state == "recovering":
+            self.state = "ready"
+            self.error = None
+        return proc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers import api, pages
+from handlers import api, login, pages
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
@@ -21,6 +21,10 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
     router.add_get("/api/stats", api.stats, name="api_stats")
+
+    router.add_get("/login", login.login_form, name="login")
+    router.add_post("/login", login.login, name="login_submit")
+    router.add_post("/logout", login.logout, name="logout")
 
     router.add_get("/healthz", api.healthz, name="healthz")
     router.add_get("/readyz", api.readyz, name="readyz")

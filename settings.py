@@ -45,6 +45,7 @@ class ServerConfig:
     max_pixels: int
     max_files: int
     shutdown_timeout: float
+    request_timeout: float
 
     @property
     def max_upload_bytes(self) -> int:
@@ -64,6 +65,7 @@ class PostgresConfig:
     minsize: int
     maxsize: int
     close_timeout: float
+    write_timeout: float
 
     def connect_kwargs(self) -> dict[str, Any]:
         """asyncpg connection arguments for an external server."""
@@ -89,12 +91,31 @@ class WorkersConfig:
     conf_thres: float
     iou_thres: float
     warmup_timeout: float
+    max_queue: int
+    job_timeout: float
     model_path: ModelPaths
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     store_images: bool
+    spool_dir: Path
+    spool_max_mb: float
+
+    @property
+    def spool_max_bytes(self) -> int:
+        return int(self.spool_max_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    tokens_file: Path | None  # None: access control off
+    session_hours: float
+    cookie_secure: bool | None  # None: Secure on HTTPS requests only
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens_file is not None
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,7 @@ class Config:
     postgres: PostgresConfig
     workers: WorkersConfig
     storage: StorageConfig
+    auth: AuthConfig
     log_level: str
     source: Path | None = None
 
@@ -213,6 +235,7 @@ def _server(raw: _Section) -> ServerConfig:
         max_pixels=s.integer("max_pixels", 50_000_000),
         max_files=s.integer("max_files", 16, maximum=1000),
         shutdown_timeout=s.number("shutdown_timeout", 30.0),
+        request_timeout=s.number("request_timeout", 30.0),
     )
     s.check_unknown()
     return config
@@ -236,6 +259,7 @@ def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
         minsize=s.integer("minsize", 1, minimum=0),
         maxsize=s.integer("maxsize", 10),
         close_timeout=s.number("close_timeout", 10.0),
+        write_timeout=s.number("write_timeout", 5.0),
     )
     if config.password is not None and not isinstance(config.password, str):
         raise ConfigError(s.key("password"), "must be a string")
@@ -265,6 +289,8 @@ def _workers(raw: _Section) -> WorkersConfig:
         conf_thres=s.number("conf_thres", 0.3, high=1.0),
         iou_thres=s.number("iou_thres", 0.6, high=1.0),
         warmup_timeout=s.number("warmup_timeout", 300.0),
+        max_queue=s.integer("max_queue", 8, minimum=0, maximum=100_000),
+        job_timeout=s.number("job_timeout", 60.0),
         model_path=model_path,
     )
     s.check_unknown()
@@ -273,7 +299,24 @@ def _workers(raw: _Section) -> WorkersConfig:
 
 def _storage(raw: _Section) -> StorageConfig:
     s = raw.section("storage")
-    config = StorageConfig(store_images=s.boolean("store_images", True))
+    config = StorageConfig(store_images=s.boolean("store_images", True),
+                           spool_dir=s.path("spool_dir", "var/spool"),
+                           spool_max_mb=s.number("spool_max_mb", 1024.0))
+    s.check_unknown()
+    return config
+
+
+def _auth(raw: _Section) -> AuthConfig:
+    s = raw.section("auth")
+    tokens_file = s.path("tokens_file") if s.get("tokens_file") is not None else None
+    secure = s.get("cookie_secure", "auto")
+    if secure == "auto":
+        secure = None
+    elif not isinstance(secure, bool):
+        raise ConfigError(s.key("cookie_secure"), f"must be auto, true or false, got {secure!r}")
+    config = AuthConfig(tokens_file=tokens_file,
+                        session_hours=s.number("session_hours", 12.0, high=24.0 * 365),
+                        cookie_secure=secure)
     s.check_unknown()
     return config
 
@@ -299,6 +342,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
         postgres=_postgres(root, env),
         workers=_workers(root),
         storage=_storage(root),
+        auth=_auth(root),
         log_level=_log_level(root),
         source=source,
     )

@@ -1,9 +1,11 @@
 """Code that runs inside the detection worker processes.
 
-The parent creates the process pool with ``initializer=init``: every worker ignores
-SIGINT (the parent owns shutdown), sets its torch thread count, picks its device, loads
-the model once and runs one warm-up forward pass before it takes any job. Jobs receive
-encoded image bytes and return plain data (:class:`DetectResult` or
+``pool.DetectorPool`` starts each worker with ``serve`` as the process target (spawn).
+``serve`` ties the worker's life to its parent (Linux: ``PR_SET_PDEATHSIG``; elsewhere a
+watchdog thread; everywhere: end of the pipe), ignores SIGINT and SIGTERM (the parent
+owns shutdown), loads the model once and runs one warm-up forward pass (``init``),
+reports ``("ready", WorkerInfo)`` and then answers one job at a time over its pipe.
+Jobs receive encoded image bytes and return plain data (:class:`DetectResult` or
 :class:`DetectFailure`); bad input never raises out of a job, so it cannot kill a worker.
 
 The one module-level variable, ``_state``, is this worker process's model and identity;
@@ -12,19 +14,25 @@ it is set once by ``init`` and never exists in the parent.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
 import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import Synchronized
-    from multiprocessing.synchronize import Barrier
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,9 @@ class WorkerSpec:
     threads: int
     max_pixels: int
     log_level: str = "INFO"
+    # The job run for each image: ``detect`` (tests substitute a module-level function
+    # with the same signature to inject faults into a real worker process).
+    detect_fn: Callable[[bytes, float, float], DetectResult | DetectFailure] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,25 +88,93 @@ class _WorkerState:
     detector: Any
     info: WorkerInfo
     max_pixels: int
-    barrier: Barrier
 
 
 _state: _WorkerState | None = None
 
 
-def init(spec: WorkerSpec, counter: Synchronized[int], barrier: Barrier) -> None:
-    """Process-pool initializer: runs once per worker before its first job.
+# ---------------------------------------------------------------- process life
 
-    A model that cannot be loaded does not raise here (that would only surface as a
-    BrokenProcessPool in the parent): the error is kept and reported by ``ping``.
+def serve(spec: WorkerSpec, index: int, conn: Connection, parent_pid: int) -> None:
+    """Process target: tie to the parent, load the model, then answer jobs until told
+    to stop or until the parent is gone."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.log_level,
+        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
+    info = init(spec, index)
+    if not _send(conn, ("ready", info)):
+        return
+    job = spec.detect_fn or detect
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            return
+        if message[0] == "stop":
+            return
+        if not _send(conn, _answer(job, message)):
+            return
+
+
+def _answer(job: Callable[..., Any], message: tuple[Any, ...]) -> tuple[str, Any]:
+    """Run one job message; an exception here is a bug, reported rather than fatal."""
+    try:
+        if message[0] == "detect":
+            return "ok", job(*message[1:])
+        if message[0] == "call":
+            function, args = message[1], message[2]
+            return "ok", function(*args)
+        return "error", f"unknown message {message[0]!r}"
+    except Exception as exc:  # noqa: BLE001 - reported to the parent (500), worker lives on
+        log.exception("job failed")
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _send(conn: Connection, message: tuple[str, Any]) -> bool:
+    try:
+        conn.send(message)
+    except OSError:  # the parent is gone
+        return False
+    return True
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make sure this process ends when its parent does, however the parent ends.
+
+    Linux: the kernel sends SIGKILL when the parent exits (``PR_SET_PDEATHSIG``).
+    Elsewhere a daemon thread polls the parent pid. Either way, a parent that died
+    before this ran is noticed at once.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog",
+                         daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(WATCHDOG_INTERVAL_S)
+    os._exit(1)
+
+
+def init(spec: WorkerSpec, index: int) -> WorkerInfo:
+    """Load the model once and run one warm-up forward pass; sets ``_state``.
+
+    A model that cannot be loaded does not raise: the error is reported in the returned
+    :class:`WorkerInfo` and the parent stops this worker.
     """
     global _state
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=spec.log_level,
-                        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
     started = time.perf_counter()
     try:
         import torch
@@ -107,21 +186,22 @@ def init(spec: WorkerSpec, counter: Synchronized[int], barrier: Barrier) -> None
         detector = Detector.load(spec.cfg, spec.weights, spec.names, img_size=spec.img_size,
                                  device=device)
         detector.warmup()
-    except Exception as exc:  # reported to the parent by ping(); the worker stays alive
+    except Exception as exc:  # noqa: BLE001 - reported to the parent in WorkerInfo.error
         log.exception("worker %d could not load the model", index)
         info = WorkerInfo(pid=os.getpid(), index=index, device=spec.device, threads=spec.threads,
                           model="", warmup_ms=0.0, error=f"{type(exc).__name__}: {exc}")
-        _state = _WorkerState(detector=None, info=info, max_pixels=spec.max_pixels,
-                              barrier=barrier)
-        return
+        _state = _WorkerState(detector=None, info=info, max_pixels=spec.max_pixels)
+        return info
     warmup_ms = (time.perf_counter() - started) * 1000.0
     info = WorkerInfo(pid=os.getpid(), index=index, device=device, threads=spec.threads,
                       model=str(detector.model_name), warmup_ms=round(warmup_ms, 1))
-    _state = _WorkerState(detector=detector, info=info, max_pixels=spec.max_pixels,
-                          barrier=barrier)
+    _state = _WorkerState(detector=detector, info=info, max_pixels=spec.max_pixels)
     log.info("worker %d warm on %s with %d threads in %.0f ms", index, device, spec.threads,
              warmup_ms)
+    return info
 
+
+# ---------------------------------------------------------------- jobs
 
 def _current() -> _WorkerState:
     if _state is None:
@@ -134,18 +214,6 @@ def _detector() -> Any:
     if state.detector is None:
         raise RuntimeError(f"this worker has no model: {state.info.error}")
     return state.detector
-
-
-def ping(timeout: float) -> WorkerInfo:
-    """Report this worker (warm, or why not); block until every worker is inside ``ping``.
-
-    The pool submits one ping per worker. A worker blocked in the barrier cannot take a
-    second ping, so the pings complete only once ``max_workers`` distinct processes are
-    running them, i.e. every worker has finished ``init`` (loaded and warm).
-    """
-    state = _current()
-    state.barrier.wait(timeout)
-    return state.info
 
 
 def detect(data: bytes, conf_thres: float, iou_thres: float) -> DetectResult | DetectFailure:

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
 from datetime import datetime, timezone
+from typing import TypeVar
 from uuid import UUID, uuid4
 
-import asyncpg
 from aiohttp import web
 
 import db
 import keys
 from model.errors import ImageDecodeError, ImageTooLargeError
-from pool import PoolUnavailable
+from pool import DetectorPool, ImageKilledWorker, PoolUnavailable
+from recorder import StorageUnavailable
 from utils import params
+from utils.admission import QueueFull
 from utils.imaging import annotate, sniff_content_type
-from utils.uploads import read_uploads
+from utils.uploads import Upload, read_uploads
 from utils.web_errors import ApiError
+from worker import DetectResult
 
-RETRY_AFTER_S = "5"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_AFTER_S = "5"  # not ready: warming up, or a worker is being replaced
+RETRY_AFTER_BUSY_S = "1"  # at capacity
+DISCONNECT_POLL_S = 0.1  # how often a waiting request checks that its client is still there
 
 
 def _not_ready(message: str) -> ApiError:
@@ -36,23 +46,74 @@ def _record_id(request: web.Request) -> UUID:
 # ---------------------------------------------------------------- detection
 
 async def detect(request: web.Request) -> web.Response:
-    """POST /detect: run the model on each uploaded image and store the records."""
-    config = request.app[keys.config_key]
-    pool = request.app[keys.detector_pool_key]
-    if not pool.ready:
+    """POST /detect: run the model on each uploaded image and store the records.
+
+    At most ``max_workers + max_queue`` requests are in progress at once; beyond that a
+    request is refused at once (503, Retry-After) before its body is read. Reading and
+    detection share one deadline (``server.request_timeout``: 408 while reading, 504
+    after); a client that leaves while its images wait has them taken off the queue.
+    The response is sent only once the records are durable (database or spool).
+    """
+    app = request.app
+    config = app[keys.config_key]
+    pool = app[keys.detector_pool_key]
+    if not pool.accepting:
         raise _not_ready(pool.error or "the detection workers are warming up")
     conf = params.unit_interval(request.query, "conf", config.workers.conf_thres)
     iou = params.unit_interval(request.query, "iou", config.workers.iou_thres)
-    uploads = await read_uploads(request, max_bytes=config.server.max_upload_bytes,
-                                 max_files=config.server.max_files)
-    content_types = []
-    for upload in uploads:
-        content_type = sniff_content_type(upload.data)
-        if content_type is None:
-            raise ApiError(400, "invalid_image",
-                           f"{upload.filename}: not a JPEG, PNG, BMP or WebP image")
-        content_types.append(content_type)
+    try:
+        place = app[keys.admission_key].enter()
+    except QueueFull as exc:
+        raise ApiError(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_BUSY_S}) from None
+    with place:
+        deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                uploads = await read_uploads(request, max_bytes=config.server.max_upload_bytes,
+                                             max_files=config.server.max_files)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", "the upload was not received within "
+                           f"{config.server.request_timeout:g}s") from None
+        content_types = [_content_type(upload) for upload in uploads]
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = await _unless_client_leaves(
+                    request, _detect_all(pool, uploads, conf, iou))
+        except TimeoutError:
+            raise ApiError(504, "timeout", "no result within "
+                           f"{config.server.request_timeout:g}s: the service is busy",
+                           {"Retry-After": RETRY_AFTER_BUSY_S}) from None
 
+        now = datetime.now(timezone.utc)
+        records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=r.sha256,
+                             width=r.width, height=r.height, model=r.model,
+                             inference_ms=r.inference_ms, detections=r.detections)
+                   for u, r in zip(uploads, results, strict=True)]
+        images = []
+        if config.storage.store_images:
+            images = [db.StoredImage(r.sha256, ct, u.data)
+                      for u, r, ct in zip(uploads, results, content_types, strict=True)]
+        try:
+            await app[keys.records_key].save(records, images)
+        except StorageUnavailable as exc:
+            raise ApiError(503, "storage_unavailable", str(exc),
+                           {"Retry-After": RETRY_AFTER_S}) from None
+    if len(records) == 1:
+        return web.json_response(records[0].to_json())
+    return web.json_response({"results": [record.to_json() for record in records]})
+
+
+def _content_type(upload: Upload) -> str:
+    content_type = sniff_content_type(upload.data)
+    if content_type is None:
+        raise ApiError(400, "invalid_image",
+                       f"{upload.filename}: not a JPEG, PNG, BMP or WebP image")
+    return content_type
+
+
+async def _detect_all(pool: DetectorPool, uploads: Sequence[Upload], conf: float | None,
+                      iou: float | None) -> list[DetectResult]:
+    """Every image in the pool at once; the first failure (in upload order) is raised."""
     outcomes = await asyncio.gather(
         *(pool.detect(u.data, conf_thres=conf, iou_thres=iou) for u in uploads),
         return_exceptions=True)
@@ -62,25 +123,39 @@ async def detect(request: web.Request) -> web.Response:
             raise ApiError(413, "image_too_large", f"{upload.filename}: {outcome}")
         if isinstance(outcome, ImageDecodeError):
             raise ApiError(400, "invalid_image", f"{upload.filename}: {outcome}")
+        if isinstance(outcome, ImageKilledWorker):
+            log.error("refused %r (sha256 %s): it crashed the detector twice",
+                      upload.filename, outcome.sha256)
+            raise ApiError(422, "image_crashed_worker", f"{upload.filename}: {outcome}")
         if isinstance(outcome, PoolUnavailable):
             raise _not_ready(str(outcome))
         if isinstance(outcome, BaseException):
             raise outcome
         results.append(outcome)
+    return results
 
-    now = datetime.now(timezone.utc)
-    records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=r.sha256,
-                         width=r.width, height=r.height, model=r.model,
-                         inference_ms=r.inference_ms, detections=r.detections)
-               for u, r in zip(uploads, results, strict=True)]
-    images = []
-    if config.storage.store_images:
-        images = [db.StoredImage(r.sha256, ct, u.data)
-                  for u, r, ct in zip(uploads, results, content_types, strict=True)]
-    await db.save_records(request.app[keys.db_key], records, images)
-    if len(records) == 1:
-        return web.json_response(records[0].to_json())
-    return web.json_response({"results": [record.to_json() for record in records]})
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _unless_client_leaves(request: web.Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it (dropping queued jobs) if the client disconnects."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if _client_gone(request):
+                log.info("client of %s %s left; its queued work is dropped",
+                         request.method, request.path)
+                raise ApiError(499, "client_closed_request", "the client closed the connection")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
 
 
 # ---------------------------------------------------------------- history
@@ -141,26 +216,38 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: 200 once every worker is warm and the database answers, else 503."""
+    """GET /readyz: 200 once every worker is warm and records can be made durable.
+
+    With the database away the service still detects (records go to the spool): the
+    answer is 200 with ``"status": "degraded"``. 503 while workers warm up or one is
+    being replaced, or when neither the database nor the spool can take records. The
+    body shows the queue, fault counters and the spool depth either way.
+    """
     pool = request.app[keys.detector_pool_key]
+    writer = request.app[keys.records_key]
     checks: dict[str, str] = {"workers": pool.state}
     problems = []
+    degraded = False
     if not pool.ready:
         problems.append(pool.error or f"workers are {pool.state}")
     try:
         await db.ping(request.app[keys.db_key])
         checks["database"] = "ok"
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except db.UNAVAILABLE_ERRORS as exc:
         checks["database"] = "unavailable"
-        problems.append(f"database: {type(exc).__name__}: {exc}")
+        degraded = True
+        message = f"database: {type(exc).__name__}: {exc}"
+        if writer.spool.pending_bytes >= writer.spool.max_bytes:
+            problems.append(f"{message}; the spool is full")
+    body = {"checks": checks, "pool": pool.snapshot(),
+            "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot()}
     if problems:
-        message = "; ".join(problems)
         return web.json_response(
-            {"status": "not_ready", "checks": checks,
-             "error": {"code": "not_ready", "message": message}},
+            {"status": "not_ready", **body,
+             "error": {"code": "not_ready", "message": "; ".join(problems)}},
             status=503, headers={"Retry-After": RETRY_AFTER_S})
     return web.json_response({
-        "status": "ready", "checks": checks, "model": pool.model_name,
+        "status": "degraded" if degraded else "ready", **body, "model": pool.model_name,
         "workers": [{"pid": w.pid, "device": w.device, "threads": w.threads,
                      "warmup_ms": w.warmup_ms} for w in pool.workers],
     })

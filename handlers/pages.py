@@ -104,6 +104,7 @@ def _render(template: str, request: web.Request, context: dict[str, Any],
             status: int = 200) -> web.Response:
     context.setdefault("nav", None)
     context["color_style"] = color_style
+    context["signed_in"] = keys.auth_key in request.app  # else the page was refused
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers.setdefault("Cache-Control", "no-store")
     return response

@@ -83,15 +83,17 @@ async def database(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def make_config(pg_server: EmbeddedPostgres, model_weights: Path,
-                database: str) -> Callable[..., Config]:
-    """Build a validated Config from config/test.yaml plus overrides."""
+def make_config(pg_server: EmbeddedPostgres, model_weights: Path, database: str,
+                tmp_path: Path) -> Callable[..., Config]:
+    """Build a validated Config from config/test.yaml plus overrides (the spool in this
+    test's temp dir)."""
     socket_dir = pg_server.dsn.split("host=")[1].split("&")[0]
 
     def build(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
         base: dict[str, Any] = {
             "postgres": {"host": socket_dir, "port": pg_server.port, "database": database},
             "workers": {"model_path": {"weights": str(model_weights)}},
+            "storage": {"spool_dir": str(tmp_path / "spool")},
         }
         return load_config(TEST_CONFIG, env=env or {}, overrides=_merge(base, overrides or {}))
 

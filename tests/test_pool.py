@@ -71,9 +71,11 @@ async def test_app_owned_pool_warms_every_worker_then_stops_them(
     assert all(w["threads"] == expected_threads for w in body["workers"])
     assert await pool.run(worker.torch_threads) == expected_threads
 
-    # Ctrl-C reaches the whole process group; workers leave shutdown to the parent.
+    # Ctrl-C reaches the whole process group (and a service manager may send SIGTERM to
+    # every process): workers leave shutdown to the parent.
     for pid in pids:
         os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
     await asyncio.sleep(0.5)
     assert all(alive(pid) for pid in pids)
 

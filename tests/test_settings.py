@@ -118,12 +118,32 @@ def test_yolo_config_env_is_read(tmp_path: Path) -> None:
     ({"postgres": {"password": 1234}}, "postgres.password: must be a string"),
     ({"storage": {"store_images": 1}}, "storage.store_images: must be true or false"),
     ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
+    ({"workers": {"max_queue": -1}}, "workers.max_queue: must be an integer >= 0"),
+    ({"workers": {"job_timeout": 0}}, r"workers.job_timeout: must be in \(0.0, inf\)"),
+    ({"server": {"request_timeout": "soon"}}, "server.request_timeout: must be a number"),
+    ({"postgres": {"write_timeout": -2}}, "postgres.write_timeout: must be in"),
+    ({"storage": {"spool_max_mb": 0}}, "storage.spool_max_mb: must be in"),
+    ({"auth": {"cookie_secure": "maybe"}}, "auth.cookie_secure: must be auto, true or false"),
+    ({"auth": {"tokens_file": ""}}, "auth.tokens_file: must be a non-empty string"),
+    ({"auth": {"token": "x"}}, "auth.token: unknown key"),
     ({"serverr": {}}, "serverr: unknown key"),
     ({"server": "fast"}, "server: must be a mapping"),
 ])
 def test_bad_values_name_the_key(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message):
         load(overrides)
+
+
+def test_reliability_settings_and_access_control_defaults() -> None:
+    config = load()
+    assert config.auth.tokens_file is None and not config.auth.enabled  # off by default
+    assert config.auth.cookie_secure is None
+    assert config.workers.max_queue == 8 and config.workers.job_timeout == 60
+    assert config.storage.spool_dir.is_absolute()
+    on = load({"auth": {"tokens_file": "var/tokens.json", "cookie_secure": True},
+               "workers": {"max_queue": 0}})
+    assert on.auth.enabled and on.auth.tokens_file == BASE_DIR / "var" / "tokens.json"
+    assert on.auth.cookie_secure is True and on.workers.max_queue == 0
 
 
 def test_unreadable_and_malformed_files(tmp_path: Path) -> None:

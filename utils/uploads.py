@@ -43,7 +43,15 @@ def _too_large(max_bytes: int) -> ApiError:
 
 
 async def read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
-    """Every uploaded image of the request, in order."""
+    """Every uploaded image of the request, in order (499 if the client leaves mid-way)."""
+    try:
+        return await _read_uploads(request, max_bytes=max_bytes, max_files=max_files)
+    except ConnectionResetError:
+        raise ApiError(499, "client_closed_request",
+                       "the client closed the connection during the upload") from None
+
+
+async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     content_type = request.content_type.lower()

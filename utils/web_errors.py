@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+import db
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -22,11 +24,13 @@ CODES = {
     415: "unsupported_media_type",
     422: "unprocessable",
     429: "too_many_requests",
+    499: "client_closed_request",
     500: "internal_error",
     503: "unavailable",
     504: "timeout",
 }
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+DB_RETRY_AFTER_S = "5"
 
 
 class ApiError(Exception):
@@ -65,6 +69,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return _from_http_exception(exc)
+    except db.UNAVAILABLE_ERRORS as exc:
+        log.warning("%s %s: database unavailable: %s: %s", request.method, request.path,
+                    type(exc).__name__, exc)
+        return error_response(503, "database_unavailable",
+                              "the database is unavailable; try again shortly",
+                              {"Retry-After": DB_RETRY_AFTER_S})
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,200 @@
+"""Reliability run: faults, overload and hostile input against a live instance it starts.
+
+Starts PostgreSQL (embedded, in a temp directory, owned by this script so that it can be
+stopped) and the service (``main.py``, temp config from ``--config`` pointed at that
+server), measures the capacity, then runs the phases:
+
+- ``kill``: kill -9 a worker during a stream of requests: failed requests (target: none,
+  the dead worker's job is retried), time until /readyz is ready again;
+- ``postgres``: stop PostgreSQL for ``--outage-s`` during a stream, start it again: every
+  answered id is in the database afterwards, no duplicates;
+- ``overload``: open-loop arrivals at ``--overload-factor`` x capacity for
+  ``--overload-s``: only 200 or 503 + Retry-After, p99 of accepted requests, RSS;
+- ``hostile``: ``--hostile-count`` generated hostile requests: zero 5xx, zero worker
+  deaths, no half records;
+- ``soak``: ``--soak-s`` at capacity: RSS growth under 5 %, zero errors.
+
+Model: the base config's, else ``tests/data/service-6cls.cfg`` with random weights
+(as ``bench.load``). Requests go to 127.0.0.1 only. Exit status 0 when every target is
+met. ``--quick`` shortens every phase (about 4 minutes instead of about 15).
+
+    python -m bench.reliability
+    python -m bench.reliability --quick --json reliability.json
+    python -m bench.reliability --phases kill,postgres --outage-s 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench._service import PROJECT_ROOT, ServiceError, parse_assignment
+from bench.load import load_images, materialize_weights, resolve_model
+from bench.reliability import phases
+from bench.reliability.live import LiveInstance
+
+log = logging.getLogger("bench.reliability")
+
+PHASES = ("kill", "postgres", "overload", "hostile", "soak")
+QUICK = {"calibrate_s": 8.0, "kill_stream_s": 15.0, "outage_s": 10.0, "overload_s": 15.0,
+         "soak_s": 60.0, "soak_warmup_s": 15.0}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.reliability",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=PROJECT_ROOT / "config" / "config.yaml",
+                        help="base service config (default: config/config.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a service config key (repeatable)")
+    parser.add_argument("--cfg", type=Path, help="Darknet cfg (default: the config's)")
+    parser.add_argument("--weights", type=Path, help="weights (default: the config's)")
+    parser.add_argument("--names", type=Path, help="class names (default: the config's)")
+    parser.add_argument("--img-size", type=int, help="network input size")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument("--quick", action="store_true", help="shorten every phase")
+    parser.add_argument("--clients", type=int,
+                        help="closed-loop clients (default: 2 x workers: every worker busy)")
+    parser.add_argument("--calibrate-s", type=float, default=15.0)
+    parser.add_argument("--kill-stream-s", type=float, default=30.0)
+    parser.add_argument("--kill-after-s", type=float, default=5.0)
+    parser.add_argument("--outage-s", type=float, default=30.0)
+    parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument("--overload-factor", type=float, default=10.0)
+    parser.add_argument("--hostile-count", type=int, default=1000)
+    parser.add_argument("--hostile-seed", type=int, default=0)
+    parser.add_argument("--hostile-concurrency", type=int, default=4)
+    parser.add_argument("--soak-s", type=float, default=600.0)
+    parser.add_argument("--soak-warmup-s", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=120.0, help="client timeout per request")
+    parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    try:
+        args.overrides = dict(parse_assignment(text) for text in args.overrides)
+    except ValueError as exc:
+        parser.error(f"--set: {exc}")
+    return args
+
+
+def _section(settings: dict[str, Any], name: str) -> dict[str, Any]:
+    value = settings.get(name) or {}
+    return value if isinstance(value, dict) else {}
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseReport]:
+    base = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    model = materialize_weights(resolve_model(args, _section(base, "workers")), workdir)
+    if model.note:
+        log.warning("%s", model.note)
+    overrides = {"workers.model_path.cfg": str(model.cfg),
+                 "workers.model_path.weights": str(model.weights),
+                 "workers.model_path.data": str(model.names),
+                 "workers.img_size": model.img_size, **args.overrides}
+    images = load_images(None)
+    reports: list[phases.PhaseReport] = []
+    async with LiveInstance(args.config, workdir, overrides) as live:
+        ready = await live.wait_ready(args.ready_timeout)
+        workers = _section(live.settings, "workers")
+        server = _section(live.settings, "server")
+        n_workers = len(ready["workers"])
+        limit = int(ready["admission"]["limit"])
+        clients = args.clients or 2 * n_workers
+        log.info("ready: %d worker(s), model %s, admission limit %d", n_workers,
+                 ready.get("model"), limit)
+        capacity = await phases.calibrate(live, images, clients=clients,
+                                          duration=args.calibrate_s, timeout=args.timeout)
+        reports.append(capacity)
+        capacity.figures["model"] = f"{model.cfg.name} @ {model.img_size}" + \
+            (" (random weights)" if "random" in model.note or "random" in str(model.weights)
+             else "")
+        capacity.figures["workers"] = n_workers
+        capacity.figures["admission_limit"] = limit
+        rps = float(capacity.figures["capacity_rps"])
+        log.info("capacity: %.2f requests/s", rps)
+        for name in args.phases:
+            log.info("phase %s", name)
+            if name == "kill":
+                report = await phases.worker_kill(
+                    live, images, clients=clients, kill_after=args.kill_after_s,
+                    duration=args.kill_stream_s, timeout=args.timeout)
+            elif name == "postgres":
+                report = await phases.postgres_outage(
+                    live, images, clients=clients, before=5.0, outage=args.outage_s,
+                    after=10.0, timeout=args.timeout)
+            elif name == "overload":
+                report = await phases.overload(
+                    live, images, capacity_rps=rps, factor=args.overload_factor,
+                    duration=args.overload_s, timeout=args.timeout, limit=limit,
+                    workers=n_workers,
+                    max_upload_bytes=int(float(server.get("max_upload_mb", 20)) * (1 << 20)))
+            elif name == "hostile":
+                report = await phases.hostile(live, count=args.hostile_count,
+                                              seed=args.hostile_seed,
+                                              concurrency=args.hostile_concurrency)
+            else:
+                report = await phases.soak(live, images, clients=clients,
+                                           duration=args.soak_s, warmup=args.soak_warmup_s,
+                                           timeout=args.timeout)
+            reports.append(report)
+            print_report(report)
+            await live.wait_ready(args.ready_timeout)  # the next phase starts ready
+        del workers
+    return reports
+
+
+def print_report(report: phases.PhaseReport) -> None:
+    print(f"\n== {report.name}: {'PASS' if report.passed else 'FAIL'}")
+    for key, value in report.figures.items():
+        print(f"   {key}: {value}")
+    for target, met in report.checks.items():
+        print(f"   [{'x' if met else ' '}] {target}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="yolo-reliability-"))
+    try:
+        reports = asyncio.run(run(args, workdir))
+    except ServiceError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if args.keep:
+            log.info("kept %s (service.yaml, service.log, pgdata)", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n== summary")
+    for report in reports:
+        print(f"   {'PASS' if report.passed else 'FAIL'}  {report.name}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(
+            [{"phase": r.name, "passed": r.passed, "figures": r.figures, "checks": r.checks}
+             for r in reports], indent=2, default=str))
+    return 0 if all(report.passed for report in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The live instance under test: its own PostgreSQL (stoppable), the service, its memory.
+
+:class:`LiveInstance` starts an embedded PostgreSQL in the work directory — owned here,
+not by the service, so a phase can stop and start it under the service's feet — and the
+service (``main.py`` in a subprocess, ``bench._service``) pointed at it as an external
+server. It reads ``/readyz``, the service's resident memory (the main process plus its
+workers, from ``/proc``) and the record ids stored in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench._service import ServiceProcess, free_port, write_config
+from utils.embedded_pg import EmbeddedPostgres
+
+log = logging.getLogger(__name__)
+
+PG_PORT = 5499  # names the Unix socket only; the server listens on no TCP port
+
+
+class Instance(ServiceProcess):
+    """The service process, with its pid (for memory readings)."""
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its direct children (the model workers)."""
+    return _rss_bytes(pid) + sum(_rss_bytes(child) for child in _children(pid))
+
+
+class LiveInstance:
+    """PostgreSQL + service in ``workdir``; use ``async with``."""
+
+    def __init__(self, base_config: Path, workdir: Path, overrides: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.postgres = EmbeddedPostgres(workdir / "pgdata", port=PG_PORT)
+        self.base_config = base_config
+        self.overrides = overrides
+        self.config_path = workdir / "service.yaml"
+        self.service: Instance | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.settings: dict[str, Any] = {}
+
+    @property
+    def url(self) -> str:
+        assert self.service is not None
+        return self.service.url
+
+    async def __aenter__(self) -> LiveInstance:
+        await asyncio.to_thread(self.postgres.start)
+        socket_dir = self.postgres.dsn.split("host=")[1].split("&")[0]
+        overrides = {"postgres.embedded": False, "postgres.host": socket_dir,
+                     "postgres.port": PG_PORT, "postgres.database": "postgres",
+                     "server.host": "127.0.0.1", **self.overrides}
+        self.settings = write_config(self.base_config, self.config_path, self.workdir, overrides)
+        self.service = Instance(self.config_path, free_port(), self.workdir / "service.log")
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=120),
+            connector=aiohttp.TCPConnector(limit=2000))
+        self.service.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.service is not None:
+            await asyncio.to_thread(self.service.stop)
+        if self.postgres.data_dir.exists():
+            await asyncio.to_thread(self.postgres.stop)
+
+    async def wait_ready(self, timeout: float) -> dict[str, Any]:
+        assert self.service is not None and self.session is not None
+        return await self.service.wait_ready(self.session, timeout)
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        assert self.session is not None
+        async with self.session.get(f"{self.url}/readyz") as response:
+            body: dict[str, Any] = await response.json()
+            return response.status, body
+
+    def rss(self) -> int:
+        assert self.service is not None and self.service.pid is not None
+        return process_tree_rss(self.service.pid)
+
+    async def stop_postgres(self) -> None:
+        await asyncio.to_thread(self.postgres.stop)
+
+    async def start_postgres(self) -> None:
+        await asyncio.to_thread(self.postgres.start)
+
+    async def stored_ids(self) -> dict[str, int]:
+        """Every record id in the database, with its number of rows."""
+        conn = await asyncpg.connect(self.postgres.dsn)
+        try:
+            rows = await conn.fetch(
+                "SELECT id::text AS id, count(*) AS n FROM detections GROUP BY id")
+        finally:
+            await conn.close()
+        return {row["id"]: int(row["n"]) for row in rows}

@@ -1,0 +1,329 @@
+"""The reliability phases. Each runs against the live instance and returns its figures
+and the targets it checked (target -> met)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import statistics
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.load import JpegImage, percentile
+from bench.reliability import corpus
+from bench.reliability.live import LiveInstance
+from bench.reliability.stream import (Result, closed_loop, open_loop, send_hostile,
+                                      summary)
+
+POLL_S = 0.1
+
+
+@dataclass
+class PhaseReport:
+    name: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+
+def _answered_ids(results: Sequence[Result]) -> set[str]:
+    return {record_id for r in results if r.status == 200 for record_id in r.record_ids}
+
+
+async def _pool(live: LiveInstance) -> dict[str, Any]:
+    pool: dict[str, Any] = (await live.readyz())[1]["pool"]
+    return pool
+
+
+async def _sample_rss(live: LiveInstance, every: float, stop: asyncio.Event,
+                      out: list[tuple[float, int]]) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        out.append((time.monotonic() - started, live.rss()))
+        try:
+            async with asyncio.timeout(every):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
+def _mib(value: float) -> float:
+    return round(value / (1 << 20), 1)
+
+
+# ---------------------------------------------------------------- capacity
+
+async def calibrate(live: LiveInstance, images: Sequence[JpegImage], *, clients: int,
+                    duration: float, timeout: float) -> PhaseReport:
+    """Closed-loop throughput with every worker busy: the service's capacity."""
+    assert live.session is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(closed_loop(live.session, live.url, images, clients, stop,
+                                           timeout))
+    await asyncio.sleep(duration)
+    stop.set()
+    results = await task
+    first = min(r.started for r in results)
+    ok = [r for r in results if r.status == 200]
+    window = max(r.started + r.latency_s for r in results) - first
+    report = PhaseReport("capacity")
+    report.figures = {"clients": clients, **summary(results),
+                      "capacity_rps": round(len(ok) / window, 2)}
+    report.checks = {"all requests answered 200": len(ok) == len(results)}
+    return report
+
+
+# ---------------------------------------------------------------- worker death
+
+async def worker_kill(live: LiveInstance, images: Sequence[JpegImage], *, clients: int,
+                      kill_after: float, duration: float, timeout: float) -> PhaseReport:
+    """kill -9 one worker during a stream; count failures, time the way back to ready."""
+    assert live.session is not None
+    status, ready = await live.readyz()
+    before = ready["pool"]
+    victim = int(ready["workers"][0]["pid"])
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(closed_loop(live.session, live.url, images, clients, stop,
+                                           timeout))
+    await asyncio.sleep(kill_after)
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    not_ready_seen = False
+    while True:
+        status, body = await live.readyz()
+        if status != 200:
+            not_ready_seen = True
+        elif victim not in [w["pid"] for w in body["workers"]]:
+            break
+        if time.monotonic() - killed > 300:
+            break
+        await asyncio.sleep(POLL_S)
+    back = time.monotonic() - killed
+    await asyncio.sleep(max(0.0, duration - (time.monotonic() - started)))
+    stop.set()
+    results = await task
+    after = await _pool(live)
+    answered = _answered_ids(results)
+    stored = await live.stored_ids()
+    failed = [r for r in results if r.status != 200]
+    during = [r for r in results if killed <= r.started <= killed + back]
+    report = PhaseReport("worker kill -9")
+    report.figures = {
+        **summary(results), "failed_requests": len(failed),
+        "failures": dict(Counter(f"{r.status} {r.error or ''}".strip() for r in failed)),
+        "requests_started_while_recovering": len(during),
+        "time_to_ready_s": round(back, 2),
+        "worker_deaths": after["worker_deaths"] - before["worker_deaths"],
+        "retried_jobs": after["retried_jobs"] - before["retried_jobs"],
+        "answered_ids_missing_from_db": len(answered - stored.keys()),
+    }
+    report.checks = {
+        "no failed requests (the killed worker's job retried)": not failed,
+        "/readyz not ready while the worker was replaced": not_ready_seen,
+        "ready again within 60 s": back < 60,
+        "every answered record stored": not (answered - stored.keys()),
+    }
+    return report
+
+
+# ---------------------------------------------------------------- PostgreSQL outage
+
+async def postgres_outage(live: LiveInstance, images: Sequence[JpegImage], *, clients: int,
+                          before: float, outage: float, after: float,
+                          timeout: float) -> PhaseReport:
+    """Stop PostgreSQL for ``outage`` seconds during a stream, then start it again."""
+    assert live.session is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(closed_loop(live.session, live.url, images, clients, stop,
+                                           timeout))
+    await asyncio.sleep(before)
+    await live.stop_postgres()
+    stopped = time.monotonic()
+    readiness: Counter[str] = Counter()
+    max_spool = 0
+    while time.monotonic() - stopped < outage:
+        status, body = await live.readyz()
+        readiness[f"{status} {body.get('status')}"] += 1
+        max_spool = max(max_spool, body["spool"]["records"])
+        await asyncio.sleep(0.5)
+    await live.start_postgres()
+    restarted = time.monotonic()
+    drained_after = math.nan
+    while time.monotonic() - restarted < 300:
+        status, body = await live.readyz()
+        if body["spool"]["entries"] == 0 and body["checks"].get("database") == "ok":
+            drained_after = time.monotonic() - restarted
+            break
+        max_spool = max(max_spool, body["spool"]["records"])
+        await asyncio.sleep(POLL_S)
+    await asyncio.sleep(max(0.0, after - (time.monotonic() - restarted)))
+    stop.set()
+    results = await task
+    for _ in range(300):  # records answered at the very end may still be replaying
+        body = (await live.readyz())[1]
+        if body["spool"]["entries"] == 0:
+            break
+        await asyncio.sleep(POLL_S)
+    answered = _answered_ids(results)
+    stored = await live.stored_ids()
+    missing = answered - stored.keys()
+    duplicates = [record_id for record_id, n in stored.items() if n > 1]
+    during = [r for r in results if stopped <= r.started < restarted]
+    failed = [r for r in results if r.status != 200]
+    report = PhaseReport(f"PostgreSQL stopped {outage:g} s")
+    report.figures = {
+        **summary(results), "requests_during_outage": len(during),
+        "answered_200_during_outage": sum(r.status == 200 for r in during),
+        "failed_requests": len(failed),
+        "failures": dict(Counter(f"{r.status} {r.error or ''}".strip() for r in failed)),
+        "readyz_during_outage": dict(readiness), "max_spool_records": max_spool,
+        "spool_drained_after_restart_s": round(drained_after, 2),
+        "answered_ids": len(answered), "missing_from_db": len(missing),
+        "duplicate_ids": len(duplicates),
+    }
+    report.checks = {
+        "/detect kept answering (no failed requests)": not failed,
+        "records were spooled during the outage": max_spool > 0,
+        "spool replayed and removed after restart": not math.isnan(drained_after),
+        "every answered id in the database": not missing,
+        "no duplicates": not duplicates,
+    }
+    return report
+
+
+# ---------------------------------------------------------------- overload
+
+async def overload(live: LiveInstance, images: Sequence[JpegImage], *, capacity_rps: float,
+                   factor: float, duration: float, timeout: float,
+                   limit: int, workers: int, max_upload_bytes: int) -> PhaseReport:
+    """Open-loop arrivals at ``factor`` x capacity for ``duration`` seconds."""
+    assert live.session is not None
+    samples: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_rss(live, 1.0, stop, samples))
+    rss_before = live.rss()
+    results = await open_loop(live.session, live.url, images, capacity_rps * factor, duration,
+                              timeout)
+    stop.set()
+    await sampler
+    statuses = Counter(r.status for r in results)
+    refused = [r for r in results if r.status == 503]
+    ok = [r for r in results if r.status == 200]
+    accepted_rps = len(ok) / duration
+    # An accepted request waits at most for the ``limit - 1`` requests admitted before
+    # it, served ``workers`` at a time: about (limit + workers) / throughput, with the
+    # throughput seen during this phase (the rejected traffic costs CPU too).
+    bound_s = (limit + workers) / max(accepted_rps, 1e-9)
+    thirds: list[list[float]] = [[], [], []]  # latencies by arrival: does the wait grow?
+    for r in ok:
+        thirds[min(2, int(3 * (r.started - ok[0].started) / duration))].append(r.latency_s * 1e3)
+    rss_peak = max(rss for _, rss in samples)
+    rss_bound = rss_before + limit * max_upload_bytes
+    report = PhaseReport(f"overload {factor:g}x capacity")
+    report.figures = {
+        **summary(results), "offered_rps": round(capacity_rps * factor, 1),
+        "capacity_rps": round(capacity_rps, 2), "accepted_rps": round(accepted_rps, 2),
+        "refused_503": len(refused),
+        "refused_with_retry_after": sum(r.retry_after is not None for r in refused),
+        "queue_bound_ms ((limit + workers) / accepted rps)": round(bound_s * 1e3, 1),
+        "p99_ms_by_third": [round(percentile(t, 99), 1) if t else None for t in thirds],
+        "rss_before_mib": _mib(rss_before), "rss_peak_mib": _mib(rss_peak),
+        "rss_end_mib": _mib(samples[-1][1]),
+        "rss_bound_mib (before + limit x max upload)": _mib(rss_bound),
+    }
+    p99 = report.figures["p99_ms"]
+    report.checks = {
+        "only 200 and 503 answers": set(statuses) <= {200, 503},
+        "every 503 carries Retry-After": all(r.retry_after for r in refused),
+        "p99 of accepted requests within 2x the queue bound":
+            p99 is not None and p99 <= 2 * bound_s * 1e3,
+        "RSS bounded": rss_peak <= rss_bound,
+    }
+    return report
+
+
+# ---------------------------------------------------------------- hostile inputs
+
+async def hostile(live: LiveInstance, *, count: int, seed: int,
+                  concurrency: int) -> PhaseReport:
+    """The generated corpus of hostile requests, ``concurrency`` at a time."""
+    assert live.session is not None
+    session = live.session
+    before = await _pool(live)
+    stored_before = await live.stored_ids()
+    requests = corpus.generate(count, seed)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(request: corpus.HostileRequest) -> Result:
+        async with gate:
+            return await send_hostile(session, live.url, request)
+
+    results = await asyncio.gather(*(one(request) for request in requests))
+    after = await _pool(live)
+    stored_after = await live.stored_ids()
+    answered = _answered_ids(results)
+    new_rows = stored_after.keys() - stored_before.keys()
+    per_kind: dict[str, Counter[str]] = defaultdict(Counter)
+    for request, result in zip(requests, results, strict=True):
+        per_kind[request.kind][str(result.status)] += 1
+    server_errors = [(request.kind, request.path_qs[:80], result.status, result.error)
+                     for request, result in zip(requests, results, strict=True)
+                     if result.status >= 500 or result.status == 0]
+    report = PhaseReport(f"hostile inputs ({count})")
+    report.figures = {
+        "requests": len(results),
+        "statuses": dict(sorted(Counter(str(r.status) for r in results).items())),
+        "per_kind": {kind: dict(sorted(c.items())) for kind, c in sorted(per_kind.items())},
+        "5xx_or_no_answer": len(server_errors), "examples": server_errors[:5],
+        "worker_deaths": after["worker_deaths"] - before["worker_deaths"],
+        "records_answered": len(answered), "records_added": len(new_rows),
+    }
+    report.checks = {
+        "zero 5xx": not server_errors,
+        "zero worker deaths": report.figures["worker_deaths"] == 0,
+        "no half records (rows added == records answered)": new_rows == answered,
+    }
+    return report
+
+
+# ---------------------------------------------------------------- soak
+
+async def soak(live: LiveInstance, images: Sequence[JpegImage], *, clients: int,
+               duration: float, warmup: float, timeout: float) -> PhaseReport:
+    """``duration`` seconds at capacity; RSS after ``warmup`` against RSS at the end."""
+    assert live.session is not None
+    samples: list[tuple[float, int]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_rss(live, 5.0, stop, samples))
+    stream_stop = asyncio.Event()
+    task = asyncio.create_task(closed_loop(live.session, live.url, images, clients,
+                                           stream_stop, timeout))
+    await asyncio.sleep(duration)
+    stream_stop.set()
+    results = await task
+    stop.set()
+    await sampler
+    settled = [rss for t, rss in samples if t >= warmup] or [rss for _, rss in samples]
+    start = statistics.median(settled[:3])
+    end = statistics.median(settled[-3:])
+    growth = (end - start) / start
+    failed = [r for r in results if r.status != 200]
+    ok = [r for r in results if r.status == 200]
+    report = PhaseReport(f"soak {duration:g} s at capacity")
+    report.figures = {
+        **summary(results), "rps": round(len(ok) / duration, 2), "errors": len(failed),
+        "rss_after_warmup_mib": _mib(start), "rss_end_mib": _mib(end),
+        "rss_growth_pct": round(100 * growth, 2),
+        "rss_samples_mib": [_mib(rss) for _, rss in samples[:: max(1, len(samples) // 12)]],
+    }
+    report.checks = {"zero errors": not failed, "RSS growth under 5%": growth < 0.05}
+    return report

@@ -1,0 +1,199 @@
+"""Making detection records durable: in PostgreSQL, or in the local spool while it is away.
+
+:meth:`RecordWriter.save` returns only once the records of a request are durable:
+committed to PostgreSQL, or — when the database is unreachable, or records are already
+waiting in the spool (so that order is kept) — appended to the fsync'd spool
+(:mod:`utils.spool`). :meth:`RecordWriter.replay_forever` runs as a background task and
+writes spooled entries to PostgreSQL in order, in batches of consecutive entries (one
+transaction each), then deletes the spool. Record ids are made by the service and
+inserts ignore ids that exist, so an entry replayed twice (a crash between its commit
+and the spool's removal) is stored once. An entry the database refuses outright (not an
+outage) is set aside, logged, and replay goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+import db
+from utils.spool import Frame, Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+REPLAY_INTERVAL_S = 1.0  # how often the spool is looked at while it is empty
+REPLAY_BACKOFF_S = (0.5, 2.0)  # first and longest wait between tries while the database is away
+REPLAY_BATCH_ENTRIES = 64  # spool entries per replay transaction
+REPLAY_BATCH_BYTES = 16 << 20
+
+
+class StorageUnavailable(RuntimeError):
+    """Neither the database nor the spool could take the records (-> 503)."""
+
+
+def encode_entry(records: Sequence[db.Record], images: Sequence[db.StoredImage]) -> bytes:
+    return json.dumps({
+        "records": [record.to_json() for record in records],
+        "images": [{"sha256": image.sha256, "content_type": image.content_type,
+                    "data": base64.b64encode(image.data).decode("ascii")} for image in images],
+    }, separators=(",", ":")).encode("utf-8")
+
+
+def decode_entry(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]:
+    """Records and images of a spool entry; raises ValueError when it is not one."""
+    try:
+        data = json.loads(payload)
+        records = [db.Record.from_json(item) for item in data["records"]]
+        images = [db.StoredImage(str(item["sha256"]), str(item["content_type"]),
+                                 base64.b64decode(item["data"], validate=True))
+                  for item in data["images"]]
+    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"not a spool entry: {exc}") from exc
+    return records, images
+
+
+class RecordWriter:
+    """The one way records are stored by the service."""
+
+    def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float) -> None:
+        self.pool = pool
+        self.spool = spool
+        self.write_timeout = write_timeout
+        self.database_up = True  # as last seen by a write
+        self.spooled_total = 0
+        self.replayed_total = 0
+        self._wake = asyncio.Event()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Spool depth and totals for /readyz."""
+        return {"records": self.spool.pending_items, "entries": self.spool.pending_entries,
+                "bytes": self.spool.pending_bytes, "spooled_total": self.spooled_total,
+                "replayed_total": self.replayed_total}
+
+    async def save(self, records: Sequence[db.Record],
+                   images: Sequence[db.StoredImage] = ()) -> str:
+        """Make the records durable; return where: ``"database"`` or ``"spool"``."""
+        if self.spool.pending_entries == 0:
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await db.save_records(self.pool, records, images)
+            except db.UNAVAILABLE_ERRORS as exc:
+                if self.database_up:
+                    log.error("database unavailable (%s: %s); spooling records to %s",
+                              type(exc).__name__, exc, self.spool.path)
+                self.database_up = False
+                await self._forget_connections()
+            else:
+                self.database_up = True
+                return "database"
+        try:
+            await self.spool.append(encode_entry(records, images), len(records))
+        except SpoolError as exc:
+            log.error("cannot spool %d record(s): %s", len(records), exc)
+            raise StorageUnavailable(
+                f"the records could not be stored (database unavailable; spool: {exc})") from exc
+        self.spooled_total += len(records)
+        self._wake.set()
+        return "spool"
+
+    # ------------------------------------------------------------- replay
+
+    async def replay_forever(self) -> None:
+        """Background task: replay the spool whenever it holds entries.
+
+        Woken by each spooled entry; while the database stays away, it retries with
+        back-off instead (new entries do not cut the wait short).
+        """
+        failures = 0
+        while True:
+            if failures:
+                first, longest = REPLAY_BACKOFF_S
+                await asyncio.sleep(min(first * 2 ** (failures - 1), longest))
+            else:
+                try:
+                    async with asyncio.timeout(REPLAY_INTERVAL_S):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if self.spool.pending_entries == 0:
+                failures = 0
+                continue
+            try:
+                await db.ping(self.pool, timeout=self.write_timeout)  # before reading entries
+                await self.replay_pending()
+            except db.UNAVAILABLE_ERRORS as exc:
+                await self._forget_connections()
+                failures += 1
+                log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                        "database still unavailable (%s); %d spooled record(s) wait",
+                        type(exc).__name__, self.spool.pending_items)
+            else:
+                failures = 0
+
+    async def replay_pending(self) -> int:
+        """Write every spooled entry to the database in order, then delete the spool.
+
+        Entries go in batches (one transaction each). Returns the number of records
+        replayed; raises one of ``db.UNAVAILABLE_ERRORS`` when the database goes away
+        (the rest stays spooled).
+        """
+        replayed = 0
+        while True:
+            frames = await self.spool.read_batch(REPLAY_BATCH_ENTRIES, REPLAY_BATCH_BYTES)
+            if not frames:
+                if await self.spool.remove_if_drained():
+                    break
+                continue
+            replayed += await self._replay(frames)
+        if replayed:
+            self.database_up = True
+            log.info("replayed %d spooled record(s) into the database; spool removed",
+                     replayed)
+        return replayed
+
+    async def _replay(self, frames: Sequence[Frame]) -> int:
+        """Store consecutive entries in one transaction; an entry the database refuses
+        (not an outage) is found by retrying them one by one, and set aside."""
+        batch: list[Frame] = []
+        records: list[db.Record] = []
+        images: list[db.StoredImage] = []
+        for frame in frames:
+            try:
+                entry_records, entry_images = decode_entry(frame.payload)
+            except ValueError as exc:
+                if batch:
+                    break  # store what precedes it first
+                await self.spool.set_aside(frame, str(exc))
+                self.spool.mark_replayed(frame)
+                return 0
+            batch.append(frame)
+            records += entry_records
+            images += entry_images
+        try:
+            async with asyncio.timeout(self.write_timeout * max(1, len(batch) // 16)):
+                await db.save_records(self.pool, records, images)
+        except db.UNAVAILABLE_ERRORS:
+            await self._forget_connections()
+            raise
+        except asyncpg.PostgresError as exc:
+            if len(batch) > 1:
+                return sum([await self._replay([frame]) for frame in batch])
+            await self.spool.set_aside(batch[0], f"{type(exc).__name__}: {exc}")
+            self.spool.mark_replayed(batch[0])
+            return 0
+        for frame in batch:
+            self.spool.mark_replayed(frame)
+        self.replayed_total += len(records)
+        return len(records)
+
+    async def _forget_connections(self) -> None:
+        """After an outage every pooled connection is dead: reconnect on next use
+        instead of finding that out one failed write at a time."""
+        await self.pool.expire_connections()

@@ -1,0 +1,55 @@
+"""The bounded queue in front of the workers: how many /detect requests may be in progress.
+
+At most ``limit`` requests (one per worker plus ``workers.max_queue`` waiting) are
+admitted at once; the next one is refused at once, before its body is read, so memory
+stays bounded (about ``limit`` x ``server.max_upload_mb``) whatever the offered load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QueueFull(RuntimeError):
+    """Every place is taken: the client should try again shortly (503, Retry-After)."""
+
+
+class Admission:
+    """A counter of admitted requests with a hard limit; ``enter()`` returns a place."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the admission limit must be at least 1")
+        self.limit = limit
+        self.in_progress = 0
+        self.admitted_total = 0
+        self.rejected_total = 0
+
+    def enter(self) -> Place:
+        """Take a place (give it back with ``with place:``); raise QueueFull if none."""
+        if self.in_progress >= self.limit:
+            self.rejected_total += 1
+            raise QueueFull(f"the service is at capacity ({self.limit} requests in progress); "
+                            "try again shortly")
+        self.in_progress += 1
+        self.admitted_total += 1
+        return Place(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"in_progress": self.in_progress, "limit": self.limit,
+                "admitted_total": self.admitted_total, "rejected_total": self.rejected_total}
+
+
+class Place:
+    """One admitted request; leaving the ``with`` block gives the place back (once)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._admission is not None:
+            self._admission.in_progress -= 1
+            self._admission = None
