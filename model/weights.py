@@ -130,8 +130,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         detail = re.search(r"WeightsUnpickler error: (.*)", str(exc))
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint"
                            f"{': ' + detail.group(1) if detail else ''}") from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt file surfaces as many types
+        # (KeyError, RuntimeError, EOFError, BadZipFile, ...); weights_only=True means none
+        # of them can come from code in the file.
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint: "
+                           f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a dict, found {type(obj).__name__}")
     if "model" in obj:

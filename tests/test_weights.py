@@ -164,3 +164,11 @@ def test_fused_network_is_not_loadable(tmp_path: Path) -> None:
     save_weights(net, tmp_path / "w.weights")
     with pytest.raises(WeightsError, match="fused"):
         load_weights(net.eval().fuse(), tmp_path / "w.weights")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_are_a_clear_error(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(np.random.default_rng(seed).bytes(4096))
+    with pytest.raises(WeightsError, match="garbage.pt: (not a readable|refused)"):
+        load_weights(Darknet(CFG, 64), path)
