@@ -95,3 +95,11 @@ def test_bad_networks_are_refused_with_location(tmp_path: Path, body: str, needl
         Darknet(_cfg(tmp_path, body))
     assert needle in str(err.value)
     assert str(tmp_path / "bad.cfg") in str(err.value)
+
+
+def test_shipped_users_network_matches_shared_copy() -> None:
+    """model/data ships the users' network (for their best_model_12.pt) unchanged."""
+    shipped = Path(__file__).resolve().parents[1] / "model" / "data" / "yolov3-spp-6cls.cfg"
+    assert shipped.read_text() == (DARKNET_DIR / "yolov3-spp-6cls.cfg").read_text()
+    net = Darknet(shipped, img_size=512)
+    assert net.num_classes == 6 and net.strides == [32, 16, 8]
