@@ -71,6 +71,13 @@ async def pg_context(app: web.Application) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.stop)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def records_context(app: web.Application) -> AsyncIterator[None]:
     """The record writer: the spool (records already in it are replayed first) and the
     background task that replays it into PostgreSQL."""
@@ -85,9 +92,7 @@ async def records_context(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
             await _final_replay(writer, config.postgres.close_timeout)
     finally:
         spool.close()
@@ -136,9 +141,7 @@ def detector_pool_context(
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
             await pool.close(config.server.shutdown_timeout)
 
     return context

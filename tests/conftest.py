@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -143,6 +144,17 @@ async def client(test_config: Config, detector_pool: DetectorPool, aiohttp_clien
     # aiohttp_client comes last: set up after the database, so torn down (app closed) first.
     app = await init_app(test_config, detector_pool=detector_pool)
     return await aiohttp_client(app)
+
+
+# ---------------------------------------------------------------- processes
+
+def alive(pid: int) -> bool:
+    """A process with this pid exists (zombies included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- images

@@ -21,7 +21,7 @@ import keys
 from main import init_app
 from pool import DetectorPool
 from settings import Config
-from tests.conftest import encode, webp_bytes
+from tests.conftest import alive, encode, webp_bytes
 
 CONF = 0.2  # random weights: low enough to get boxes, high enough to keep the list short
 
@@ -44,13 +44,6 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str 
         assert body["error"]["code"] == code
     return body
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -20,14 +20,8 @@ from main import init_app
 from model.errors import ImageDecodeError, ImageTooLargeError
 from pool import DetectorPool, PoolUnavailable, available_cores, threads_per_worker
 from settings import Config
+from tests.conftest import alive
 
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def wait_ready(client: Any, timeout: float = 180.0) -> dict[str, Any]:
