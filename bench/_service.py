@@ -19,7 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +33,20 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 READY_POLL_S = 0.5
+
+
+@contextmanager
+def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder for a throw-away instance (config, log, pgdata); removed after
+    use unless ``keep``."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            log.info("kept %s (service.yaml, service.log, pgdata)", workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class ServiceError(RuntimeError):

@@ -36,9 +36,7 @@ import logging
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -51,7 +49,7 @@ import cv2
 import numpy as np
 import yaml
 
-from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port,
+from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port, scratch_dir,
                             parse_assignment, write_config)
 
 log = logging.getLogger("bench.load")
@@ -633,17 +631,12 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="yolo-load-"))
     try:
-        return run(args, workdir)
+        with scratch_dir("yolo-load-", args.keep) as workdir:
+            return run(args, workdir)
     except ServiceError as exc:
         log.error("%s", exc)
         return 1
-    finally:
-        if args.keep:
-            log.info("kept %s (service.yaml, service.log, pgdata)", workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -29,16 +29,14 @@ import argparse
 import asyncio
 import json
 import logging
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench._service import PROJECT_ROOT, ServiceError, parse_assignment
+from bench._service import PROJECT_ROOT, ServiceError, parse_assignment, scratch_dir
 from bench.load import load_images, materialize_weights, resolve_model
 from bench.reliability import phases
 from bench.reliability.live import LiveInstance
@@ -175,17 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="yolo-reliability-"))
     try:
-        reports = asyncio.run(run(args, workdir))
+        with scratch_dir("yolo-reliability-", args.keep) as workdir:
+            reports = asyncio.run(run(args, workdir))
     except ServiceError as exc:
         log.error("%s", exc)
         return 1
-    finally:
-        if args.keep:
-            log.info("kept %s (service.yaml, service.log, pgdata)", workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print("\n== summary")
     for report in reports:
         print(f"   {'PASS' if report.passed else 'FAIL'}  {report.name}")
