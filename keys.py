@@ -13,6 +13,7 @@ from settings import Config
 from utils.admission import Admission
 from utils.auth import Auth
 from utils.embedded_pg import EmbeddedPostgres
+from utils.metrics import ServiceMetrics
 
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", asyncpg.Pool)
@@ -22,3 +23,4 @@ warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
 records_key = web.AppKey("records", RecordWriter)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 admission_key = web.AppKey("admission", Admission)
+metrics_key = web.AppKey("metrics", ServiceMetrics)

@@ -1,8 +1,9 @@
 """Entry point: ``python main.py [--config PATH]`` serves the detection service.
 
-``init_app(config)`` builds the application in a fixed order: config, templates,
-resources (``cleanup_ctx``: PostgreSQL, the record writer with its spool and replay
-task, the warm worker pool), routes, middlewares.
+``init_app(config)`` builds the application in a fixed order: config, metrics,
+templates, resources (``cleanup_ctx``: PostgreSQL, the record writer with its spool and
+replay task, the warm worker pool), routes, middlewares (metrics, JSON errors, access
+control: outermost first).
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
 (their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import aiohttp_jinja2
@@ -33,6 +35,8 @@ from utils.admission import Admission
 from utils.auth import Auth
 from utils.auth import middleware as auth_middleware
 from utils.embedded_pg import EmbeddedPostgres
+from utils.metrics import MetricSources, ServiceMetrics
+from utils.metrics import middleware as metrics_middleware
 from utils.migrate import migrate
 from utils.spool import Spool
 from utils.tokens import TokenStore
@@ -147,19 +151,24 @@ def detector_pool_context(
     return context
 
 
+def metric_sources(app: web.Application) -> MetricSources:
+    """What /metrics reads at each scrape (resources appear once started)."""
+    return MetricSources(pool=app.get(keys.detector_pool_key), records=app.get(keys.records_key),
+                         admission=app.get(keys.admission_key))
+
+
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None) -> web.Application:
     """Build the application; resources start when the app starts (cleanup_ctx)."""
-    middlewares = [error_middleware]
     auth = None
     if config.auth.tokens_file is not None:
         auth = Auth(TokenStore(config.auth.tokens_file),
                     session_seconds=config.auth.session_hours * 3600.0,
                     cookie_secure=config.auth.cookie_secure)
-        middlewares.append(auth_middleware(auth))
-    app = web.Application(client_max_size=config.server.max_upload_bytes,
-                          middlewares=middlewares)
+    app = web.Application(client_max_size=config.server.max_upload_bytes)
     app[keys.config_key] = config
-    app[keys.admission_key] = Admission(config.workers.max_workers + config.workers.max_queue)
+    app[keys.admission_key] = Admission(config.workers.running_capacity + config.workers.max_queue)
+    metrics = ServiceMetrics(partial(metric_sources, app))
+    app[keys.metrics_key] = metrics
     if auth is not None:
         app[keys.auth_key] = auth
         log.info("access control on: tokens in %s", config.auth.tokens_file)
@@ -170,6 +179,10 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None)
     app.cleanup_ctx.append(records_context)
     app.cleanup_ctx.append(detector_pool_context(detector_pool))
     setup_routes(app)
+    # Outermost first: metrics count the status the client gets (errors already JSON).
+    app.middlewares.extend([metrics_middleware(metrics), error_middleware])
+    if auth is not None:
+        app.middlewares.append(auth_middleware(auth))
     return app
 
 

@@ -1,17 +1,24 @@
 """The warm worker pool that runs the model, and keeps running it when workers die.
 
 :class:`DetectorPool` owns ``max_workers`` worker processes (:mod:`worker_process`), each
-served by one task that takes jobs from a shared queue, one at a time. ``start()``
-returns once every worker is warm.
+served by one task that takes jobs from a shared queue. ``start()`` returns once every
+worker is warm.
+
+Dynamic batching (Triton-style): a worker that becomes free takes the job at the head of
+the queue and, with it, up to ``max_batch_size - 1`` more detect jobs; when fewer are
+queued it waits up to ``max_queue_delay_ms`` (from taking the first) for more to arrive,
+then runs them all as one forward pass. With delay 0 a batch is whatever queued up while
+every worker was busy: no added latency at low load, bigger batches under load.
 
 Faults and load:
 
 - **A worker dies** (killed, out of memory, a native crash) or hangs past
-  ``job_timeout``: its job fails with ``WorkerDied``, the slot is refilled with a fresh
+  ``job_timeout``: its jobs (the whole batch) fail with ``WorkerDied``, the slot is refilled with a fresh
   worker (re-warmed, retried with back-off if the model will not load) and the pool is
   ``recovering`` (not ready) until it is; the other workers keep serving. ``detect``
-  retries a job whose worker died once, at the front of the queue; an image whose job
-  kills a second worker is refused with :class:`ImageKilledWorker`, and remembered (by
+  retries a job whose worker died once, at the front of the queue and alone (never in a
+  batch, so one poisonous image cannot take its batch-mates down twice); an image whose
+  job kills a second worker is refused with :class:`ImageKilledWorker`, and remembered (by
   SHA-256) so that sending it again is refused without running it.
 - **Cancellation**: a job whose caller is cancelled (request timeout, client gone) is
   taken off the queue if no worker has started it.
@@ -28,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
@@ -37,6 +45,7 @@ from typing import Any, TypeVar
 import worker
 from model.errors import ImageDecodeError, ImageTooLargeError
 from settings import WorkersConfig
+from utils.metrics import PoolMetrics
 from worker_process import WorkerDied, WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -76,8 +85,16 @@ def threads_per_worker(config: WorkersConfig) -> int:
 
 @dataclass
 class _Job:
-    message: tuple[Any, ...]
+    """A detect job (batchable unless ``solo``) or a ``("call", fn, args)`` message."""
+
+    work: worker.DetectJob | tuple[Any, ...]
     future: asyncio.Future[Any]
+    solo: bool = False
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def batchable(self) -> bool:
+        return isinstance(self.work, worker.DetectJob) and not self.solo
 
 
 class _JobQueue:
@@ -111,12 +128,26 @@ class _JobQueue:
         self._jobs.clear()
         return jobs
 
-    async def get(self) -> _Job:
+    async def wait(self) -> None:
+        """Return once a job is queued."""
         while not self._jobs:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
+
+    async def get(self) -> _Job:
+        await self.wait()
         return self._jobs.popleft()
+
+    def take_batchable(self, limit: int) -> list[_Job]:
+        """Up to ``limit`` batchable jobs from the head of the queue (stops at the first
+        job that must run alone; skips jobs whose caller has gone)."""
+        taken: list[_Job] = []
+        while self._jobs and len(taken) < limit and self._jobs[0].batchable:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                taken.append(job)
+        return taken
 
 
 @dataclass
@@ -134,24 +165,26 @@ class DetectorPool:
     """``max_workers`` warm model workers fed from one queue."""
 
     def __init__(self, config: WorkersConfig, *, max_pixels: int, log_level: str = "INFO",
-                 detect_fn: Callable[[bytes, float, float], Any] | None = None) -> None:
+                 detect_fn: Callable[..., Any] | None = None) -> None:
         """``detect_fn``: a module-level function run in the workers instead of
-        ``worker.detect`` (tests inject faults with it)."""
+        ``worker.detect_batch`` (tests inject faults with it)."""
         self.config = config
         self.spec = worker.WorkerSpec(
             cfg=str(config.model_path.cfg), weights=str(config.model_path.weights),
             names=str(config.model_path.data), img_size=config.img_size, device=config.device,
-            threads=threads_per_worker(config), max_pixels=max_pixels, log_level=log_level,
-            detect_fn=detect_fn)
+            threads=threads_per_worker(config), max_pixels=max_pixels,
+            backend=config.backend, onnx_cache_dir=str(config.onnx_cache_dir),
+            max_batch_size=config.max_batch_size, log_level=log_level, detect_fn=detect_fn)
         # new -> starting -> ready <-> recovering; starting -> failed; any -> closed
         self.state = "new"
         self.error: str | None = None
         self.stats = PoolStats()
+        self.metrics = PoolMetrics()
         self._ctx: SpawnContext = multiprocessing.get_context("spawn")
         self._procs: dict[int, WorkerProcess] = {}
         self._starting: dict[int, WorkerProcess] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._running: dict[int, _Job] = {}
+        self._running: dict[int, list[_Job]] = {}
         self._queue = _JobQueue()
         self._poisoned: OrderedDict[str, None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -268,7 +301,8 @@ class DetectorPool:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         closed = PoolUnavailable("the detection workers have stopped")
-        for job in [*self._queue.drain(), *self._running.values()]:
+        running = [job for batch in self._running.values() for job in batch]
+        for job in [*self._queue.drain(), *running]:
             if not job.future.done():
                 job.future.set_exception(closed)
         self._running.clear()
@@ -309,14 +343,14 @@ class DetectorPool:
             if digest in self._poisoned:
                 self.stats.refused_images += 1
                 raise ImageKilledWorker(digest)
-        message = ("detect", data, conf_thres, iou_thres)
+        job = worker.DetectJob(data, conf_thres, iou_thres)
         try:
-            return await self._submit(message)
+            return await self._submit(job)
         except WorkerDied as first:
             self.stats.retried_jobs += 1
-            log.warning("%s; retrying its job once", first)
+            log.warning("%s; retrying its job once, alone", first)
             try:
-                return await self._submit(message, front=True)
+                return await self._submit(job, solo=True)
             except WorkerDied as second:
                 digest = hashlib.sha256(data).hexdigest()
                 self._poisoned[digest] = None
@@ -332,11 +366,14 @@ class DetectorPool:
         result: T = await self._call(self._submit(("call", fn, args)))
         return result
 
-    async def _submit(self, message: tuple[Any, ...], *, front: bool = False) -> Any:
+    async def _submit(self, work: worker.DetectJob | tuple[Any, ...], *,
+                      solo: bool = False) -> Any:
+        """Queue one job and wait for its answer; a ``solo`` job (a retry) goes to the
+        front of the queue and runs alone."""
         if not self.accepting:
             raise PoolUnavailable(self.error or "the detection workers are not ready")
-        job = _Job(message, asyncio.get_running_loop().create_future())
-        self._queue.put(job, front=front)
+        job = _Job(work, asyncio.get_running_loop().create_future(), solo=solo)
+        self._queue.put(job, front=solo)
         try:
             return await job.future
         finally:
@@ -356,31 +393,71 @@ class DetectorPool:
             log.error("a worker slot stopped unexpectedly", exc_info=task.exception())
 
     async def _serve_slot(self, index: int, proc: WorkerProcess) -> None:
-        """Feed one worker from the queue; replace it when it dies."""
+        """Feed one worker from the queue, a batch at a time; replace it when it dies."""
         while True:
-            job = await self._queue.get()
-            if job.future.done():
+            batch = await self._next_batch()
+            if not batch:
                 continue
-            self._running[index] = job
+            self._running[index] = batch
             try:
-                answer = await proc.call(job.message, self.config.job_timeout)
+                answers = await self._run_batch(proc, batch)
             except WorkerDied as exc:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                _fail(batch, exc)
                 proc = await self._replace(index, exc)
                 continue
             except asyncio.CancelledError:
-                if not job.future.done():
-                    job.future.set_exception(PoolUnavailable("the detection workers stopped"))
+                _fail(batch, PoolUnavailable("the detection workers stopped"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - WorkerCallError and the like: the caller's
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - WorkerCallError and the like: the callers'
+                _fail(batch, exc)
                 continue
             finally:
                 self._running.pop(index, None)
-            if not job.future.done():
-                job.future.set_result(answer)
+            for job, answer in zip(batch, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+
+    async def _next_batch(self) -> list[_Job]:
+        """The head job plus, if it is batchable, the batch that forms behind it."""
+        first = await self._queue.get()
+        if first.future.done():
+            return []
+        batch = [first]
+        limit = self.config.max_batch_size
+        if not first.batchable or limit == 1:
+            return batch
+        batch += self._queue.take_batchable(limit - 1)
+        deadline = time.monotonic() + self.config.max_queue_delay_ms / 1000.0
+        try:
+            while len(batch) < limit and (left := deadline - time.monotonic()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        await self._queue.wait()
+                except TimeoutError:
+                    break
+                more = self._queue.take_batchable(limit - len(batch))
+                if not more:  # the head job must run alone: send what we have
+                    break
+                batch += more
+        except asyncio.CancelledError:  # the pool is closing
+            _fail(batch, PoolUnavailable("the detection workers stopped"))
+            raise
+        return [job for job in batch if not job.future.done()]
+
+    async def _run_batch(self, proc: WorkerProcess, batch: list[_Job]) -> list[Any]:
+        """One message to the worker: a ``call``, or the batch's detect jobs."""
+        started = time.monotonic()
+        for job in batch:
+            self.metrics.observe_queue(started - job.queued_at)
+        head = batch[0].work
+        if not isinstance(head, worker.DetectJob):
+            return [await proc.call(head, self.config.job_timeout)]
+        answers = await proc.call(("detect", [job.work for job in batch]),
+                                  self.config.job_timeout)
+        timings = [a.inference_ms for a in answers if isinstance(a, worker.DetectResult)]
+        if timings:
+            self.metrics.observe_batch(len(timings), timings[0] / 1000.0)
+        return list(answers)
 
     async def _replace(self, index: int, reason: WorkerDied) -> WorkerProcess:
         """Start a fresh worker in slot ``index``; retry with back-off until one is warm."""
@@ -421,3 +498,9 @@ class DetectorPool:
             self.state = "ready"
             self.error = None
         return proc
+
+
+def _fail(batch: list[_Job], exc: BaseException) -> None:
+    for job in batch:
+        if not job.future.done():
+            job.future.set_exception(exc)

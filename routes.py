@@ -1,4 +1,4 @@
-"""URL map: pages, JSON API, stored images, health, static files."""
+"""URL map: pages, JSON API, stored images, health, metrics, static files."""
 
 from __future__ import annotations
 
@@ -28,4 +28,5 @@ def setup_routes(app: web.Application) -> None:
 
     router.add_get("/healthz", api.healthz, name="healthz")
     router.add_get("/readyz", api.readyz, name="readyz")
+    router.add_get("/metrics", api.metrics, name="metrics")
     router.add_static("/static", STATIC_DIR, name="static")

@@ -26,6 +26,7 @@ CONFIG_ENV = "YOLO_CONFIG"
 DATABASE_URL_ENV = "DATABASE_URL"
 
 DEVICE_CHOICES = ("auto", "cpu")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -94,6 +95,15 @@ class WorkersConfig:
     max_queue: int
     job_timeout: float
     model_path: ModelPaths
+    backend: str  # auto | torch | onnxruntime (see model.inference.select_backend)
+    onnx_cache_dir: Path  # ONNX exports, reused across restarts
+    max_batch_size: int  # images one worker runs in one forward pass
+    max_queue_delay_ms: float  # how long the first job of a batch may wait for more
+
+    @property
+    def running_capacity(self) -> int:
+        """Images the workers can have in hand at once (every worker a full batch)."""
+        return self.max_workers * self.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -281,9 +291,10 @@ def _workers(raw: _Section) -> WorkersConfig:
     img_size = s.integer("img_size", 512)
     if img_size % 32:
         raise ConfigError(s.key("img_size"), f"must be a multiple of 32, got {img_size}")
+    device = _device(s)
     config = WorkersConfig(
         max_workers=s.integer("max_workers", 1, maximum=256),
-        device=_device(s),
+        device=device,
         threads_per_worker=s.optional_integer("threads_per_worker"),
         img_size=img_size,
         conf_thres=s.number("conf_thres", 0.3, high=1.0),
@@ -292,9 +303,25 @@ def _workers(raw: _Section) -> WorkersConfig:
         max_queue=s.integer("max_queue", 8, minimum=0, maximum=100_000),
         job_timeout=s.number("job_timeout", 60.0),
         model_path=model_path,
+        backend=_backend(s, device),
+        onnx_cache_dir=s.path("onnx_cache_dir", "var/onnx"),
+        max_batch_size=s.integer("max_batch_size", 1, maximum=256),
+        max_queue_delay_ms=s.number("max_queue_delay_ms", 0.0, high=10_000.0,
+                                    low_inclusive=True),
     )
     s.check_unknown()
     return config
+
+
+def _backend(section: _Section, device: str) -> str:
+    value = section.string("backend", "auto").strip().lower()
+    if value not in BACKEND_CHOICES:
+        raise ConfigError(section.key("backend"),
+                          f"must be one of {', '.join(BACKEND_CHOICES)}, got {value!r}")
+    if value == "onnxruntime" and device.startswith("cuda"):
+        raise ConfigError(section.key("backend"),
+                          f"onnxruntime runs on the CPU only; device is {device}")
+    return value
 
 
 def _storage(raw: _Section) -> StorageConfig:

@@ -4,9 +4,11 @@
 ``serve`` ties the worker's life to its parent (Linux: ``PR_SET_PDEATHSIG``; elsewhere a
 watchdog thread; everywhere: end of the pipe), ignores SIGINT and SIGTERM (the parent
 owns shutdown), loads the model once and runs one warm-up forward pass (``init``),
-reports ``("ready", WorkerInfo)`` and then answers one job at a time over its pipe.
-Jobs receive encoded image bytes and return plain data (:class:`DetectResult` or
-:class:`DetectFailure`); bad input never raises out of a job, so it cannot kill a worker.
+reports ``("ready", WorkerInfo)`` and then answers one message at a time over its pipe.
+A detect message carries a batch of :class:`DetectJob` (encoded image bytes and
+thresholds: the pool's dynamic batching) that runs as one forward pass; it returns plain
+data, one :class:`DetectResult` or :class:`DetectFailure` per job. Bad input never
+raises out of a job, so it cannot kill a worker, and spoils only its own job.
 
 The one module-level variable, ``_state``, is this worker process's model and identity;
 it is set once by ``init`` and never exists in the parent.
@@ -22,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +48,13 @@ class WorkerSpec:
     device: str  # auto | cpu | cuda:N
     threads: int
     max_pixels: int
+    backend: str = "torch"  # auto | torch | onnxruntime
+    onnx_cache_dir: str | None = None
+    max_batch_size: int = 1  # the warm-up runs this batch size too
     log_level: str = "INFO"
-    # The job run for each image: ``detect`` (tests substitute a module-level function
-    # with the same signature to inject faults into a real worker process).
-    detect_fn: Callable[[bytes, float, float], DetectResult | DetectFailure] | None = None
+    # What runs a batch: ``detect_batch`` (tests substitute a module-level function with
+    # the same signature to inject faults into a real worker process).
+    detect_fn: Callable[[Sequence[DetectJob]], list[DetectResult | DetectFailure]] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,17 @@ class WorkerInfo:
     threads: int
     model: str
     warmup_ms: float
+    backend: str = ""
     error: str | None = None  # why the model could not be loaded
+
+
+@dataclass(frozen=True)
+class DetectJob:
+    """One image to detect, with the thresholds its request asked for."""
+
+    data: bytes
+    conf_thres: float
+    iou_thres: float
 
 
 @dataclass(frozen=True)
@@ -70,9 +85,10 @@ class DetectResult:
     width: int
     height: int
     sha256: str
-    inference_ms: float
+    inference_ms: float  # the forward pass + NMS of the batch this image ran in
     model: str
     detections: list[dict[str, Any]]
+    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ def serve(spec: WorkerSpec, index: int, conn: Connection, parent_pid: int) -> No
     info = init(spec, index)
     if not _send(conn, ("ready", info)):
         return
-    job = spec.detect_fn or detect
+    job = spec.detect_fn or detect_batch
     while True:
         try:
             message = conn.recv()
@@ -184,8 +200,9 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
         torch.set_num_threads(spec.threads)
         device = str(select_device(spec.device, index))
         detector = Detector.load(spec.cfg, spec.weights, spec.names, img_size=spec.img_size,
-                                 device=device)
-        detector.warmup()
+                                 device=device, backend=spec.backend,
+                                 onnx_cache_dir=spec.onnx_cache_dir, threads=spec.threads)
+        detector.warmup((1, spec.max_batch_size))
     except Exception as exc:  # noqa: BLE001 - reported to the parent in WorkerInfo.error
         log.exception("worker %d could not load the model", index)
         info = WorkerInfo(pid=os.getpid(), index=index, device=spec.device, threads=spec.threads,
@@ -194,10 +211,11 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
         return info
     warmup_ms = (time.perf_counter() - started) * 1000.0
     info = WorkerInfo(pid=os.getpid(), index=index, device=device, threads=spec.threads,
-                      model=str(detector.model_name), warmup_ms=round(warmup_ms, 1))
+                      model=str(detector.model_name), warmup_ms=round(warmup_ms, 1),
+                      backend=detector.backend)
     _state = _WorkerState(detector=detector, info=info, max_pixels=spec.max_pixels)
-    log.info("worker %d warm on %s with %d threads in %.0f ms", index, device, spec.threads,
-             warmup_ms)
+    log.info("worker %d warm on %s (%s) with %d threads in %.0f ms", index, device,
+             detector.backend, spec.threads, warmup_ms)
     return info
 
 
@@ -216,27 +234,42 @@ def _detector() -> Any:
     return state.detector
 
 
-def detect(data: bytes, conf_thres: float, iou_thres: float) -> DetectResult | DetectFailure:
-    """Decode ``data``, run the model and return plain detection data."""
+def detect_batch(jobs: Sequence[DetectJob]) -> list[DetectResult | DetectFailure]:
+    """Decode every job's image and run the decodable ones through the model in one
+    batch; one result (or failure, for an image that cannot be used) per job."""
     from model.errors import ImageError, ImageTooLargeError
     from model.preprocess import decode_image
 
     state = _current()
     detector = _detector()
-    try:
-        image = decode_image(data, max_pixels=state.max_pixels)
-    except ImageTooLargeError as exc:
-        return DetectFailure("too_large", str(exc))
-    except ImageError as exc:
-        return DetectFailure("decode", str(exc))
-    height, width = image.shape[:2]
+    answers: list[DetectResult | DetectFailure | None] = []
+    images, ready = [], []
+    for job in jobs:
+        try:
+            image = decode_image(job.data, max_pixels=state.max_pixels)
+        except ImageTooLargeError as exc:
+            answers.append(DetectFailure("too_large", str(exc)))
+            continue
+        except ImageError as exc:
+            answers.append(DetectFailure("decode", str(exc)))
+            continue
+        answers.append(None)
+        images.append(image)
+        ready.append(len(answers) - 1)
+    if not images:
+        return [a for a in answers if a is not None]
     started = time.perf_counter()
-    detections = detector.detect([image], conf_thres=conf_thres, iou_thres=iou_thres)[0]
-    inference_ms = (time.perf_counter() - started) * 1000.0
-    return DetectResult(width=int(width), height=int(height),
-                        sha256=hashlib.sha256(data).hexdigest(),
-                        inference_ms=round(inference_ms, 2), model=state.info.model,
-                        detections=[_plain(d) for d in detections])
+    found = detector.detect(images, conf_thres=[jobs[i].conf_thres for i in ready],
+                            iou_thres=[jobs[i].iou_thres for i in ready])
+    inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    for position, image, detections in zip(ready, images, found, strict=True):
+        height, width = image.shape[:2]
+        answers[position] = DetectResult(
+            width=int(width), height=int(height),
+            sha256=hashlib.sha256(jobs[position].data).hexdigest(), inference_ms=inference_ms,
+            model=state.info.model, detections=[_plain(d) for d in detections],
+            batch_size=len(images))
+    return [a for a in answers if a is not None]
 
 
 def _plain(detection: dict[str, Any]) -> dict[str, Any]:

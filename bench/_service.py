@@ -3,7 +3,8 @@
 :func:`write_config` writes a YAML derived from a base config file (same keys, so it
 follows the service's schema) with a temp embedded PostgreSQL and spool and any dotted
 overrides.  :class:`ServiceProcess` runs ``python main.py --config PATH`` from the project
-root, waits until ``GET /readyz`` answers 200 and stops it with SIGTERM (the service's
+root (``DATABASE_URL`` and ``YOLO_CONFIG`` removed from its environment unless given in
+``env``), waits until ``GET /readyz`` answers 200 and stops it with SIGTERM (the service's
 graceful shutdown), then SIGKILL if it hangs.  Its log goes to a file; the tail is shown
 when the service fails to start.
 """
@@ -14,13 +15,13 @@ import asyncio
 import copy
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,22 +103,38 @@ def write_config(base: Path, path: Path, workdir: Path,
 
 
 class ServiceProcess:
-    """``main.py`` in a subprocess on 127.0.0.1:``port``, owned by this object."""
+    """``main.py`` in a subprocess on 127.0.0.1:``port``, owned by this object.
+
+    ``env``: environment variables for the service on top of this process's, e.g.
+    ``DATABASE_URL`` for an external PostgreSQL.
+    """
 
     def __init__(self, config: Path, port: int, log_path: Path, *,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
         self.log_path = log_path
         self.url = f"http://{host}:{port}"
+        self.env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The service's pid while it runs (``None`` before start and after stop)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and neither exited nor stopped."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> None:
         env = dict(os.environ)
-        env.pop("DATABASE_URL", None)  # the temp config's embedded server, not another one
+        env.pop("DATABASE_URL", None)  # the temp config's database, not another one
         env.pop("YOLO_CONFIG", None)
+        env.update(self.env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         command = [sys.executable, "main.py", "--config", str(self.config),
                    "--host", self.host, "--port", str(self.port)]
@@ -141,17 +158,23 @@ class ServiceProcess:
                         body: dict[str, Any] = await response.json()
                         return body
                     last = f"HTTP {response.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(READY_POLL_S)
         raise ServiceError(f"the service was not ready after {timeout:.0f} s ({last})\n"
                            f"{self.log_tail()}")
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM (graceful shutdown), then SIGKILL after ``timeout`` seconds."""
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (graceful shutdown), then SIGKILL after ``timeout`` seconds.
+
+        Returns the exit code (negative: killed by that signal; ``None``: never started
+        or stopped already).
+        """
         process, self._process = self._process, None
         try:
-            if process is not None and process.poll() is None:
+            if process is None:
+                return None
+            if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout)
@@ -159,6 +182,7 @@ class ServiceProcess:
                     log.warning("the service did not stop in %.0f s: killing it", timeout)
                     process.kill()
                     process.wait()
+            return process.returncode
         finally:
             if self._log is not None:
                 self._log.close()

@@ -24,6 +24,11 @@ random weights is used instead, and the report says so.
     python -m bench.load --cfg ../shared/darknet/yolov3-spp-6cls.cfg --img-size 512 \\
         --set workers.max_queue=64 --json load.json
     python -m bench.load --url http://127.0.0.1:8080 --no-engine
+    python -m bench.load --layouts 1x2,2x1 --set workers.max_batch_size=4   # worker layouts
+
+``--layouts WxT,...`` runs the levels once per worker layout (W workers x T threads
+each; a fresh service instance per layout, the bare engine measured once) and ends with
+a table comparing them.
 """
 
 from __future__ import annotations
@@ -90,6 +95,20 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _layouts(text: str) -> list[tuple[int, int]]:
+    layouts = []
+    for part in text.split(","):
+        workers, _, threads = part.strip().lower().partition("x")
+        try:
+            layout = (int(workers), int(threads))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected WxT[,WxT...], got {text!r}") from None
+        if min(layout) < 1:
+            raise argparse.ArgumentTypeError(f"workers and threads must be positive: {part!r}")
+        layouts.append(layout)
+    return layouts
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running service instead of starting one "
@@ -108,6 +127,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="JPEGs to send (default: shared bus.jpg, zidane.jpg + 2 generated)")
     parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8, 16],
                         help="concurrency levels (default: 1,2,4,8,16)")
+    parser.add_argument("--layouts", type=_layouts,
+                        help="worker layouts to compare, e.g. 1x2,2x1 (workers x threads); "
+                             "default: the config's")
     parser.add_argument("--duration", type=float, default=30.0,
                         help="measured seconds per level (default: 30)")
     parser.add_argument("--requests", type=int,
@@ -134,6 +156,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--requests must be positive")
     if args.threads < 1:
         parser.error("--threads must be positive")
+    if args.url and args.layouts:
+        parser.error("--layouts starts its own instances: it cannot be used with --url")
     try:
         args.overrides = dict(parse_assignment(text) for text in args.overrides)
     except ValueError as exc:
@@ -477,7 +501,8 @@ def derived(engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[st
 def report(model: ModelChoice, ready: dict[str, Any], images: Sequence[JpegImage],
            engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[str, Any]:
     workers = ready.get("workers") or []
-    layout = ", ".join(f"{w.get('device')}x{w.get('threads')}t" for w in workers) or "?"
+    layout = ", ".join(f"{w.get('device')}/{w.get('backend')}x{w.get('threads')}t"
+                       for w in workers) or "?"
     print(f"model: cfg={model.cfg.name} weights={model.weights.name if model.weights else '?'} "
           f"img_size={model.img_size}; service reports model={ready.get('model')} "
           f"workers=[{layout}]")
@@ -516,10 +541,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
-               ready: dict[str, Any], images: Sequence[JpegImage],
-               engine: EngineStats | None, levels: Sequence[LevelStats],
-               raw: Sequence[Sequence[Sample]], numbers: dict[str, Any],
-               load_before: float | None) -> None:
+               images: Sequence[JpegImage], engine: EngineStats | None,
+               runs: Sequence[dict[str, Any]], load_before: float | None) -> None:
     import torch
 
     data = {
@@ -535,11 +558,11 @@ def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
                   "names": str(model.names), "img_size": model.img_size, "note": model.note},
         "images": [{"name": i.name, "width": i.width, "height": i.height, "bytes": len(i.data)}
                    for i in images],
-        "service": ready,
         "engine": asdict(engine) if engine is not None else None,
-        "levels": [{**asdict(s), "samples": [asdict(x) for x in samples]}
-                   for s, samples in zip(levels, raw, strict=True)],
-        "derived": numbers,
+        "runs": [{"layout": run_["layout"], "service": run_["service"],
+                  "levels": [{**asdict(s), "samples": [asdict(x) for x in samples]}
+                             for s, samples in zip(run_["levels"], run_["raw"], strict=True)],
+                  "derived": run_["derived"]} for run_ in runs],
     }
     path.write_text(json.dumps(_json_safe(data), indent=1), encoding="utf-8")
     log.info("raw numbers written to %s", path)
@@ -547,15 +570,15 @@ def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
 
 # ---------------------------------------------------------------- main
 
-def _service_settings(args: argparse.Namespace, model: ModelChoice | None) -> dict[str, Any]:
-    """Dotted overrides for the service config: the model, then the user's ``--set``."""
+def _service_settings(model: ModelChoice | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """Dotted overrides for the service config: the model, then ``extra`` (``--set``)."""
     overrides: dict[str, Any] = {"server.host": "127.0.0.1"}
     if model is not None:
         overrides.update({"workers.model_path.cfg": str(model.cfg),
                           "workers.model_path.weights": str(model.weights),
                           "workers.model_path.data": str(model.names),
                           "workers.img_size": model.img_size})
-    overrides.update(args.overrides)
+    overrides.update(extra)
     return overrides
 
 
@@ -600,32 +623,65 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                  args.threads)
         engine = measure_engine(
             model, images, device=str(workers.get("device") or "auto"),
-            backend=str(workers.get("backend") or "torch"), threads=args.threads,
+            backend=str(workers.get("backend") or "auto"), threads=args.threads,
             conf=float(workers.get("conf_thres") or 0.3),
             iou=float(workers.get("iou_thres") or 0.6),
             max_pixels=int(server.get("max_pixels") or 50_000_000),
             duration=args.engine_duration or args.duration)
-    service = None
-    base_url = (args.url or "").rstrip("/")
-    if not args.url:
-        port = free_port()
-        config_path = workdir / "service.yaml"
-        write_config(args.config, config_path, workdir, _service_settings(args, model))
-        service = ServiceProcess(config_path, port, workdir / "service.log")
-        base_url = service.url
-    try:
-        ready, levels, raw = asyncio.run(_load(args, base_url, images, service))
-    finally:
-        if service is not None:
-            log.info("stopping the service")
-            service.stop()
-    numbers = report(model, ready, images, engine, levels)
+    runs = []
+    for layout in args.layouts or [None]:
+        overrides = dict(args.overrides)
+        if layout is not None:
+            overrides.update({"workers.max_workers": layout[0],
+                              "workers.threads_per_worker": layout[1]})
+            print(f"\n=== layout {layout[0]} worker(s) x {layout[1]} thread(s) ===")
+        ready, levels, raw = _serve_and_load(args, workdir, model, images, overrides)
+        numbers = report(model, ready, images, engine, levels)
+        runs.append({"layout": layout, "service": ready, "levels": levels, "raw": raw,
+                     "derived": numbers})
+    if len(runs) > 1:
+        print("\n" + format_layouts(runs))
     if load_before is not None:
         print(f"1-min load average before the run: {load_before:.2f} on {_cores()} cores")
     if args.json is not None:
-        write_json(args.json, args, model, ready, images, engine, levels, raw, numbers,
-                   load_before)
+        write_json(args.json, args, model, images, engine, runs, load_before)
     return 0
+
+
+def _serve_and_load(args: argparse.Namespace, workdir: Path, model: ModelChoice,
+                    images: Sequence[JpegImage], overrides: dict[str, Any]
+                    ) -> tuple[dict[str, Any], list[LevelStats], list[list[Sample]]]:
+    """Start a service instance with ``overrides`` (or use ``--url``) and run the levels."""
+    if args.url:
+        return asyncio.run(_load(args, args.url.rstrip("/"), images, None))
+    instance = workdir / f"instance-{len(list(workdir.glob('instance-*')))}"
+    instance.mkdir()
+    config_path = instance / "service.yaml"
+    settings = _service_settings(model, overrides)
+    write_config(args.config, config_path, instance, settings)
+    service = ServiceProcess(config_path, free_port(), instance / "service.log")
+    try:
+        return asyncio.run(_load(args, service.url, images, service))
+    finally:
+        log.info("stopping the service")
+        service.stop()
+
+
+def format_layouts(runs: Sequence[dict[str, Any]]) -> str:
+    """One line per worker layout: latency at concurrency 1, best throughput, ratios."""
+    lines = [f"{'layout':>8} {'c=1 p50 ms':>11} {'best images/s':>14} {'at c':>5} "
+             f"{'efficiency':>10} {'added c=1 ms':>13}"]
+    for run_ in runs:
+        workers, threads = run_["layout"]
+        single = next((s for s in run_["levels"] if s.concurrency == 1), None)
+        numbers = run_["derived"]
+        lines.append(
+            f"{f'{workers}x{threads}':>8} {_ms(single.p50_ms if single else math.nan):>11} "
+            f"{numbers.get('best_images_per_s', math.nan):>14.2f} "
+            f"{numbers.get('best_concurrency', 0):>5} "
+            f"{numbers.get('efficiency', math.nan):>10.3f} "
+            f"{numbers.get('added_latency_c1_ms', math.nan):>+13.1f}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

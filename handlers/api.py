@@ -1,4 +1,4 @@
-"""JSON API: detection, history, stats, stored images, health."""
+"""JSON API: detection, history, stats, stored images, health, metrics."""
 
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ def _record_id(request: web.Request) -> UUID:
 async def detect(request: web.Request) -> web.Response:
     """POST /detect: run the model on each uploaded image and store the records.
 
-    At most ``max_workers + max_queue`` requests are in progress at once; beyond that a
-    request is refused at once (503, Retry-After) before its body is read. Reading and
+    At most ``max_workers * max_batch_size + max_queue`` requests are in progress at
+    once; beyond that a request is refused at once (503, Retry-After) before its body is
+    read. Reading and
     detection share one deadline (``server.request_timeout``: 408 while reading, 504
     after); a client that leaves while its images wait has them taken off the queue.
     The response is sent only once the records are durable (database or spool).
@@ -248,6 +249,13 @@ async def readyz(request: web.Request) -> web.Response:
             status=503, headers={"Retry-After": RETRY_AFTER_S})
     return web.json_response({
         "status": "degraded" if degraded else "ready", **body, "model": pool.model_name,
-        "workers": [{"pid": w.pid, "device": w.device, "threads": w.threads,
-                     "warmup_ms": w.warmup_ms} for w in pool.workers],
+        "workers": [{"pid": w.pid, "device": w.device, "backend": w.backend,
+                     "threads": w.threads, "warmup_ms": w.warmup_ms} for w in pool.workers],
+        "batching": {"max_batch_size": pool.config.max_batch_size,
+                     "max_queue_delay_ms": pool.config.max_queue_delay_ms},
     })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format (``utils.metrics``)."""
+    return request.app[keys.metrics_key].response()

@@ -88,6 +88,15 @@ def _build_network(cfg: Path, img_size: int) -> Darknet:
         raise
 
 
+def _per_image(value: float | Sequence[float], count: int, name: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * count
+    values = [float(v) for v in value]
+    if len(values) != count:
+        raise ValueError(f"{name}: {len(values)} values for {count} images")
+    return values
+
+
 class Detector:
     """A loaded, fused network in eval mode plus the pipeline around it.
 
@@ -110,6 +119,8 @@ class Detector:
         self.img_size = img_size
         self.model_name = model_name
         self.stride = model.max_stride
+        # The torch backend on a GPU runs in half precision with channels-last tensors.
+        self.half = backend == "torch" and device.type == "cuda"
 
     @classmethod
     def load(cls, cfg: str | Path, weights: str | Path | None, names: str | Path,
@@ -143,6 +154,11 @@ class Detector:
         model.eval()
         model.fuse()
         model.to(torch_device)
+        if backend == "torch" and torch_device.type == "cuda":
+            # fp16 tensor cores, NHWC convolutions, cuDNN picks its fastest kernels for the
+            # (fixed) input size on the first pass: the warm-up.
+            model.half().to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         runner = None
         if backend == "onnxruntime":
             from model.onnx_backend import OnnxRunner  # optional dependency
@@ -153,10 +169,13 @@ class Detector:
                     torch_device, img_size, model.num_classes, backend)
         return cls(model, class_names, torch_device, img_size, model_name, runner, backend)
 
-    def detect(self, images: Sequence[np.ndarray], conf_thres: float = 0.3,
-               iou_thres: float = 0.6, agnostic: bool = False,
+    def detect(self, images: Sequence[np.ndarray], conf_thres: float | Sequence[float] = 0.3,
+               iou_thres: float | Sequence[float] = 0.6, agnostic: bool = False,
                max_det: int = 300) -> list[list[dict[str, Any]]]:
         """Detect objects in BGR ``uint8`` HxWx3 images (sizes may differ), in one batch.
+
+        ``conf_thres`` and ``iou_thres`` are one value for all images or one per image
+        (a batch may join requests that asked for different thresholds).
 
         Returns, per image, detections sorted by confidence, each
         ``{"label", "class_id", "confidence", "box": {"x1", "y1", "x2", "y2"}}`` with the
@@ -169,11 +188,19 @@ class Detector:
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
                 raise ImageError(f"image {position}: expected a BGR uint8 HxWx3 array, got "
                                  f"{img.dtype} {img.shape}")
+        confs = _per_image(conf_thres, len(images), "conf_thres")
+        ious = _per_image(iou_thres, len(images), "iou_thres")
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
+        if self.half:
+            batch = batch.half().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            pred = self.runner(batch)[0]
-            per_image = non_max_suppression(pred, conf_thres, iou_thres, agnostic, max_det)
+            pred = self.runner(batch)[0].float()
+            if len(set(confs)) == 1 and len(set(ious)) == 1:
+                per_image = non_max_suppression(pred, confs[0], ious[0], agnostic, max_det)
+            else:
+                per_image = [non_max_suppression(pred[i:i + 1], confs[i], ious[i], agnostic,
+                                                 max_det)[0] for i in range(len(images))]
         results = []
         for img, (_, ratio, pad), dets in zip(images, boxed, per_image, strict=True):
             rows = scale_boxes(dets.cpu(), ratio, pad, img.shape[:2])
@@ -192,6 +219,9 @@ class Detector:
                     "y2": round(y2, 2)},
         }
 
-    def warmup(self) -> None:
-        """Run the whole pipeline once on a blank image (allocations, CUDA kernels)."""
-        self.detect([np.full((self.img_size, self.img_size, 3), PAD_COLOR, np.uint8)])
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run the whole pipeline on blank images once per batch size (allocations, CUDA
+        kernels, cuDNN's choice of algorithms for each input shape)."""
+        blank = np.full((self.img_size, self.img_size, 3), PAD_COLOR, np.uint8)
+        for size in dict.fromkeys(batch_sizes):
+            self.detect([blank] * size)

@@ -1,13 +1,14 @@
 """Fault injection for real worker processes (tests only).
 
 ``detect_with_faults`` is handed to ``DetectorPool(detect_fn=...)`` and runs inside the
-spawned workers in place of ``worker.detect``. An image carrying a marker in a JPEG
-comment segment (valid JPEG, decoded normally) makes the worker misbehave for real:
+spawned workers in place of ``worker.detect_batch``. An image carrying a marker in a
+JPEG comment segment (valid JPEG, decoded normally) makes the worker misbehave for real:
 
 - ``fault:crash``: the worker SIGKILLs itself (what the OOM killer or a segfault does);
 - ``fault:sleep=S``: the worker sleeps S seconds before detecting (a slow job).
 
-Any other image goes straight to ``worker.detect``.
+A batch holding such an image misbehaves as a whole; the images then go to
+``worker.detect_batch``.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ import re
 import signal
 import struct
 import time
+from collections.abc import Sequence
 
 import worker
 
 _SLEEP = re.compile(rb"fault:sleep=([0-9]+(?:\.[0-9]+)?)")
 
 
-def detect_with_faults(data: bytes, conf_thres: float,
-                       iou_thres: float) -> worker.DetectResult | worker.DetectFailure:
-    head = data[:512]
-    if b"fault:crash" in head:
-        os.kill(os.getpid(), signal.SIGKILL)
-    match = _SLEEP.search(head)
-    if match:
-        time.sleep(float(match.group(1)))
-    return worker.detect(data, conf_thres, iou_thres)
+def detect_with_faults(
+        jobs: Sequence[worker.DetectJob]) -> list[worker.DetectResult | worker.DetectFailure]:
+    for job in jobs:
+        head = job.data[:512]
+        if b"fault:crash" in head:
+            os.kill(os.getpid(), signal.SIGKILL)
+        match = _SLEEP.search(head)
+        if match:
+            time.sleep(float(match.group(1)))
+    return worker.detect_batch(jobs)
 
 
 def with_comment(jpeg: bytes, text: str) -> bytes:

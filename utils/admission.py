@@ -1,7 +1,7 @@
 """The bounded queue in front of the workers: how many /detect requests may be in progress.
 
-At most ``limit`` requests (one per worker plus ``workers.max_queue`` waiting) are
-admitted at once; the next one is refused at once, before its body is read, so memory
+At most ``limit`` requests (a full batch per worker plus ``workers.max_queue`` waiting)
+are admitted at once; the next one is refused at once, before its body is read, so memory
 stays bounded (about ``limit`` x ``server.max_upload_mb``) whatever the offered load.
 """
 

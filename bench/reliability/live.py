@@ -26,14 +26,6 @@ log = logging.getLogger(__name__)
 PG_PORT = 5499  # names the Unix socket only; the server listens on no TCP port
 
 
-class Instance(ServiceProcess):
-    """The service process, with its pid (for memory readings)."""
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-
 def _children(pid: int) -> list[int]:
     children = []
     for entry in os.scandir("/proc"):
@@ -72,7 +64,7 @@ class LiveInstance:
         self.base_config = base_config
         self.overrides = overrides
         self.config_path = workdir / "service.yaml"
-        self.service: Instance | None = None
+        self.service: ServiceProcess | None = None
         self.session: aiohttp.ClientSession | None = None
         self.settings: dict[str, Any] = {}
 
@@ -88,7 +80,7 @@ class LiveInstance:
                      "postgres.port": PG_PORT, "postgres.database": "postgres",
                      "server.host": "127.0.0.1", **self.overrides}
         self.settings = write_config(self.base_config, self.config_path, self.workdir, overrides)
-        self.service = Instance(self.config_path, free_port(), self.workdir / "service.log")
+        self.service = ServiceProcess(self.config_path, free_port(), self.workdir / "service.log")
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120),
             connector=aiohttp.TCPConnector(limit=2000))

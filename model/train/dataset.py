@@ -4,7 +4,9 @@ Sample ``i`` of epoch ``e`` is a pure function of (seed, e, i): every epoch sees
 scenes, and a run restarted at an epoch boundary sees exactly the same data.
 
 Augmentation: a random scale / translation into the square input (which also letterboxes
-non-square scenes) and an HSV jitter. No flips: a flipped left arrow is a right arrow.
+non-square scenes), an HSV jitter and, optionally, a share of grayscale images (so the
+lamp's position in its housing, not only its colour, tells the class). No flips: a
+flipped left arrow is a right arrow.
 """
 
 from __future__ import annotations
@@ -68,12 +70,20 @@ def hsv_jitter(rng: np.random.Generator, img: np.ndarray, hue: float = 4.0, sat:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """A BGR image with its colour removed (still 3 channels)."""
+    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+
+
 def make_sample(seed: int, epoch: int, index: int, img_size: int, augment: bool = True,
-                scene_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                scene_size: int | None = None, gray: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
     """A BGR ``img_size`` square image and its labels (n, 5): class, x1, y1, x2, y2.
 
     The scene is drawn with long side ``scene_size`` (default ``img_size``) and then
-    scaled to the input, so a model can look at scenes magnified.
+    scaled to the input, so a model can look at scenes magnified. With ``augment``, a
+    share ``gray`` of the samples is made grayscale (no random draw when it is 0, so
+    runs without it keep their data).
     """
     rng = np.random.default_rng([seed, epoch, index])
     h, w = source_shape(rng, scene_size or img_size)
@@ -81,6 +91,8 @@ def make_sample(seed: int, epoch: int, index: int, img_size: int, augment: bool 
     if augment:
         img, boxes, keep = random_affine(rng, scene.image, scene.boxes, img_size)
         img = hsv_jitter(rng, img)
+        if gray > 0 and rng.random() < gray:
+            img = to_gray(img)
     else:
         img, boxes, keep = random_affine(rng, scene.image, scene.boxes, img_size, (1.0, 1.0))
     labels = np.concatenate((scene.classes[:, None].astype(np.float32),
@@ -92,8 +104,9 @@ class SceneDataset(Dataset):
     """``length`` generated samples per epoch; call ``set_epoch`` before each epoch."""
 
     def __init__(self, seed: int, length: int, img_size: int, augment: bool = True,
-                 scene_size: int | None = None) -> None:
+                 scene_size: int | None = None, gray: float = 0.0) -> None:
         self.seed = seed
+        self.gray = gray
         self.scene_size = scene_size
         self.length = length
         self.img_size = img_size
@@ -109,7 +122,7 @@ class SceneDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, labels = make_sample(self.seed, self.epoch, index, self.img_size, self.augment,
-                                  self.scene_size)
+                                  self.scene_size, self.gray)
         tensor = torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)))
         return tensor, torch.from_numpy(labels)
 

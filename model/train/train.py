@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=320, help="network input size")
     p.add_argument("--scene-size", type=int, default=None,
                    help="long side of the generated scenes (default: --img-size)")
+    p.add_argument("--gray", type=float, default=0.0,
+                   help="share of training samples made grayscale (0..1)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=300, help="warm-up steps")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = build_optimizer(net, args.lr, args.weight_decay)
     criterion = YoloLoss(loss_layers(net), net.num_classes, args.img_size, LossConfig())
     dataset = SceneDataset(args.seed, args.epoch_size, args.img_size,
-                           scene_size=args.scene_size)
+                           scene_size=args.scene_size, gray=args.gray)
     steps_per_epoch = math.ceil(args.epoch_size / args.batch)
     total_steps = args.epochs * steps_per_epoch
     start_epoch, best, history = 0, -1.0, []
