@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 import aiohttp_jinja2
+import asyncpg
 import jinja2
 from aiohttp import web
 
@@ -34,12 +35,12 @@ from settings import BASE_DIR, Config, ConfigError, load_config
 from utils.admission import Admission
 from utils.auth import Auth
 from utils.auth import middleware as auth_middleware
-from utils.embedded_pg import EmbeddedPostgres
+from utils.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from utils.metrics import MetricSources, ServiceMetrics
 from utils.metrics import middleware as metrics_middleware
-from utils.migrate import migrate
+from utils.migrate import MigrationError, migrate
 from utils.spool import Spool
-from utils.tokens import TokenStore
+from utils.tokens import TokenError, TokenStore
 from utils.web_errors import error_middleware
 
 log = logging.getLogger("yolo_service")
@@ -211,8 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.getLogger().setLevel(config.log_level)
     log.info("configuration: %s", config.source)
-    web.run_app(init_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=config.server.shutdown_timeout)
+    try:
+        web.run_app(init_app(config), host=config.server.host, port=config.server.port,
+                    shutdown_timeout=config.server.shutdown_timeout)
+    except (OSError, asyncpg.PostgresError, EmbeddedPostgresError, MigrationError,
+            TokenError) as exc:
+        # The database, the spool directory, the port or the tokens file cannot be used
+        # (SpoolError is an OSError): one line that says why, not a traceback.
+        log.error("cannot start: %s: %s", type(exc).__name__, exc)
+        return 1
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class WorkerInfo:
 class DetectJob:
     """One image to detect, with the thresholds its request asked for."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     conf_thres: float
     iou_thres: float
 

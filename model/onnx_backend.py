@@ -152,6 +152,9 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads sleep instead of spinning: between requests the cores belong
+    # to the HTTP process, PostgreSQL and the other workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from bench._service import parse_assignment, set_dotted, write_config
-from bench.load import (EngineStats, Sample, _levels, derived, format_table, generated_images,
-                        percentile, summarize)
+from bench.load import (EngineStats, Sample, _layouts, _levels, derived, format_layouts,
+                        format_table, generated_images, percentile, summarize)
 
 
 @pytest.mark.parametrize("values", [[5.0], [3.0, 1.0], [7.0, 1.0, 4.0, 9.0, 2.0],
@@ -78,6 +78,19 @@ def test_levels_argument() -> None:
     for bad in ("", "0,1", "a"):
         with pytest.raises(argparse.ArgumentTypeError):
             _levels(bad)
+
+
+def test_layouts_argument_and_table() -> None:
+    assert _layouts("1x2, 2X1") == [(1, 2), (2, 1)]
+    for bad in ("2", "0x1", "ax2", "1x2,"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _layouts(bad)
+    levels = [summarize(c, [Sample(0.0, 0.1 * c, "200")] * 4 * c, 0.0, 1.0) for c in (1, 2)]
+    engine = EngineStats(backend="onnxruntime", device="cpu", threads=2, images=10,
+                         images_per_s=4.0, p50_ms=90.0, p95_ms=95.0, latencies_ms=[])
+    table = format_layouts([{"layout": (2, 1), "levels": levels,
+                             "derived": derived(engine, levels)}])
+    assert table.splitlines()[1].split() == ["2x1", "100.0", "8.00", "2", "2.000", "+10.0"]
 
 
 def test_config_overrides(tmp_path: Path) -> None:

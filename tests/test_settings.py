@@ -54,6 +54,11 @@ def test_default_config_shape() -> None:
     assert config.server.max_upload_bytes == 20 * 1024 * 1024
     assert config.workers.device == "auto"
     assert config.workers.threads_per_worker is None
+    # The throughput defaults chosen by measurement (README, Throughput).
+    assert config.workers.backend == "auto"
+    assert config.workers.onnx_cache_dir == BASE_DIR / "var" / "onnx"
+    assert (config.workers.max_batch_size, config.workers.max_queue_delay_ms) == (4, 0.0)
+    assert config.workers.running_capacity == 2 * 4
 
 
 def test_test_config_loads_and_resolves_paths() -> None:

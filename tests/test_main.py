@@ -1,0 +1,34 @@
+"""``main.main``: a service that cannot start says why in one line and exits 1."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+import main
+from settings import BASE_DIR
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens once the socket is closed
+
+
+def test_unreachable_database_is_one_error_line_and_exit_1(
+        model_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
+    raw["workers"]["model_path"]["weights"] = str(model_weights)
+    raw["storage"] = {"spool_dir": str(tmp_path / "spool")}
+    config = tmp_path / "service.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/yolo")
+
+    assert main.main(["--config", str(config), "--port", str(closed_port())]) == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].getMessage().startswith("cannot start: ")
+    assert "Connect" in errors[0].getMessage() and errors[0].exc_info is None
