@@ -13,13 +13,14 @@ every worker was busy: no added latency at low load, bigger batches under load.
 Faults and load:
 
 - **A worker dies** (killed, out of memory, a native crash) or hangs past
-  ``job_timeout``: its jobs (the whole batch) fail with ``WorkerDied``, the slot is refilled with a fresh
-  worker (re-warmed, retried with back-off if the model will not load) and the pool is
-  ``recovering`` (not ready) until it is; the other workers keep serving. ``detect``
-  retries a job whose worker died once, at the front of the queue and alone (never in a
-  batch, so one poisonous image cannot take its batch-mates down twice); an image whose
-  job kills a second worker is refused with :class:`ImageKilledWorker`, and remembered (by
-  SHA-256) so that sending it again is refused without running it.
+  ``job_timeout``: its jobs (the whole batch) fail with ``WorkerDied``, the slot is
+  refilled with a fresh worker (re-warmed, retried with back-off if the model will not
+  load) and the pool is ``recovering`` (not ready) until it is; the other workers keep
+  serving. ``detect`` retries a job whose worker died once, at the front of the queue
+  and alone (never in a batch, so one poisonous image cannot take its batch-mates down
+  twice); an image whose job kills a second worker is refused with
+  :class:`ImageKilledWorker`, and remembered (by SHA-256) so that sending it again is
+  refused without running it.
 - **Cancellation**: a job whose caller is cancelled (request timeout, client gone) is
   taken off the queue if no worker has started it.
 - **Event loops**: the workers are served from the pool's own event loop, in a thread it

@@ -50,9 +50,9 @@ async def detect(request: web.Request) -> web.Response:
 
     At most ``max_workers * max_batch_size + max_queue`` requests are in progress at
     once; beyond that a request is refused at once (503, Retry-After) before its body is
-    read. Reading and
-    detection share one deadline (``server.request_timeout``: 408 while reading, 504
-    after); a client that leaves while its images wait has them taken off the queue.
+    read. Reading and detection share one deadline (``server.request_timeout``: 408
+    while reading, 504 after); a client that leaves while its images wait has them taken
+    off the queue.
     The response is sent only once the records are durable (database or spool).
     """
     app = request.app

@@ -219,8 +219,11 @@ def test_select_device_auto() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_detect_on_gpu_matches_cpu(detector: Detector) -> None:
     gpu = Detector.load(CFG, None, NAMES, img_size=64, device="cuda:0")
-    gpu.model.load_state_dict(detector.model.state_dict())
+    assert gpu.half and next(gpu.model.parameters()).dtype == torch.float16
+    gpu.model.load_state_dict(detector.model.state_dict())  # cast to fp16
     images = _images()
     for cpu_dets, gpu_dets in zip(detector.detect(images, conf_thres=CONF),
                                   gpu.detect(images, conf_thres=CONF), strict=True):
-        np.testing.assert_allclose(_as_rows(gpu_dets), _as_rows(cpu_dets), atol=0.02)
+        # fp16 carries ~3 significant digits: boxes within a few hundredths of a pixel.
+        np.testing.assert_allclose(_as_rows(gpu_dets), _as_rows(cpu_dets), rtol=5e-3,
+                                   atol=0.05)
