@@ -22,10 +22,13 @@ SCENES = 10
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def default_pool() -> AsyncIterator[DetectorPool]:
-    """One warm worker running the model that config/config.yaml ships with."""
+async def default_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DetectorPool]:
+    """One warm worker running the model that config/config.yaml ships with, on the
+    backend it ships with (ONNX Runtime on a CPU); the export goes to a temp dir."""
+    onnx_dir = tmp_path_factory.mktemp("onnx")
     config = load_config(BASE_DIR / "config" / "config.yaml", env={},
-                         overrides={"workers": {"max_workers": 1}})
+                         overrides={"workers": {"max_workers": 1,
+                                                "onnx_cache_dir": str(onnx_dir)}})
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
     await pool.start()
     yield pool
