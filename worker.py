@@ -238,15 +238,15 @@ def detect_batch(jobs: Sequence[DetectJob]) -> list[DetectResult | DetectFailure
     """Decode every job's image and run the decodable ones through the model in one
     batch; one result (or failure, for an image that cannot be used) per job."""
     from model.errors import ImageError, ImageTooLargeError
-    from model.preprocess import decode_image
+    from model.preprocess import decode_for_network
 
     state = _current()
     detector = _detector()
     answers: list[DetectResult | DetectFailure | None] = []
-    images, ready = [], []
+    decoded, ready = [], []
     for job in jobs:
         try:
-            image = decode_image(job.data, max_pixels=state.max_pixels)
+            image = decode_for_network(job.data, state.max_pixels, detector.img_size)
         except ImageTooLargeError as exc:
             answers.append(DetectFailure("too_large", str(exc)))
             continue
@@ -254,21 +254,20 @@ def detect_batch(jobs: Sequence[DetectJob]) -> list[DetectResult | DetectFailure
             answers.append(DetectFailure("decode", str(exc)))
             continue
         answers.append(None)
-        images.append(image)
+        decoded.append(image)
         ready.append(len(answers) - 1)
-    if not images:
+    if not decoded:
         return [a for a in answers if a is not None]
     started = time.perf_counter()
-    found = detector.detect(images, conf_thres=[jobs[i].conf_thres for i in ready],
-                            iou_thres=[jobs[i].iou_thres for i in ready])
+    found = detector.detect_decoded(decoded, conf_thres=[jobs[i].conf_thres for i in ready],
+                                    iou_thres=[jobs[i].iou_thres for i in ready])
     inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
-    for position, image, detections in zip(ready, images, found, strict=True):
-        height, width = image.shape[:2]
+    for position, image, detections in zip(ready, decoded, found, strict=True):
         answers[position] = DetectResult(
-            width=int(width), height=int(height),
+            width=image.width, height=image.height,
             sha256=hashlib.sha256(jobs[position].data).hexdigest(), inference_ms=inference_ms,
             model=state.info.model, detections=[_plain(d) for d in detections],
-            batch_size=len(images))
+            batch_size=len(decoded))
     return [a for a in answers if a is not None]
 
 

@@ -7,8 +7,9 @@ clients that each send the next request as soon as the last one answered, for ea
 concurrency level: a warm-up, then ``--duration`` seconds (or ``--requests`` requests).
 
 Before the service starts, the bare engine runs in this process on the same images with
-the same cfg, weights, img_size and device: ``Detector.detect`` after ``decode_image``
-(decode + letterbox + forward + NMS), one image at a time, torch threads = cores.  Then
+the same cfg, weights, img_size, device and backend, through the workers' pipeline
+(``decode_for_network`` + ``Detector.detect_decoded``: decode, letterbox, forward, NMS),
+one image at a time, threads = cores.  Then
 
 - service efficiency = best service images/s over the levels / bare engine images/s;
 - added latency at concurrency 1 = service p50 at c=1 - bare engine p50 per image.
@@ -344,12 +345,13 @@ class EngineStats:
 def measure_engine(model: ModelChoice, images: Sequence[JpegImage], *, device: str,
                    backend: str, threads: int, conf: float, iou: float, max_pixels: int,
                    duration: float) -> EngineStats:
-    """``decode_image`` + ``Detector.detect`` per image in this process, one at a time:
-    one warm-up pass over the images, then for ``duration`` seconds (at least two passes)."""
+    """``decode_for_network`` + ``Detector.detect_decoded`` per image in this process, one
+    at a time: one warm-up pass over the images, then for ``duration`` seconds (at least
+    two passes)."""
     import torch
 
     from model.inference import Detector
-    from model.preprocess import decode_image
+    from model.preprocess import decode_for_network
 
     torch.set_num_threads(threads)
     detector = Detector.load(model.cfg, model.weights, model.names, img_size=model.img_size,
@@ -357,8 +359,8 @@ def measure_engine(model: ModelChoice, images: Sequence[JpegImage], *, device: s
 
     def run(image: JpegImage) -> float:
         start = time.perf_counter()
-        decoded = decode_image(image.data, max_pixels=max_pixels)
-        detector.detect([decoded], conf_thres=conf, iou_thres=iou)
+        decoded = decode_for_network(image.data, max_pixels, model.img_size)
+        detector.detect_decoded([decoded], conf_thres=conf, iou_thres=iou)
         return time.perf_counter() - start
 
     for image in images:

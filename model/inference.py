@@ -15,7 +15,7 @@ import torch
 from model.darknet import Darknet
 from model.errors import CfgError, ImageError, ModelError
 from model.postprocess import non_max_suppression, scale_boxes
-from model.preprocess import PAD_COLOR, letterbox, to_tensor
+from model.preprocess import PAD_COLOR, DecodedImage, letterbox, to_tensor
 from model.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ def _per_image(value: float | Sequence[float], count: int, name: str) -> list[fl
     if len(values) != count:
         raise ValueError(f"{name}: {len(values)} values for {count} images")
     return values
+
+
+def _rescaled(detection: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
+    box = detection["box"]
+    scaled = {"x1": min(box["x1"] * decoded.scale_x, decoded.width),
+              "y1": min(box["y1"] * decoded.scale_y, decoded.height),
+              "x2": min(box["x2"] * decoded.scale_x, decoded.width),
+              "y2": min(box["y2"] * decoded.scale_y, decoded.height)}
+    return {**detection, "box": {k: round(v, 2) for k, v in scaled.items()}}
 
 
 class Detector:
@@ -208,6 +217,15 @@ class Detector:
             rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])]
             results.append([self._as_dict(row) for row in rows.tolist()])
         return results
+
+    def detect_decoded(self, decoded: Sequence[DecodedImage],
+                       conf_thres: float | Sequence[float] = 0.3,
+                       iou_thres: float | Sequence[float] = 0.6) -> list[list[dict[str, Any]]]:
+        """:meth:`detect` on images from :func:`model.preprocess.decode_for_network`
+        (possibly decoded at a reduced scale); boxes in the original image's pixels."""
+        found = self.detect([d.image for d in decoded], conf_thres, iou_thres)
+        return [[_rescaled(det, d) for det in dets] if (d.scale_x, d.scale_y) != (1, 1)
+                else dets for d, dets in zip(decoded, found, strict=True)]
 
     def _as_dict(self, row: list[float]) -> dict[str, Any]:
         x1, y1, x2, y2, confidence, class_id = row

@@ -12,6 +12,7 @@ import torch
 from model.darknet import Darknet
 from model.errors import CfgError, ImageError, ModelError, WeightsError
 from model.inference import Detector, read_names, select_device
+from model.preprocess import DecodedImage
 from model.weights import load_weights, save_weights
 
 DATA = Path(__file__).parent / "data"
@@ -227,3 +228,22 @@ def test_detect_on_gpu_matches_cpu(detector: Detector) -> None:
         # fp16 carries ~3 significant digits: boxes within a few hundredths of a pixel.
         np.testing.assert_allclose(_as_rows(gpu_dets), _as_rows(cpu_dets), rtol=5e-3,
                                    atol=0.05)
+
+
+def test_detect_decoded_maps_boxes_of_a_reduced_decode_to_the_original(
+        detector: Detector) -> None:
+    small = _images()[0]
+    h, w = small.shape[:2]
+    # As if a JPEG of (2w - 1) x 2h had been decoded at 1/2 scale.
+    decoded = DecodedImage(small, width=2 * w - 1, height=2 * h)
+    plain = detector.detect([small], conf_thres=CONF)[0]
+    mapped = detector.detect_decoded([decoded], conf_thres=CONF)[0]
+    assert len(mapped) == len(plain) > 0
+    for a, b in zip(plain, mapped, strict=True):
+        assert (a["label"], a["confidence"]) == (b["label"], b["confidence"])
+        sx, sy = (2 * w - 1) / w, 2.0
+        expected = [min(a["box"]["x1"] * sx, 2 * w - 1), min(a["box"]["y1"] * sy, 2 * h),
+                    min(a["box"]["x2"] * sx, 2 * w - 1), min(a["box"]["y2"] * sy, 2 * h)]
+        np.testing.assert_allclose(list(b["box"].values()), expected, atol=0.006)
+    whole = DecodedImage(small, width=w, height=h)
+    assert detector.detect_decoded([whole], conf_thres=CONF)[0] == plain

@@ -6,13 +6,14 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from model.errors import ImageDecodeError, ImageError, ImageTooLargeError
-from model.preprocess import decode_image, letterbox, to_tensor
+from model.preprocess import decode_for_network, decode_image, letterbox, to_tensor
 
 
 def _rgb_pattern(height: int = 48, width: int = 64) -> np.ndarray:
@@ -288,3 +289,43 @@ def test_to_tensor_rejects_mixed_shapes_and_empty() -> None:
         to_tensor([_solid(4, 6), _solid(6, 4)])
     with pytest.raises(ValueError):
         to_tensor([])
+
+
+def _photo(width: int, height: int) -> np.ndarray:
+    """A smooth colour image (JPEG-friendly) with a sharp white square in it."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+    img = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    img[height // 4:height // 2, width // 4:width // 2] = 255
+    return img
+
+
+@pytest.mark.parametrize(("size", "input_size", "factor"), [
+    ((2000, 1500), 512, 2), ((4032, 3024), 512, 4), ((4096, 4096), 512, 8),
+    ((1000, 700), 512, 1), ((2000, 1500), None, 1)])
+def test_decode_for_network_reduces_large_jpegs(size: tuple[int, int], input_size: int | None,
+                                                factor: int) -> None:
+    width, height = size
+    data = cv2.imencode(".jpg", _photo(width, height))[1].tobytes()
+    decoded = decode_for_network(data, None, input_size)
+    assert (decoded.width, decoded.height) == (width, height)
+    assert decoded.image.shape == (-(-height // factor), -(-width // factor), 3)
+    assert max(decoded.image.shape[:2]) >= (input_size or 0)
+    assert decoded.scale_x == pytest.approx(factor, rel=0.01)
+    # The reduced decode is the full image, shrunk: compare at the reduced size.
+    full = cv2.resize(decode_image(data), decoded.image.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(full.astype(int) - decoded.image.astype(int)).mean() < 3
+
+
+def test_decode_for_network_keeps_exif_orientation_and_other_formats_whole() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _encode(np.zeros((1200, 2000, 3), np.uint8), "JPEG", exif=exif)
+    decoded = decode_for_network(data, None, 512)
+    assert decoded.image.shape == (1000, 600, 3)
+    assert (decoded.width, decoded.height) == (1200, 2000)  # upright
+    png = cv2.imencode(".png", _photo(1600, 1200))[1].tobytes()
+    whole = decode_for_network(png, None, 512)
+    assert whole.image.shape == (1200, 1600, 3) and whole.scale_x == 1
+    with pytest.raises(ImageTooLargeError):
+        decode_for_network(data, max_pixels=2_000_000, input_size=512)
