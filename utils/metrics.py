@@ -212,9 +212,7 @@ def _pool_families(pool: DetectorPool) -> Iterator[Metric]:
     yield _gauge("yolo_workers_busy", "Workers running a job", snapshot["busy"])
     yield _gauge("yolo_queued_jobs", "Jobs waiting for a worker", snapshot["queued_jobs"])
     yield _gauge("yolo_pool_ready", "1 when every worker is warm", float(pool.ready))
-    pool_metrics = getattr(pool, "metrics", None)
-    if isinstance(pool_metrics, PoolMetrics):
-        yield from pool_metrics.collect()
+    yield from pool.metrics.collect()
 
 
 def _spool_families(records: RecordWriter) -> Iterator[Metric]:
