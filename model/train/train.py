@@ -9,10 +9,11 @@ so a run is reproducible for its seed. After every epoch the exponential moving 
 ``<out>/last.pt`` / ``<out>/best.pt`` (ultralytics checkpoint format, EMA weights) and
 ``<out>/state.pt`` (everything ``--resume`` needs) are written.
 
-The shipped model was trained in two stages (see model/data/README.md): 24 epochs on
-256-pixel scenes at input 256, then 20 epochs with ``--init`` from that model on
-256-pixel scenes magnified to input 320 (``--img-size 320 --scene-size 256``), after
-rescaling the anchors with ``python -m model.train.anchors --img-size 320 --scene-size 256``.
+The shipped model was trained in three stages (see model/data/README.md): 24 epochs on
+256-pixel scenes at input 256; 20 epochs with ``--init`` from that model on 256-pixel
+scenes magnified to input 320 (``--img-size 320 --scene-size 256``); 12 more at 416 with
+``--gray 0.1``. Before each magnified stage the anchors were refitted with
+``python -m model.train.anchors --img-size <input> --scene-size 256``.
 """
 
 from __future__ import annotations
