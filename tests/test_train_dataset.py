@@ -67,3 +67,19 @@ def test_collate_gives_image_index_class_and_centre_boxes() -> None:
         assert torch.allclose(rows[:, 2], (xyxy[:, 0] + xyxy[:, 2]) / 2)
         assert torch.allclose(rows[:, 5], xyxy[:, 3] - xyxy[:, 1])
         assert torch.equal(rows[:, 1], labels[:, 0])
+
+
+def test_gray_share_of_samples() -> None:
+    def is_gray(img: np.ndarray) -> bool:
+        return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
+
+    plain = [make_sample(5, 0, i, 64, scene_size=64) for i in range(12)]
+    none = [make_sample(5, 0, i, 64, scene_size=64, gray=0.0) for i in range(12)]
+    half = [make_sample(5, 0, i, 64, scene_size=64, gray=0.5) for i in range(12)]
+    every = [make_sample(5, 0, i, 64, scene_size=64, gray=1.0) for i in range(12)]
+    # gray=0 draws no random number: the data of runs without it are unchanged.
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(plain, none))
+    assert not any(is_gray(img) for img, _ in plain)
+    assert all(is_gray(img) for img, _ in every)
+    assert 0 < sum(is_gray(img) for img, _ in half) < 12
+    assert all((a[1] == b[1]).all() for a, b in zip(plain, every))  # same boxes
