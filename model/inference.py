@@ -143,11 +143,16 @@ class Detector:
         when given, see :meth:`model.onnx_backend.OnnxRunner.from_darknet`) and run with
         ``threads`` intra-op threads (default: torch's thread count).
 
+        With ``backend="auto"``, a network that ONNX Runtime cannot take (an export or a
+        session that fails) runs in PyTorch instead, with a warning; asked for by name,
+        ``"onnxruntime"`` fails instead.
+
         Raises CfgError / WeightsError / ModelError for unusable files or settings and
         ValueError for a bad device or backend spec.
         """
         cfg, names_path = Path(cfg), Path(names)
         torch_device = select_device(device)
+        fallback = backend.strip().lower() == "auto"
         backend = select_backend(backend, torch_device)
         class_names = read_names(names_path)
         model = _build_network(cfg, img_size)
@@ -172,8 +177,15 @@ class Detector:
         if backend == "onnxruntime":
             from model.onnx_backend import OnnxRunner  # optional dependency
 
-            runner = OnnxRunner.from_darknet(model, (img_size, img_size), onnx_cache_dir,
-                                             threads)
+            try:
+                runner = OnnxRunner.from_darknet(model, (img_size, img_size), onnx_cache_dir,
+                                                 threads)
+            except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure: fall back
+                if not fallback:
+                    raise
+                logger.warning("ONNX Runtime cannot run %s (%s: %s); using PyTorch", cfg.name,
+                               type(exc).__name__, exc)
+                backend = "torch"
         logger.info("loaded %s on %s at %d px (%d classes, %s backend)", model_name,
                     torch_device, img_size, model.num_classes, backend)
         return cls(model, class_names, torch_device, img_size, model_name, runner, backend)

@@ -91,3 +91,18 @@ def test_detector_onnxruntime_matches_torch(tmp_path: Path) -> None:
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-3)
         for key in ("x1", "y1", "x2", "y2"):
             assert a["box"][key] == pytest.approx(b["box"][key], abs=0.05)
+
+
+def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_network(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg, names = DATA_DIR / "service-6cls.cfg", DATA_DIR / "service-6cls.names"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # the export cannot create its cache directory under a file
+    detector = Detector.load(cfg, None, names, img_size=64, device="cpu", backend="auto",
+                             onnx_cache_dir=blocked / "cache")
+    assert detector.backend == "torch" and not isinstance(detector.runner, OnnxRunner)
+    assert "ONNX Runtime cannot run service-6cls.cfg" in caplog.text
+    assert len(detector.detect([cv2.imread(str(IMAGES_DIR / "bus.jpg"))])) == 1
+    with pytest.raises(OSError):  # asked for by name: no silent fallback
+        Detector.load(cfg, None, names, img_size=64, device="cpu", backend="onnxruntime",
+                      onnx_cache_dir=blocked / "cache")
