@@ -28,6 +28,7 @@ from aiohttp import web
 
 import db
 import keys
+from handlers import pages
 from pool import DetectorPool
 from recorder import RecordWriter
 from routes import setup_routes
@@ -181,7 +182,7 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None)
     app.cleanup_ctx.append(detector_pool_context(detector_pool))
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).
-    app.middlewares.extend([metrics_middleware(metrics), error_middleware])
+    app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])
     if auth is not None:
         app.middlewares.append(auth_middleware(auth))
     return app

@@ -85,14 +85,17 @@ async def test_detect_multipart_returns_stored_record(client: Any, bus_jpeg: byt
 
 async def test_detections_match_the_engine_in_process(client: Any, zidane_jpeg: bytes,
                                                       test_config: Config) -> None:
-    """What comes back through the pool equals running the engine here directly."""
+    """What comes back through the pool equals running the workers' pipeline here."""
     from model.inference import Detector
-    from model.preprocess import decode_image
+    from model.preprocess import decode_for_network
 
     paths = test_config.workers.model_path
-    detector = Detector.load(paths.cfg, paths.weights, paths.data,
-                             img_size=test_config.workers.img_size, device="cpu")
-    want = detector.detect([decode_image(zidane_jpeg)], conf_thres=CONF, iou_thres=0.45)[0]
+    img_size = test_config.workers.img_size
+    detector = Detector.load(paths.cfg, paths.weights, paths.data, img_size=img_size,
+                             device="cpu")
+    decoded = decode_for_network(zidane_jpeg, None, img_size)
+    assert decoded.scale_x > 1  # 1280x720 at 128: the reduced decode is what runs
+    want = detector.detect_decoded([decoded], conf_thres=CONF, iou_thres=0.45)[0]
     response = await client.post(f"/detect?conf={CONF}&iou=0.45", data=zidane_jpeg,
                                  headers={"Content-Type": "image/jpeg"})
     assert response.status == 200

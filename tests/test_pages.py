@@ -341,3 +341,19 @@ def test_class_id_for_unknown_labels_is_stable() -> None:
     assert pages.class_id_for("stop", names) == 1
     other = pages.class_id_for("bicycle", names)
     assert other >= 2 and other == pages.class_id_for("bicycle", names)
+
+
+async def test_unknown_page_is_an_html_404_for_browsers_and_json_for_the_rest(
+        client: Any) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    response = await client.get("/histroy?x=<b>", headers=browser)
+    assert response.status == 404 and response.content_type == "text/html"
+    html = await response.text()
+    assert "Page not found" in html and "There is no page at /histroy." in html
+    for path, headers in (("/histroy", {}), ("/api/nope", browser)):
+        response = await client.get(path, headers=headers)
+        assert response.status == 404 and response.content_type == "application/json", path
+    css = await client.get("/static/nope.css", headers={"Accept": "text/css,*/*;q=0.1"})
+    assert css.status == 404 and css.content_type != "text/html"
+    response = await client.post("/histroy", headers=browser)
+    assert response.status == 404 and response.content_type == "application/json"

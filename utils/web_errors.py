@@ -1,4 +1,8 @@
-"""JSON errors: ``{"error": {"code": ..., "message": ...}}`` for every failed request."""
+"""JSON errors: ``{"error": {"code": ..., "message": ...}}`` for every failed request.
+
+The one exception: a browser asking for a page that does not exist (GET, ``Accept:
+text/html``, not under ``/api/``) gets the HTML error page, when the app gives a renderer.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import db
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+# (request, status, title, message) -> an HTML error page
+PageRenderer = Callable[[web.Request, int, str, str], web.StreamResponse]
 
 CODES = {
     400: "bad_request",
@@ -58,23 +65,36 @@ def _from_http_exception(exc: web.HTTPException) -> web.Response:
                           headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn raised HTTP errors and unexpected exceptions into JSON error responses."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _from_http_exception(exc)
-    except db.UNAVAILABLE_ERRORS as exc:
-        log.warning("%s %s: database unavailable: %s: %s", request.method, request.path,
-                    type(exc).__name__, exc)
-        return error_response(503, "database_unavailable",
-                              "the database is unavailable; try again shortly",
-                              {"Retry-After": DB_RETRY_AFTER_S})
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal server error")
+def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
+    """Turn raised HTTP errors and unexpected exceptions into JSON error responses (an
+    unknown page asked for by a browser: ``render_page``'s HTML, when given)."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 404 and render_page is not None and _wants_page(request):
+                return render_page(request, 404, "Page not found",
+                                   f"There is no page at {request.path[:200]}.")
+            return _from_http_exception(exc)
+        except db.UNAVAILABLE_ERRORS as exc:
+            log.warning("%s %s: database unavailable: %s: %s", request.method, request.path,
+                        type(exc).__name__, exc)
+            return error_response(503, "database_unavailable",
+                                  "the database is unavailable; try again shortly",
+                                  {"Retry-After": DB_RETRY_AFTER_S})
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "internal server error")
+
+    return errors
+
+
+def _wants_page(request: web.Request) -> bool:
+    return (request.method in ("GET", "HEAD") and not request.path.startswith("/api/")
+            and "text/html" in request.headers.get("Accept", ""))
