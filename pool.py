@@ -10,6 +10,11 @@ queued it waits up to ``max_queue_delay_ms`` (from taking the first) for more to
 then runs them all as one forward pass. With delay 0 a batch is whatever queued up while
 every worker was busy: no added latency at low load, bigger batches under load.
 
+Threads: each worker runs on ``threads_per_worker`` threads (cores / workers when not
+configured), except that a batch started while every other worker is idle and nothing is
+queued may use all the cores (``lone_threads``): a lone request is as fast as on a
+single wide worker, and a busy service keeps one thread per worker.
+
 Faults and load:
 
 - **A worker dies** (killed, out of memory, a native crash) or hangs past
@@ -78,10 +83,18 @@ def available_cores() -> int:
 
 
 def threads_per_worker(config: WorkersConfig) -> int:
-    """The configured torch thread count, else cores shared evenly between workers."""
+    """The configured thread count, else cores shared evenly between workers."""
     if config.threads_per_worker is not None:
         return config.threads_per_worker
     return max(1, available_cores() // config.max_workers)
+
+
+def lone_threads(config: WorkersConfig) -> int:
+    """Threads for a job that runs while every other worker is idle: all the cores when
+    the thread count is automatic (0 when configured: then a worker keeps its own)."""
+    if config.threads_per_worker is not None or config.max_workers == 1:
+        return 0
+    return available_cores()
 
 
 @dataclass(eq=False)  # identity: jobs are found in the queue by ``is``, never by value
@@ -175,7 +188,8 @@ class DetectorPool:
             names=str(config.model_path.data), img_size=config.img_size, device=config.device,
             threads=threads_per_worker(config), max_pixels=max_pixels,
             backend=config.backend, onnx_cache_dir=str(config.onnx_cache_dir),
-            max_batch_size=config.max_batch_size, log_level=log_level, detect_fn=detect_fn)
+            max_batch_size=config.max_batch_size, lone_threads=lone_threads(config),
+            log_level=log_level, detect_fn=detect_fn)
         # new -> starting -> ready <-> recovering; starting -> failed; any -> closed
         self.state = "new"
         self.error: str | None = None
@@ -453,7 +467,10 @@ class DetectorPool:
         head = batch[0].work
         if not isinstance(head, worker.DetectJob):
             return [await proc.call(head, self.config.job_timeout)]
-        answers = await proc.call(("detect", [job.work for job in batch]),
+        # Alone at work (no other worker busy, nothing queued): the worker may use every
+        # core; a job that arrives meanwhile shares them for the rest of this pass.
+        lone = len(self._running) == 1 and len(self._queue) == 0
+        answers = await proc.call(("detect", [job.work for job in batch], lone),
                                   self.config.job_timeout)
         timings = [a.inference_ms for a in answers if isinstance(a, worker.DetectResult)]
         if timings:

@@ -51,10 +51,12 @@ class WorkerSpec:
     backend: str = "torch"  # auto | torch | onnxruntime
     onnx_cache_dir: str | None = None
     max_batch_size: int = 1  # the warm-up runs this batch size too
+    lone_threads: int = 0  # CPU threads for a job run while no other worker is busy (0: threads)
     log_level: str = "INFO"
     # What runs a batch: ``detect_batch`` (tests substitute a module-level function with
     # the same signature to inject faults into a real worker process).
-    detect_fn: Callable[[Sequence[DetectJob]], list[DetectResult | DetectFailure]] | None = None
+    detect_fn: Callable[[Sequence[DetectJob], bool],
+                        list[DetectResult | DetectFailure]] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class WorkerInfo:
     model: str
     warmup_ms: float
     backend: str = ""
+    lone_threads: int = 0  # threads used while no other worker is busy (0: no more than threads)
     error: str | None = None  # why the model could not be loaded
 
 
@@ -89,6 +92,7 @@ class DetectResult:
     model: str
     detections: list[dict[str, Any]]
     batch_size: int = 1
+    threads: int = 0  # intra-op threads of the forward pass (CPU)
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,8 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
         detector = Detector.load(spec.cfg, spec.weights, spec.names, img_size=spec.img_size,
                                  device=device, backend=spec.backend,
                                  onnx_cache_dir=spec.onnx_cache_dir, threads=spec.threads)
+        if spec.lone_threads > spec.threads:
+            detector.enable_wide(spec.lone_threads)
         detector.warmup((1, spec.max_batch_size))
     except Exception as exc:  # noqa: BLE001 - reported to the parent in WorkerInfo.error
         log.exception("worker %d could not load the model", index)
@@ -212,7 +218,7 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
     warmup_ms = (time.perf_counter() - started) * 1000.0
     info = WorkerInfo(pid=os.getpid(), index=index, device=device, threads=spec.threads,
                       model=str(detector.model_name), warmup_ms=round(warmup_ms, 1),
-                      backend=detector.backend)
+                      backend=detector.backend, lone_threads=detector.wide_threads or 0)
     _state = _WorkerState(detector=detector, info=info, max_pixels=spec.max_pixels)
     log.info("worker %d warm on %s (%s) with %d threads in %.0f ms", index, device,
              detector.backend, spec.threads, warmup_ms)
@@ -234,9 +240,11 @@ def _detector() -> Any:
     return state.detector
 
 
-def detect_batch(jobs: Sequence[DetectJob]) -> list[DetectResult | DetectFailure]:
+def detect_batch(jobs: Sequence[DetectJob],
+                 lone: bool = False) -> list[DetectResult | DetectFailure]:
     """Decode every job's image and run the decodable ones through the model in one
-    batch; one result (or failure, for an image that cannot be used) per job."""
+    batch; one result (or failure, for an image that cannot be used) per job. ``lone``:
+    no other worker is busy, so the forward pass may use every core (``lone_threads``)."""
     from model.errors import ImageError, ImageTooLargeError
     from model.preprocess import decode_for_network
 
@@ -259,15 +267,17 @@ def detect_batch(jobs: Sequence[DetectJob]) -> list[DetectResult | DetectFailure
     if not decoded:
         return [a for a in answers if a is not None]
     started = time.perf_counter()
+    wide = lone and detector.wide_threads is not None
+    threads = detector.wide_threads if wide else state.info.threads
     found = detector.detect_decoded(decoded, conf_thres=[jobs[i].conf_thres for i in ready],
-                                    iou_thres=[jobs[i].iou_thres for i in ready])
+                                    iou_thres=[jobs[i].iou_thres for i in ready], wide=wide)
     inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
     for position, image, detections in zip(ready, decoded, found, strict=True):
         answers[position] = DetectResult(
             width=image.width, height=image.height,
             sha256=hashlib.sha256(jobs[position].data).hexdigest(), inference_ms=inference_ms,
             model=state.info.model, detections=[_plain(d) for d in detections],
-            batch_size=len(decoded))
+            batch_size=len(decoded), threads=threads)
     return [a for a in answers if a is not None]
 
 

@@ -250,7 +250,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({
         "status": "degraded" if degraded else "ready", **body, "model": pool.model_name,
         "workers": [{"pid": w.pid, "device": w.device, "backend": w.backend,
-                     "threads": w.threads, "warmup_ms": w.warmup_ms} for w in pool.workers],
+                     "threads": w.threads, "lone_threads": w.lone_threads,
+                     "warmup_ms": w.warmup_ms} for w in pool.workers],
         "batching": {"max_batch_size": pool.config.max_batch_size,
                      "max_queue_delay_ms": pool.config.max_queue_delay_ms},
     })

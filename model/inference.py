@@ -130,6 +130,9 @@ class Detector:
         self.stride = model.max_stride
         # The torch backend on a GPU runs in half precision with channels-last tensors.
         self.half = backend == "torch" and device.type == "cuda"
+        # More intra-op threads for a lone request (see enable_wide); None: not set up.
+        self.wide_threads: int | None = None
+        self._wide_runner: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
     @classmethod
     def load(cls, cfg: str | Path, weights: str | Path | None, names: str | Path,
@@ -190,13 +193,35 @@ class Detector:
                     torch_device, img_size, model.num_classes, backend)
         return cls(model, class_names, torch_device, img_size, model_name, runner, backend)
 
+    def enable_wide(self, threads: int) -> None:
+        """Let ``detect(..., wide=True)`` run the forward pass on ``threads`` intra-op
+        threads (on the CPU): a worker that is alone at work may use every core.
+
+        ONNX Runtime fixes its thread count per session, so this opens a second session
+        on the same exported graph; PyTorch changes its thread count for the call.
+        """
+        if self.device.type != "cpu" or threads < 1:
+            return
+        if self.backend == "onnxruntime":
+            from model.onnx_backend import OnnxRunner
+
+            graph = getattr(self.runner, "path", None)
+            if graph is None or not Path(graph).is_file():
+                logger.warning("no cached ONNX graph to open a %d-thread session on", threads)
+                return
+            self._wide_runner = OnnxRunner(graph, threads)
+        else:
+            self._wide_runner = self.runner
+        self.wide_threads = threads
+
     def detect(self, images: Sequence[np.ndarray], conf_thres: float | Sequence[float] = 0.3,
                iou_thres: float | Sequence[float] = 0.6, agnostic: bool = False,
-               max_det: int = 300) -> list[list[dict[str, Any]]]:
+               max_det: int = 300, wide: bool = False) -> list[list[dict[str, Any]]]:
         """Detect objects in BGR ``uint8`` HxWx3 images (sizes may differ), in one batch.
 
         ``conf_thres`` and ``iou_thres`` are one value for all images or one per image
-        (a batch may join requests that asked for different thresholds).
+        (a batch may join requests that asked for different thresholds). ``wide`` runs
+        the forward pass on the threads set by :meth:`enable_wide`, when it was called.
 
         Returns, per image, detections sorted by confidence, each
         ``{"label", "class_id", "confidence", "box": {"x1", "y1", "x2", "y2"}}`` with the
@@ -216,7 +241,7 @@ class Detector:
         if self.half:
             batch = batch.half().contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            pred = self.runner(batch)[0].float()
+            pred = self._forward(batch, wide)
             if len(set(confs)) == 1 and len(set(ious)) == 1:
                 per_image = non_max_suppression(pred, confs[0], ious[0], agnostic, max_det)
             else:
@@ -230,12 +255,25 @@ class Detector:
             results.append([self._as_dict(row) for row in rows.tolist()])
         return results
 
+    def _forward(self, batch: torch.Tensor, wide: bool) -> torch.Tensor:
+        if not wide or self._wide_runner is None or self.wide_threads is None:
+            return self.runner(batch)[0].float()
+        if self._wide_runner is not self.runner:  # a session of its own
+            return self._wide_runner(batch)[0].float()
+        narrow = torch.get_num_threads()
+        torch.set_num_threads(self.wide_threads)
+        try:
+            return self.runner(batch)[0].float()
+        finally:
+            torch.set_num_threads(narrow)
+
     def detect_decoded(self, decoded: Sequence[DecodedImage],
                        conf_thres: float | Sequence[float] = 0.3,
-                       iou_thres: float | Sequence[float] = 0.6) -> list[list[dict[str, Any]]]:
+                       iou_thres: float | Sequence[float] = 0.6,
+                       wide: bool = False) -> list[list[dict[str, Any]]]:
         """:meth:`detect` on images from :func:`model.preprocess.decode_for_network`
         (possibly decoded at a reduced scale); boxes in the original image's pixels."""
-        found = self.detect([d.image for d in decoded], conf_thres, iou_thres)
+        found = self.detect([d.image for d in decoded], conf_thres, iou_thres, wide=wide)
         return [[_rescaled(det, d) for det in dets] if (d.scale_x, d.scale_y) != (1, 1)
                 else dets for d, dets in zip(decoded, found, strict=True)]
 
@@ -255,3 +293,5 @@ class Detector:
         blank = np.full((self.img_size, self.img_size, 3), PAD_COLOR, np.uint8)
         for size in dict.fromkeys(batch_sizes):
             self.detect([blank] * size)
+            if self.wide_threads is not None:
+                self.detect([blank] * size, wide=True)

@@ -25,8 +25,8 @@ import worker
 _SLEEP = re.compile(rb"fault:sleep=([0-9]+(?:\.[0-9]+)?)")
 
 
-def detect_with_faults(
-        jobs: Sequence[worker.DetectJob]) -> list[worker.DetectResult | worker.DetectFailure]:
+def detect_with_faults(jobs: Sequence[worker.DetectJob],
+                       lone: bool = False) -> list[worker.DetectResult | worker.DetectFailure]:
     for job in jobs:
         head = job.data[:512]
         if b"fault:crash" in head:
@@ -34,7 +34,7 @@ def detect_with_faults(
         match = _SLEEP.search(head)
         if match:
             time.sleep(float(match.group(1)))
-    return worker.detect_batch(jobs)
+    return worker.detect_batch(jobs, lone)
 
 
 def with_comment(jpeg: bytes, text: str) -> bytes:

@@ -185,3 +185,28 @@ async def test_finished_jobs_leave_the_queue_without_formatting_their_image() ->
     queue.discard(waiting)
     assert len(queue) == 0
     assert len(repr(worker.DetectJob(b"\xff" * 500_000, 0.5, 0.5))) < 100
+
+
+async def test_a_lone_job_uses_every_core_and_busy_workers_one_each(
+        model_weights: Path, tmp_path: Path) -> None:
+    from pool import available_cores
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("needs 2 cores to have more threads for a lone job")  # CI has 2+
+    config = pool_config(model_weights, max_workers=2, threads_per_worker=None,
+                         backend="onnxruntime", onnx_cache_dir=str(tmp_path / "onnx"))
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+    await pool.start()
+    try:
+        assert [(w.threads, w.lone_threads) for w in pool.workers] == [(cores // 2, cores)] * 2
+        images = scenes(2)
+        lone = await detect(pool, images[0])
+        assert lone.threads == cores
+        both = await asyncio.gather(*(detect(pool, data) for data in images * 3))
+        assert min(r.threads for r in both) == cores // 2  # some ran while another was busy
+        for result, data in zip(both, images * 3, strict=True):  # same answers either way
+            if data == images[0]:
+                np.testing.assert_allclose(by_place(result), by_place(lone), rtol=1e-4, atol=1e-3)
+    finally:
+        await pool.close(10)
