@@ -348,12 +348,12 @@ def _auth(raw: _Section) -> AuthConfig:
     return config
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: mappings merge, other values replace."""
-    merged = copy.deepcopy(base)
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (a deep copy): mappings merge, other values replace."""
+    merged = copy.deepcopy(dict(base))
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -414,5 +414,5 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
     if not isinstance(data, Mapping):
         raise ConfigError("", f"{source}: the top level must be a mapping")
     if overrides:
-        data = _merge(dict(data), overrides)
+        data = merge(data, overrides)
     return parse_config(data, env, source)

@@ -29,7 +29,7 @@ import torch
 
 from main import init_app
 from pool import DetectorPool
-from settings import BASE_DIR, Config, load_config
+from settings import BASE_DIR, Config, load_config, merge
 from utils.embedded_pg import EmbeddedPostgres
 
 TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
@@ -96,19 +96,9 @@ def make_config(pg_server: EmbeddedPostgres, model_weights: Path, database: str,
             "workers": {"model_path": {"weights": str(model_weights)}},
             "storage": {"spool_dir": str(tmp_path / "spool")},
         }
-        return load_config(TEST_CONFIG, env=env or {}, overrides=_merge(base, overrides or {}))
+        return load_config(TEST_CONFIG, env=env or {}, overrides=merge(base, overrides or {}))
 
     return build
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @pytest.fixture

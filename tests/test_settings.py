@@ -9,27 +9,17 @@ import pytest
 import yaml
 
 import main
-from settings import BASE_DIR, ConfigError, config_path, load_config
+from settings import BASE_DIR, ConfigError, config_path, load_config, merge
 
 TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
 DATA = Path(__file__).resolve().parent / "data"
 MODEL = {"workers": {"model_path": {"weights": str(DATA / "service-6cls.cfg")}}}
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None):
     """config/test.yaml with an existing file as weights (validation checks existence)."""
     return load_config(TEST_CONFIG, env=env or {},
-                       overrides=_deep_merge(MODEL, overrides or {}))
+                       overrides=merge(MODEL, overrides or {}))
 
 
 def test_default_config_shape() -> None:
