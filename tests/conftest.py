@@ -106,10 +106,16 @@ def test_config(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
+def pool_config(model_weights: Path, **workers: Any) -> Config:
+    """config/test.yaml with the generated weights and ``workers`` overrides, for tests
+    that start a pool of their own (no database settings needed)."""
+    return load_config(TEST_CONFIG, env={}, overrides={
+        "workers": {"model_path": {"weights": str(model_weights)}, **workers}})
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def detector_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
-    config = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"model_path": {"weights": str(model_weights)}}})
+    config = pool_config(model_weights)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
     await pool.start()
     yield pool

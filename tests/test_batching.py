@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -22,17 +21,11 @@ import pytest_asyncio
 import worker
 from model.errors import ImageDecodeError
 from pool import DetectorPool, ImageKilledWorker
-from settings import load_config
-from tests.conftest import TEST_CONFIG
+from tests.conftest import pool_config
 from tests.faults import detect_with_faults, with_comment
 
 DELAY_MS = 400
 LOW_CONF = 0.01  # random weights: a low threshold gives plenty of boxes to compare
-
-
-def pool_config(model_weights: Path, **workers: Any) -> Any:
-    return load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"model_path": {"weights": str(model_weights)}, **workers}})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -26,8 +26,8 @@ import pytest_asyncio
 import keys
 from main import init_app
 from pool import DetectorPool, ImageKilledWorker
-from settings import BASE_DIR, load_config
-from tests.conftest import TEST_CONFIG
+from settings import BASE_DIR
+from tests.conftest import pool_config
 from tests.faults import detect_with_faults, with_comment
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -54,8 +54,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def faulty_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
-    config = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"model_path": {"weights": str(model_weights)}}})
+    config = pool_config(model_weights)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
                         detect_fn=detect_with_faults)
     await pool.start()
@@ -231,8 +230,7 @@ def test_workers_exit_when_their_parent_is_killed(model_weights: Path) -> None:
 async def test_hung_worker_is_killed_after_job_timeout(model_weights: Path,
                                                        bus_jpeg: bytes) -> None:
     """A job that outlives ``job_timeout`` costs its worker; twice, and the image is refused."""
-    config = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"job_timeout": 0.5, "model_path": {"weights": str(model_weights)}}})
+    config = pool_config(model_weights, job_timeout=0.5)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
                         detect_fn=detect_with_faults)
     await pool.start()
