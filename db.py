@@ -179,10 +179,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset when a connection goes back to the pool: this service leaves no
+    session state (no SET, LISTEN, session advisory locks or cursors outside a
+    transaction), and asyncpg rolls back an open transaction itself. The default reset
+    costs a round trip on every release, on the path of every request."""
+
+
 async def create_pool(connect: dict[str, Any], *, minsize: int, maxsize: int) -> asyncpg.Pool:
     """An asyncpg pool whose connections speak jsonb as Python objects."""
     return await asyncpg.create_pool(**connect, min_size=minsize, max_size=maxsize,
-                                     init=_init_connection)
+                                     init=_init_connection, reset=_keep_session)
 
 
 async def close_pool(pool: asyncpg.Pool, timeout: float) -> None:
@@ -225,33 +232,125 @@ def _label_rows(record: Record) -> list[tuple[UUID, str, datetime, int, float]]:
             for label, (boxes, best) in sorted(per_label.items())]
 
 
+# Records, their label rows and a lock on the images they refer to, in one statement (one
+# round trip, one commit). The records go in only if every image is there ($12: their
+# sha256s, sorted); the count of images found tells the caller whether they did.
+_INSERT_RECORDS = """
+WITH held AS (
+    SELECT sha256 FROM images WHERE sha256 = ANY($12::text[]) ORDER BY sha256 FOR KEY SHARE
+), inserted AS (
+    INSERT INTO detections (id, created_at, filename, sha256, width, height, model,
+                            inference_ms, detections, num_detections, max_confidence)
+    SELECT r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
+           r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6::int[],
+                $7::text[], $8::real[], $9::text[], $10::int[], $11::real[])
+         AS r(id, created_at, filename, sha256, width, height, model, inference_ms,
+              detections, num_detections, max_confidence)
+    WHERE (SELECT count(*) FROM held) = cardinality($12::text[])
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), labels AS (
+    INSERT INTO detection_labels (detection_id, label, created_at, boxes, max_confidence)
+    SELECT l.* FROM unnest($13::uuid[], $14::text[], $15::timestamptz[], $16::int[],
+                           $17::real[]) AS l(detection_id, label, created_at, boxes,
+                                            max_confidence)
+    WHERE l.detection_id IN (SELECT id FROM inserted)
+    ON CONFLICT DO NOTHING
+)
+SELECT count(*) FROM held
+"""
+
+
+def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> list[Any]:
+    """The parameters of ``_INSERT_RECORDS``: one array per column."""
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    for r in records:
+        row = (r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
+               r.inference_ms, json.dumps(r.detections), len(r.detections),
+               max((float(d["confidence"]) for d in r.detections), default=None))
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    labels: list[list[Any]] = [[] for _ in range(5)]
+    for row in (row for r in records for row in _label_rows(r)):
+        for column, value in zip(labels, row, strict=True):
+            column.append(value)
+    return [*columns, list(sha256s), *labels]
+
+
 async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
                        images: Sequence[StoredImage] = ()) -> None:
-    """Insert records (and their original images) in one transaction.
+    """Insert records and the original images they refer to, atomically.
 
-    Idempotent: a record whose id exists already, or an image whose sha256 exists
-    already, is left as it is.
+    Idempotent: a record whose id exists already is left as it is; an image whose
+    sha256 is stored already is not sent again (see :func:`store_images`). When every
+    image is stored already (written ahead, or a repeated upload) this is one statement;
+    otherwise one transaction that stores the missing images first.
+    """
+    sha256s = sorted({img.sha256 for img in images})
+    args = _insert_records_args(records, sha256s)
+    async with pool.acquire() as conn:
+        if await conn.fetchval(_INSERT_RECORDS, *args) == len(sha256s):
+            return
+        async with conn.transaction():
+            await _store_images(conn, images)
+            held = await conn.fetchval(_INSERT_RECORDS, *args)
+            if held != len(sha256s):  # cannot happen: _store_images holds them all
+                raise RuntimeError(f"{len(sha256s) - held} image(s) vanished while locked")
+
+
+async def store_images(pool: asyncpg.Pool, images: Sequence[StoredImage]) -> list[str]:
+    """Store images ahead of the records that will refer to them (while their detection
+    runs); returns the sha256 of each image this call inserted, for
+    :func:`delete_unreferenced_images` should the records never come."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await _store_images(conn, images)
+
+
+async def _store_images(conn: asyncpg.Connection, images: Sequence[StoredImage]) -> list[str]:
+    """Insert the images not stored yet and return their sha256s; the bytes of an image
+    stored already never leave this process.
+
+    Every image ends up locked (``FOR KEY SHARE``, or the insert's own lock) until the
+    transaction ends, so :func:`delete_unreferenced_images` cannot remove it between
+    here and the commit of the records that refer to it.
+    """
+    # Locks are taken in sha256 order, so two requests sharing images cannot deadlock.
+    wanted = {img.sha256: img for img in sorted(images, key=lambda img: img.sha256)}
+    stored = {row["sha256"] for row in await conn.fetch(
+        "SELECT sha256 FROM images WHERE sha256 = ANY($1::text[]) "
+        "ORDER BY sha256 FOR KEY SHARE", list(wanted))}
+    inserted = []
+    for sha256, img in wanted.items():
+        if sha256 in stored:
+            continue
+        # DO UPDATE rather than DO NOTHING: when another transaction stored it meanwhile,
+        # the row is locked all the same. xmax = 0 on a row this statement inserted.
+        if await conn.fetchval(
+                "INSERT INTO images (sha256, content_type, size_bytes, data) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO UPDATE "
+                "SET sha256 = EXCLUDED.sha256 RETURNING xmax = 0",
+                sha256, img.content_type, len(img.data), img.data):
+            inserted.append(sha256)
+    return inserted
+
+
+async def delete_unreferenced_images(pool: asyncpg.Pool, sha256s: Sequence[str]) -> list[str]:
+    """Delete those of these images that no record refers to (stored ahead of a request
+    that then failed); returns the sha256s deleted.
+
+    The rows are locked first: a transaction saving a record for one of them holds it
+    (:func:`_store_images`) and is waited for, and the delete's fresh snapshot then sees
+    its record; one that comes later finds the image gone and stores it again.
     """
     async with pool.acquire() as conn, conn.transaction():
-        if images:
-            await conn.executemany(
-                "INSERT INTO images (sha256, content_type, size_bytes, data) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",
-                [(img.sha256, img.content_type, len(img.data), img.data) for img in images])
-        await conn.executemany(
-            "INSERT INTO detections (id, created_at, filename, sha256, width, height, model, "
-            "inference_ms, detections, num_detections, max_confidence) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
-            [(r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
-              r.inference_ms, r.detections, len(r.detections),
-              max((float(d["confidence"]) for d in r.detections), default=None))
-             for r in records])
-        label_rows = [row for r in records for row in _label_rows(r)]
-        if label_rows:
-            await conn.executemany(
-                "INSERT INTO detection_labels (detection_id, label, created_at, boxes, "
-                "max_confidence) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                label_rows)
+        await conn.execute("SELECT 1 FROM images WHERE sha256 = ANY($1::text[]) "
+                           "ORDER BY sha256 FOR UPDATE", list(sha256s))
+        rows = await conn.fetch(
+            "DELETE FROM images i WHERE i.sha256 = ANY($1::text[]) "
+            "AND NOT EXISTS (SELECT 1 FROM detections d WHERE d.sha256 = i.sha256) "
+            "RETURNING i.sha256", list(sha256s))
+    return [row["sha256"] for row in rows]
 
 
 # ---------------------------------------------------------------- reads

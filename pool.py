@@ -28,9 +28,11 @@ Faults and load:
   refused without running it.
 - **Cancellation**: a job whose caller is cancelled (request timeout, client gone) is
   taken off the queue if no worker has started it.
-- **Event loops**: the workers are served from the pool's own event loop, in a thread it
-  owns; ``start``/``detect``/``run``/``close`` may be awaited from any loop (the app's,
-  or each test's) and cancelling the caller cancels the job.
+- **Event loops**: the workers are served from the loop that awaited ``start`` (the
+  app's: a request reaches its worker without a hop between threads), or, with
+  ``own_loop=True``, from the pool's own loop in a thread it owns. Either way
+  ``start``/``detect``/``run``/``close`` may be awaited from any loop (a pool shared by
+  tests that each run their own loop) and cancelling the caller cancels the job.
 """
 
 from __future__ import annotations
@@ -179,10 +181,12 @@ class DetectorPool:
     """``max_workers`` warm model workers fed from one queue."""
 
     def __init__(self, config: WorkersConfig, *, max_pixels: int, log_level: str = "INFO",
-                 detect_fn: Callable[..., Any] | None = None) -> None:
+                 detect_fn: Callable[..., Any] | None = None, own_loop: bool = False) -> None:
         """``detect_fn``: a module-level function run in the workers instead of
-        ``worker.detect_batch`` (tests inject faults with it)."""
+        ``worker.detect_batch`` (tests inject faults with it). ``own_loop``: serve the
+        workers from a loop in a thread of the pool's own, not from the caller's."""
         self.config = config
+        self._own_loop = own_loop
         self.spec = worker.WorkerSpec(
             cfg=str(config.model_path.cfg), weights=str(config.model_path.weights),
             names=str(config.model_path.data), img_size=config.img_size, device=config.device,
@@ -242,6 +246,10 @@ class DetectorPool:
         if self.state != "new":
             raise RuntimeError(f"pool cannot start from state {self.state!r}")
         self.state = "starting"
+        if not self._own_loop:
+            self._loop = asyncio.get_running_loop()
+            await self._start()
+            return
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name="detector-pool",
@@ -254,6 +262,8 @@ class DetectorPool:
         if self._loop is None:
             coro.close()
             raise PoolUnavailable(self.error or "the detection workers are not running")
+        if self._loop is asyncio.get_running_loop():
+            return await coro
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return await asyncio.wrap_future(future)
 
@@ -296,7 +306,13 @@ class DetectorPool:
         """Stop the workers: queued and running jobs fail with PoolUnavailable."""
         self.state = "closed"
         loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if loop is None:
+            return
+        if thread is None:  # served from the caller's loop
+            try:
+                await self._call(self._close(timeout))
+            finally:
+                self._loop = None
             return
         try:
             await self._call(self._close(timeout))
@@ -327,6 +343,8 @@ class DetectorPool:
         self.state = "closed"
         if procs:
             log.info("detection workers stopped")
+        if self._thread is None:
+            return  # the default executor is the loop owner's
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.get_running_loop().shutdown_default_executor()

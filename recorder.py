@@ -17,7 +17,8 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -56,6 +57,17 @@ def decode_entry(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]
     except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"not a spool entry: {exc}") from exc
     return records, images
+
+
+class ImagesAhead:
+    """Images being written ahead of their records (:meth:`RecordWriter.images_ahead`)."""
+
+    def __init__(self, task: asyncio.Task[list[str]] | None) -> None:
+        self._task = task
+
+    async def settled(self) -> list[str]:
+        """Wait for the write to end; the sha256s it inserted (none when it failed)."""
+        return [] if self._task is None else await self._task
 
 
 class RecordWriter:
@@ -101,6 +113,51 @@ class RecordWriter:
         self.spooled_total += len(records)
         self._wake.set()
         return "spool"
+
+    @asynccontextmanager
+    async def images_ahead(self, images: Sequence[db.StoredImage]) -> AsyncIterator[ImagesAhead]:
+        """Write a request's images to the database while its detection runs.
+
+        The body runs the detection, then awaits :meth:`ImagesAhead.settled` and
+        :meth:`save` s the records with the same images (which sends only those not
+        stored yet). When the body fails, the images written ahead that no record refers
+        to are deleted again. Nothing is written ahead while the database is away or
+        records wait in the spool: :meth:`save` then takes everything, as before.
+        """
+        task = None
+        if images and self.database_up and self.spool.pending_entries == 0:
+            task = asyncio.create_task(self._store_ahead(images))
+        ahead = ImagesAhead(task)
+        try:
+            yield ahead
+        except asyncio.CancelledError:
+            if task is not None:
+                task.cancel()
+            raise
+        except BaseException:
+            await self._discard(await ahead.settled())
+            raise
+
+    async def _store_ahead(self, images: Sequence[db.StoredImage]) -> list[str]:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                return await db.store_images(self.pool, images)
+        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            # save() tries again (and spools when the database is away)
+            log.debug("images not written ahead: %s: %s", type(exc).__name__, exc)
+            return []
+
+    async def _discard(self, sha256s: Sequence[str]) -> None:
+        if not sha256s:
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                deleted = await db.delete_unreferenced_images(self.pool, sha256s)
+        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("could not delete %d image(s) written ahead of a failed request: "
+                        "%s: %s", len(sha256s), type(exc).__name__, exc)
+            return
+        log.debug("deleted %d image(s) written ahead of a failed request", len(deleted))
 
     # ------------------------------------------------------------- replay
 

@@ -17,7 +17,6 @@ it is set once by ``init`` and never exists in the parent.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import signal
@@ -87,12 +86,12 @@ class DetectJob:
 class DetectResult:
     width: int
     height: int
-    sha256: str
     inference_ms: float  # the forward pass + NMS of the batch this image ran in
     model: str
     detections: list[dict[str, Any]]
     batch_size: int = 1
     threads: int = 0  # intra-op threads of the forward pass (CPU)
+    decode_ms: float = 0.0  # decoding this image (and its reduced-scale resize)
 
 
 @dataclass(frozen=True)
@@ -251,8 +250,9 @@ def detect_batch(jobs: Sequence[DetectJob],
     state = _current()
     detector = _detector()
     answers: list[DetectResult | DetectFailure | None] = []
-    decoded, ready = [], []
+    decoded, ready, decode_ms = [], [], []
     for job in jobs:
+        started = time.perf_counter()
         try:
             image = decode_for_network(job.data, state.max_pixels, detector.img_size)
         except ImageTooLargeError as exc:
@@ -262,6 +262,7 @@ def detect_batch(jobs: Sequence[DetectJob],
             answers.append(DetectFailure("decode", str(exc)))
             continue
         answers.append(None)
+        decode_ms.append(round((time.perf_counter() - started) * 1000.0, 2))
         decoded.append(image)
         ready.append(len(answers) - 1)
     if not decoded:
@@ -272,12 +273,12 @@ def detect_batch(jobs: Sequence[DetectJob],
     found = detector.detect_decoded(decoded, conf_thres=[jobs[i].conf_thres for i in ready],
                                     iou_thres=[jobs[i].iou_thres for i in ready], wide=wide)
     inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
-    for position, image, detections in zip(ready, decoded, found, strict=True):
+    for position, image, detections, decode_time in zip(ready, decoded, found, decode_ms,
+                                                        strict=True):
         answers[position] = DetectResult(
-            width=image.width, height=image.height,
-            sha256=hashlib.sha256(jobs[position].data).hexdigest(), inference_ms=inference_ms,
+            width=image.width, height=image.height, inference_ms=inference_ms,
             model=state.info.model, detections=[_plain(d) for d in detections],
-            batch_size=len(decoded), threads=threads)
+            batch_size=len(decoded), threads=threads, decode_ms=decode_time)
     return [a for a in answers if a is not None]
 
 

@@ -2,17 +2,24 @@
 
 Starts its own service instance (``main.py`` with a temp config: embedded PostgreSQL and
 spool in a temp directory, the model below) or uses ``--url`` of a running one, then
-POSTs real JPEGs to ``/detect`` (multipart, one image per request) from N concurrent
-clients that each send the next request as soon as the last one answered, for each
-concurrency level: a warm-up, then ``--duration`` seconds (or ``--requests`` requests).
+POSTs real JPEGs to ``/detect`` (one image per request; multipart, or ``--body raw``)
+from N concurrent clients that each send the next request as soon as the last one
+answered, for each concurrency level: a warm-up, then ``--duration`` seconds (or
+``--requests`` requests). Every upload is a new image (a JPEG comment segment makes its
+bytes unique, as photos from a camera are), so each one is stored; ``--repeat-images``
+sends the same few again and again (stored once).
 
 Before the service starts, the bare engine runs in this process on the same images with
 the same cfg, weights, img_size, device and backend, through the workers' pipeline
 (``decode_for_network`` + ``Detector.detect_decoded``: decode, letterbox, forward, NMS),
-one image at a time, threads = cores.  Then
+one image at a time, threads = cores.  At concurrency 1 it runs again, in turns with the
+service (``PAIR_SLICE_S`` each), so both meet the same machine.  Then
 
 - service efficiency = best service images/s over the levels / bare engine images/s;
-- added latency at concurrency 1 = service p50 at c=1 - bare engine p50 per image.
+- added latency at concurrency 1 = service p50 at c=1 - bare engine p50 per image (in
+  turns);
+- where the time goes at concurrency 1: the medians of the phases in the service's
+  ``Server-Timing`` header, and of what they leave out.
 
 Model: ``workers.model_path`` and ``img_size`` of the base config (``config/config.yaml``)
 unless ``--cfg/--weights/--names/--img-size`` are given; without a weights file the
@@ -36,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import math
@@ -65,6 +71,7 @@ FALLBACK_CFG = PROJECT_ROOT / "tests" / "data" / "service-6cls.cfg"
 FALLBACK_NAMES = PROJECT_ROOT / "tests" / "data" / "service-6cls.names"
 OK = "200"
 ERROR_BACKOFF_S = 0.05  # after a failed request, so that fast 503s do not spin the client
+PAIR_SLICE_S = 2.0  # at concurrency 1 the bare engine and the service take turns this long
 
 
 # ---------------------------------------------------------------- inputs
@@ -126,6 +133,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--img-size", type=int, help="network input size (default: the config's)")
     parser.add_argument("--images", type=Path, nargs="+",
                         help="JPEGs to send (default: shared bus.jpg, zidane.jpg + 2 generated)")
+    parser.add_argument("--body", choices=("multipart", "raw"), default="multipart",
+                        help="upload as a multipart form (the default, as the upload page "
+                             "does) or as a raw image/jpeg body (as API clients may)")
+    parser.add_argument("--repeat-images", action="store_true",
+                        help="send the same few images again and again (stored once) instead "
+                             "of making every upload a new image")
     parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8, 16],
                         help="concurrency levels (default: 1,2,4,8,16)")
     parser.add_argument("--layouts", type=_layouts,
@@ -289,6 +302,7 @@ class Sample:
     start: float
     end: float
     status: str
+    timing: dict[str, float] = field(default_factory=dict)  # the response's Server-Timing
 
 
 @dataclass
@@ -304,6 +318,7 @@ class LevelStats:
     p99_ms: float
     mean_ms: float
     latencies_ms: list[float] = field(repr=False)  # of the 200s started in the window
+    phases_p50_ms: dict[str, float] = field(default_factory=dict)  # Server-Timing medians
 
 
 def summarize(concurrency: int, samples: Sequence[Sample], window_start: float,
@@ -315,6 +330,11 @@ def summarize(concurrency: int, samples: Sequence[Sample], window_start: float,
         raise ValueError("the measured window is empty")
     measured = [s for s in samples if window_start <= s.start < window_end]
     latencies = [(s.end - s.start) * 1e3 for s in measured if s.status == OK]
+    phases: dict[str, list[float]] = {}
+    for s in measured:
+        if s.status == OK:
+            for name, ms in request_phases(s).items():
+                phases.setdefault(name, []).append(ms)
     completed = sum(1 for s in samples
                     if s.status == OK and window_start <= s.end <= window_end)
     window = window_end - window_start
@@ -325,7 +345,38 @@ def summarize(concurrency: int, samples: Sequence[Sample], window_start: float,
         p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
         p99_ms=percentile(latencies, 99),
         mean_ms=sum(latencies) / len(latencies) if latencies else math.nan,
-        latencies_ms=latencies)
+        latencies_ms=latencies,
+        phases_p50_ms={name: percentile(values, 50) for name, values in phases.items()})
+
+
+def request_phases(sample: Sample) -> dict[str, float]:
+    """One request's Server-Timing phases plus two derived from them: ``transfer``, the
+    pool's part of ``detect`` that is neither decoding nor inference (queue, the trip to
+    the worker and back), and ``outside``, the client's latency that no phase covers
+    (HTTP both ways, the load generator itself)."""
+    phases = dict(sample.timing)
+    if {"detect", "decode", "infer"} <= phases.keys():
+        phases["transfer"] = phases["detect"] - phases["decode"] - phases["infer"]
+    if {"upload", "detect", "store"} <= phases.keys():
+        covered = phases["upload"] + phases["detect"] + phases["store"]
+        phases["outside"] = (sample.end - sample.start) * 1e3 - covered
+    return phases
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """``name;dur=1.5, other;dur=2`` -> ``{"name": 1.5, "other": 2.0}`` (metrics without
+    a duration, or unparseable ones, are left out)."""
+    timing: dict[str, float] = {}
+    for metric in (header or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip().lower() == "dur":
+                try:
+                    timing[name] = float(value.strip().strip('"'))
+                except ValueError:
+                    pass
+    return timing
 
 
 @dataclass
@@ -342,64 +393,102 @@ class EngineStats:
 
 # ---------------------------------------------------------------- bare engine
 
-def measure_engine(model: ModelChoice, images: Sequence[JpegImage], *, device: str,
-                   backend: str, threads: int, conf: float, iou: float, max_pixels: int,
-                   duration: float) -> EngineStats:
-    """``decode_for_network`` + ``Detector.detect_decoded`` per image in this process, one
-    at a time: one warm-up pass over the images, then for ``duration`` seconds (at least
-    two passes)."""
-    import torch
+class BareEngine:
+    """The workers' pipeline in this process, one image at a time:
+    ``decode_for_network`` + ``Detector.detect_decoded`` (decode, letterbox, forward, NMS)."""
 
-    from model.inference import Detector
-    from model.preprocess import decode_for_network
+    def __init__(self, model: ModelChoice, *, device: str, backend: str, threads: int,
+                 conf: float, iou: float, max_pixels: int) -> None:
+        import torch
 
-    torch.set_num_threads(threads)
-    detector = Detector.load(model.cfg, model.weights, model.names, img_size=model.img_size,
-                             device=device, backend=backend, threads=threads)
+        from model.inference import Detector
 
-    def run(image: JpegImage) -> float:
+        torch.set_num_threads(threads)
+        self.detector = Detector.load(model.cfg, model.weights, model.names,
+                                      img_size=model.img_size, device=device, backend=backend,
+                                      threads=threads)
+        self.threads = threads
+        self.conf, self.iou, self.max_pixels = conf, iou, max_pixels
+
+    def run(self, image: JpegImage) -> float:
+        """Seconds for one image."""
+        from model.preprocess import decode_for_network
+
         start = time.perf_counter()
-        decoded = decode_for_network(image.data, max_pixels, model.img_size)
-        detector.detect_decoded([decoded], conf_thres=conf, iou_thres=iou)
+        decoded = decode_for_network(image.data, self.max_pixels, self.detector.img_size)
+        self.detector.detect_decoded([decoded], conf_thres=self.conf, iou_thres=self.iou)
         return time.perf_counter() - start
 
-    for image in images:
-        run(image)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    while (time.perf_counter() - started < duration) or len(latencies) < 2 * len(images):
-        latencies.append(run(images[len(latencies) % len(images)]))
-    elapsed = time.perf_counter() - started
-    stats = EngineStats(backend=detector.backend, device=str(detector.device), threads=threads,
-                        images=len(latencies), images_per_s=len(latencies) / elapsed,
-                        p50_ms=percentile(latencies, 50) * 1e3,
-                        p95_ms=percentile(latencies, 95) * 1e3,
-                        latencies_ms=[t * 1e3 for t in latencies])
-    del detector
-    gc.collect()
-    return stats
+    def run_for(self, images: Sequence[JpegImage], seconds: float, *, first: int = 0,
+                at_least: int = 1) -> list[float]:
+        """Latencies of images run back to back for ``seconds`` (and ``at_least`` of
+        them), cycling through ``images`` from index ``first``."""
+        latencies: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds or len(latencies) < at_least:
+            latencies.append(self.run(images[(first + len(latencies)) % len(images)]))
+        return latencies
+
+    def stats(self, latencies: Sequence[float], elapsed: float) -> EngineStats:
+        return EngineStats(backend=self.detector.backend, device=str(self.detector.device),
+                           threads=self.threads, images=len(latencies),
+                           images_per_s=len(latencies) / elapsed,
+                           p50_ms=percentile(latencies, 50) * 1e3,
+                           p95_ms=percentile(latencies, 95) * 1e3,
+                           latencies_ms=[t * 1e3 for t in latencies])
+
+    def measure(self, images: Sequence[JpegImage], duration: float) -> EngineStats:
+        """One warm-up pass over the images, then ``duration`` seconds (at least two
+        passes)."""
+        for image in images:
+            self.run(image)
+        started = time.perf_counter()
+        latencies = self.run_for(images, duration, at_least=2 * len(images))
+        return self.stats(latencies, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------- load generator
 
-async def _post(session: aiohttp.ClientSession, url: str, image: JpegImage) -> str:
-    form = aiohttp.FormData()
-    form.add_field("image", image.data, filename=image.name, content_type="image/jpeg")
+async def _post(session: aiohttp.ClientSession, url: str, image: JpegImage,
+                body: str = "multipart") -> tuple[str, dict[str, float]]:
+    """One upload (``body``: ``multipart`` form field ``image``, or ``raw`` JPEG body): its
+    outcome and its Server-Timing phases."""
+    if body == "raw":
+        request = session.post(url, data=image.data, params={"filename": image.name},
+                               headers={"Content-Type": "image/jpeg"})
+    else:
+        form = aiohttp.FormData()
+        form.add_field("image", image.data, filename=image.name, content_type="image/jpeg")
+        request = session.post(url, data=form)
     try:
-        async with session.post(url, data=form) as response:
+        async with request as response:
             await response.read()
-            return str(response.status)
+            return str(response.status), parse_server_timing(
+                response.headers.get("Server-Timing"))
     except asyncio.TimeoutError:
-        return "timeout"
+        return "timeout", {}
     except aiohttp.ClientError as exc:
-        return type(exc).__name__
+        return type(exc).__name__, {}
+
+
+def unique_jpeg(data: bytes, tag: str) -> bytes:
+    """The same JPEG with a comment segment (COM) carrying ``tag`` after its SOI marker:
+    the same pixels, different bytes, so the service stores it as a new image."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG")
+    payload = tag.encode("ascii")
+    return data[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
 
 
 async def run_level(session: aiohttp.ClientSession, url: str, images: Sequence[JpegImage],
                     concurrency: int, warmup: float, duration: float,
-                    max_requests: int | None) -> tuple[LevelStats, list[Sample], float]:
+                    max_requests: int | None, unique: bool = True, body: str = "multipart",
+                    ) -> tuple[LevelStats, list[Sample], float]:
     """``concurrency`` closed-loop clients: warm-up, then the measured window; waits for
-    every request to finish before returning (levels never overlap)."""
+    every request to finish before returning (levels never overlap). ``unique``: every
+    request's JPEG differs in a comment segment (as uploads from cameras do), so each
+    one is a new image to store; otherwise the same few images repeat (deduplicated)."""
+    run_tag = f"{os.getpid()}-{time.time_ns()}"
     samples: list[Sample] = []
     sent = 0
     measured_started = 0
@@ -418,10 +507,13 @@ async def run_level(session: aiohttp.ClientSession, url: str, images: Sequence[J
                     return
                 measured_started += 1
             image = images[sent % len(images)]
+            if unique:
+                image = JpegImage(image.name, unique_jpeg(image.data, f"bench {run_tag} {sent}"),
+                                  image.width, image.height)
             sent += 1
             start = time.perf_counter()
-            status = await _post(session, url, image)
-            samples.append(Sample(start, time.perf_counter(), status))
+            status, timing = await _post(session, url, image, body)
+            samples.append(Sample(start, time.perf_counter(), status, timing))
             if status != OK:
                 await asyncio.sleep(ERROR_BACKOFF_S)
 
@@ -434,11 +526,48 @@ async def run_level(session: aiohttp.ClientSession, url: str, images: Sequence[J
     return summarize(concurrency, samples, window_start, window_end), samples, begin
 
 
+async def run_paired_level(session: aiohttp.ClientSession, url: str,
+                           images: Sequence[JpegImage], engine: BareEngine, warmup: float,
+                           duration: float, unique: bool = True, body: str = "multipart",
+                           ) -> tuple[LevelStats, list[Sample], float, EngineStats]:
+    """Concurrency 1, with the bare engine measured in turns: ``PAIR_SLICE_S`` of engine,
+    then as long of service, and so on, so that both meet the same machine (other load,
+    clock speed) and the added latency is a paired difference. The samples are on a
+    clock that runs only while the service is measured."""
+    await run_level(session, url, images, 1, 0.0, warmup, None, unique, body)  # warm-up
+    engine.run_for(images, 0.0, at_least=len(images))
+    samples: list[Sample] = []
+    engine_latencies: list[float] = []
+    service_time = engine_time = 0.0
+    while service_time < duration:
+        started = time.perf_counter()
+        engine_latencies += engine.run_for(images, PAIR_SLICE_S, first=len(engine_latencies))
+        engine_time += time.perf_counter() - started
+        _, part, begin = await run_level(session, url, images, 1, 0.0,
+                                         min(PAIR_SLICE_S, duration - service_time), None,
+                                         unique, body)
+        samples += [Sample(x.start - begin + service_time, x.end - begin + service_time,
+                           x.status, x.timing) for x in part]
+        service_time += time.perf_counter() - begin
+    return (summarize(1, samples, 0.0, service_time), samples, 0.0,
+            engine.stats(engine_latencies, engine_time))
+
+
+@dataclass
+class LoadRun:
+    """One service instance under every concurrency level."""
+
+    service: dict[str, Any]  # its /readyz
+    levels: list[LevelStats]
+    raw: list[list[Sample]]  # per level, seconds from the level's start
+    paired_engine: EngineStats | None = None  # the bare engine in turns with concurrency 1
+
+
 async def _load(args: argparse.Namespace, base_url: str, images: Sequence[JpegImage],
-                service: ServiceProcess | None) -> tuple[dict[str, Any], list[LevelStats],
-                                                         list[list[Sample]]]:
+                service: ServiceProcess | None, engine: BareEngine | None) -> LoadRun:
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     connector = aiohttp.TCPConnector(limit=max(args.levels) + 2)
+    unique = not args.repeat_images
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         if service is not None:
             service.start()
@@ -450,18 +579,28 @@ async def _load(args: argparse.Namespace, base_url: str, images: Sequence[JpegIm
                     raise ServiceError(f"{base_url}/readyz answered {response.status}")
                 ready = await response.json()
         log.info("service ready: model %s, workers %s", ready.get("model"), ready.get("workers"))
-        levels, raw = [], []
+        result = LoadRun(ready, [], [])
+        url = f"{base_url}/detect"
         for concurrency in args.levels:
-            log.info("concurrency %d: %.0f s warm-up, then %s", concurrency, args.warmup,
-                     f"{args.requests} requests" if args.requests else f"{args.duration:.0f} s")
-            stats, samples, begin = await run_level(session, f"{base_url}/detect", images,
-                                                    concurrency, args.warmup, args.duration,
-                                                    args.requests)
-            levels.append(stats)
-            raw.append([Sample(s.start - begin, s.end - begin, s.status) for s in samples])
+            paired = engine is not None and concurrency == 1 and args.requests is None
+            log.info("concurrency %d: %.0f s warm-up, then %s%s", concurrency, args.warmup,
+                     f"{args.requests} requests" if args.requests else f"{args.duration:.0f} s",
+                     f" in turns of {PAIR_SLICE_S:g} s with the bare engine" if paired else "")
+            if paired:
+                assert engine is not None
+                stats, samples, begin, result.paired_engine = await run_paired_level(
+                    session, url, images, engine, args.warmup, args.duration, unique,
+                    args.body)
+            else:
+                stats, samples, begin = await run_level(session, url, images, concurrency,
+                                                        args.warmup, args.duration,
+                                                        args.requests, unique, args.body)
+            result.levels.append(stats)
+            result.raw.append([Sample(s.start - begin, s.end - begin, s.status, s.timing)
+                               for s in samples])
             log.info("concurrency %d: %.2f images/s, p50 %.0f ms, errors %s", concurrency,
                      stats.images_per_s, stats.p50_ms, stats.errors or "none")
-    return ready, levels, raw
+    return result
 
 
 # ---------------------------------------------------------------- report
@@ -484,8 +623,10 @@ def format_table(levels: Sequence[LevelStats]) -> str:
     return "\n".join(lines)
 
 
-def derived(engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[str, Any]:
-    """Service efficiency at saturation and added latency at concurrency 1."""
+def derived(engine: EngineStats | None, levels: Sequence[LevelStats],
+            paired: EngineStats | None = None) -> dict[str, Any]:
+    """Service efficiency at saturation and added latency at concurrency 1 (against the
+    bare engine measured in turns with it when there is one: ``paired``)."""
     out: dict[str, Any] = {}
     if not levels:
         return out
@@ -495,13 +636,16 @@ def derived(engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[st
     if engine is not None and engine.images_per_s > 0:
         out["efficiency"] = best.images_per_s / engine.images_per_s
     single = next((s for s in levels if s.concurrency == 1), None)
-    if engine is not None and single is not None and not math.isnan(single.p50_ms):
-        out["added_latency_c1_ms"] = single.p50_ms - engine.p50_ms
+    reference = paired or engine
+    if reference is not None and single is not None and not math.isnan(single.p50_ms):
+        out["added_latency_c1_ms"] = single.p50_ms - reference.p50_ms
+        out["added_latency_c1_paired"] = paired is not None
     return out
 
 
-def report(model: ModelChoice, ready: dict[str, Any], images: Sequence[JpegImage],
-           engine: EngineStats | None, levels: Sequence[LevelStats]) -> dict[str, Any]:
+def report(model: ModelChoice, images: Sequence[JpegImage], engine: EngineStats | None,
+           run_: LoadRun) -> dict[str, Any]:
+    ready, levels, paired = run_.service, run_.levels, run_.paired_engine
     workers = ready.get("workers") or []
     layout = ", ".join(f"{w.get('device')}/{w.get('backend')}x{w.get('threads')}t"
                        for w in workers) or "?"
@@ -517,19 +661,37 @@ def report(model: ModelChoice, ready: dict[str, Any], images: Sequence[JpegImage
               f"decode+letterbox+forward+NMS, {engine.images} images): "
               f"{engine.images_per_s:.2f} images/s, p50 {engine.p50_ms:.1f} ms, "
               f"p95 {engine.p95_ms:.1f} ms")
+    if paired is not None:
+        print(f"bare engine in turns with concurrency 1 ({PAIR_SLICE_S:g} s each, "
+              f"{paired.images} images): {paired.images_per_s:.2f} images/s, "
+              f"p50 {paired.p50_ms:.1f} ms, p95 {paired.p95_ms:.1f} ms")
     print("service, closed loop, one image per request (latency percentiles of 200s):")
     print(format_table(levels))
-    numbers = derived(engine, levels)
+    numbers = derived(engine, levels, paired)
     if "efficiency" in numbers and engine is not None:
         print(f"service efficiency: {numbers['efficiency']:.3f} (best "
               f"{numbers['best_images_per_s']:.2f} images/s at concurrency "
               f"{numbers['best_concurrency']} / bare engine {engine.images_per_s:.2f}; "
               "target >= 0.95)")
-    if "added_latency_c1_ms" in numbers and engine is not None:
+    single = next((s for s in levels if s.concurrency == 1), None)
+    reference = paired or engine
+    if "added_latency_c1_ms" in numbers and reference is not None and single is not None:
         print(f"added latency at concurrency 1: {numbers['added_latency_c1_ms']:+.1f} ms "
-              f"(service p50 {levels[[s.concurrency for s in levels].index(1)].p50_ms:.1f} "
-              f"- bare engine p50 {engine.p50_ms:.1f}; target <= 5 ms)")
+              f"(service p50 {single.p50_ms:.1f} - bare engine p50 {reference.p50_ms:.1f}"
+              f"{' in turns' if paired is not None else ''}; target <= 5 ms)")
+    if single is not None and single.phases_p50_ms:
+        print(format_phases(single))
     return numbers
+
+
+PHASES = ("upload", "transfer", "decode", "infer", "store", "outside")
+
+
+def format_phases(level: LevelStats) -> str:
+    """Where a request's time goes: the median of each phase (``request_phases``)."""
+    phases = level.phases_p50_ms
+    return (f"where the time goes at concurrency {level.concurrency} (medians, ms): "
+            + ", ".join(f"{name} {phases[name]:.1f}" for name in PHASES if name in phases))
 
 
 def _json_safe(value: Any) -> Any:
@@ -554,7 +716,8 @@ def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
                  "python": sys.version.split()[0], "torch": torch.__version__,
                  "aiohttp": aiohttp.__version__},
         "settings": {"url": args.url, "levels": args.levels, "duration_s": args.duration,
-                     "requests": args.requests, "warmup_s": args.warmup,
+                     "requests": args.requests, "warmup_s": args.warmup, "body": args.body,
+                     "repeat_images": args.repeat_images,
                      "overrides": args.overrides},
         "model": {"cfg": str(model.cfg), "weights": str(model.weights),
                   "names": str(model.names), "img_size": model.img_size, "note": model.note},
@@ -564,6 +727,8 @@ def write_json(path: Path, args: argparse.Namespace, model: ModelChoice,
         "runs": [{"layout": run_["layout"], "service": run_["service"],
                   "levels": [{**asdict(s), "samples": [asdict(x) for x in samples]}
                              for s, samples in zip(run_["levels"], run_["raw"], strict=True)],
+                  "paired_engine": (asdict(run_["paired_engine"])
+                                    if run_["paired_engine"] is not None else None),
                   "derived": run_["derived"]} for run_ in runs],
     }
     path.write_text(json.dumps(_json_safe(data), indent=1), encoding="utf-8")
@@ -619,17 +784,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         log.warning("%s", model.note)
     images = load_images(args.images)
     load_before = _warn_if_busy()
-    engine = None
+    bare, engine = None, None
     if not args.no_engine:
         log.info("bare engine: %s at %d px, %d threads", model.cfg.name, model.img_size,
                  args.threads)
-        engine = measure_engine(
-            model, images, device=str(workers.get("device") or "auto"),
-            backend=str(workers.get("backend") or "auto"), threads=args.threads,
-            conf=float(workers.get("conf_thres") or 0.3),
-            iou=float(workers.get("iou_thres") or 0.6),
-            max_pixels=int(server.get("max_pixels") or 50_000_000),
-            duration=args.engine_duration or args.duration)
+        bare = BareEngine(model, device=str(workers.get("device") or "auto"),
+                          backend=str(workers.get("backend") or "auto"), threads=args.threads,
+                          conf=float(workers.get("conf_thres") or 0.3),
+                          iou=float(workers.get("iou_thres") or 0.6),
+                          max_pixels=int(server.get("max_pixels") or 50_000_000))
+        engine = bare.measure(images, args.engine_duration or args.duration)
     runs = []
     for layout in args.layouts or [None]:
         overrides = dict(args.overrides)
@@ -637,9 +801,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             overrides.update({"workers.max_workers": layout[0],
                               "workers.threads_per_worker": layout[1]})
             print(f"\n=== layout {layout[0]} worker(s) x {layout[1]} thread(s) ===")
-        ready, levels, raw = _serve_and_load(args, workdir, model, images, overrides)
-        numbers = report(model, ready, images, engine, levels)
-        runs.append({"layout": layout, "service": ready, "levels": levels, "raw": raw,
+        load = _serve_and_load(args, workdir, model, images, overrides, bare)
+        numbers = report(model, images, engine, load)
+        runs.append({"layout": layout, "service": load.service, "levels": load.levels,
+                     "raw": load.raw, "paired_engine": load.paired_engine,
                      "derived": numbers})
     if len(runs) > 1:
         print("\n" + format_layouts(runs))
@@ -651,11 +816,11 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def _serve_and_load(args: argparse.Namespace, workdir: Path, model: ModelChoice,
-                    images: Sequence[JpegImage], overrides: dict[str, Any]
-                    ) -> tuple[dict[str, Any], list[LevelStats], list[list[Sample]]]:
+                    images: Sequence[JpegImage], overrides: dict[str, Any],
+                    engine: BareEngine | None) -> LoadRun:
     """Start a service instance with ``overrides`` (or use ``--url``) and run the levels."""
     if args.url:
-        return asyncio.run(_load(args, args.url.rstrip("/"), images, None))
+        return asyncio.run(_load(args, args.url.rstrip("/"), images, None, engine))
     instance = workdir / f"instance-{len(list(workdir.glob('instance-*')))}"
     instance.mkdir()
     config_path = instance / "service.yaml"
@@ -663,7 +828,7 @@ def _serve_and_load(args: argparse.Namespace, workdir: Path, model: ModelChoice,
     write_config(args.config, config_path, instance, settings)
     service = ServiceProcess(config_path, free_port(), instance / "service.log")
     try:
-        return asyncio.run(_load(args, service.url, images, service))
+        return asyncio.run(_load(args, service.url, images, service, engine))
     finally:
         log.info("stopping the service")
         service.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -53,7 +54,9 @@ async def detect(request: web.Request) -> web.Response:
     read. Reading and detection share one deadline (``server.request_timeout``: 408
     while reading, 504 after); a client that leaves while its images wait has them taken
     off the queue.
-    The response is sent only once the records are durable (database or spool).
+    The original images are written to the database while the model runs (and deleted
+    again if the request fails); the response is sent only once the records are durable
+    (database or spool). Its ``Server-Timing`` header gives the phases (``_Timing``).
     """
     app = request.app
     config = app[keys.config_key]
@@ -67,41 +70,86 @@ async def detect(request: web.Request) -> web.Response:
     except QueueFull as exc:
         raise ApiError(503, "overloaded", str(exc), {"Retry-After": RETRY_AFTER_BUSY_S}) from None
     with place:
+        timing = _Timing()
         deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                uploads = await read_uploads(request, max_bytes=config.server.max_upload_bytes,
-                                             max_files=config.server.max_files)
-        except TimeoutError:
-            raise ApiError(408, "request_timeout", "the upload was not received within "
-                           f"{config.server.request_timeout:g}s") from None
+        uploads = await _receive(request, deadline)
+        timing.lap("upload")
         content_types = [_content_type(upload) for upload in uploads]
-        try:
-            async with asyncio.timeout_at(deadline):
-                results = await _unless_client_leaves(
-                    request, _detect_all(pool, uploads, conf, iou))
-        except TimeoutError:
-            raise ApiError(504, "timeout", "no result within "
-                           f"{config.server.request_timeout:g}s: the service is busy",
-                           {"Retry-After": RETRY_AFTER_BUSY_S}) from None
-
-        now = datetime.now(timezone.utc)
-        records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=r.sha256,
-                             width=r.width, height=r.height, model=r.model,
-                             inference_ms=r.inference_ms, detections=r.detections)
-                   for u, r in zip(uploads, results, strict=True)]
         images = []
         if config.storage.store_images:
-            images = [db.StoredImage(r.sha256, ct, u.data)
-                      for u, r, ct in zip(uploads, results, content_types, strict=True)]
-        try:
-            await app[keys.records_key].save(records, images)
-        except StorageUnavailable as exc:
-            raise ApiError(503, "storage_unavailable", str(exc),
-                           {"Retry-After": RETRY_AFTER_S}) from None
+            images = [db.StoredImage(u.sha256, ct, u.data)
+                      for u, ct in zip(uploads, content_types, strict=True)]
+        writer = app[keys.records_key]
+        async with writer.images_ahead(images) as ahead:  # written while the model runs
+            results = await _run_model(request, uploads, conf, iou, deadline)
+            timing.lap("detect")
+            timing.add("decode", max(r.decode_ms for r in results))
+            timing.add("infer", max(r.inference_ms for r in results))
+            now = datetime.now(timezone.utc)
+            records = [db.Record(id=uuid4(), created_at=now, filename=u.filename,
+                                 sha256=u.sha256, width=r.width, height=r.height,
+                                 model=r.model, inference_ms=r.inference_ms,
+                                 detections=r.detections)
+                       for u, r in zip(uploads, results, strict=True)]
+            await ahead.settled()
+            try:
+                await writer.save(records, images)
+            except StorageUnavailable as exc:
+                raise ApiError(503, "storage_unavailable", str(exc),
+                               {"Retry-After": RETRY_AFTER_S}) from None
+        timing.lap("store")
+    headers = {"Server-Timing": timing.header()}
     if len(records) == 1:
-        return web.json_response(records[0].to_json())
-    return web.json_response({"results": [record.to_json() for record in records]})
+        return web.json_response(records[0].to_json(), headers=headers)
+    return web.json_response({"results": [record.to_json() for record in records]},
+                             headers=headers)
+
+
+async def _receive(request: web.Request, deadline: float) -> list[Upload]:
+    """The uploaded images (408 past the deadline)."""
+    server = request.app[keys.config_key].server
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await read_uploads(request, max_bytes=server.max_upload_bytes,
+                                      max_files=server.max_files)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the upload was not received within "
+                       f"{server.request_timeout:g}s") from None
+
+
+async def _run_model(request: web.Request, uploads: Sequence[Upload], conf: float | None,
+                     iou: float | None, deadline: float) -> list[DetectResult]:
+    """Every image through the pool (504 past the deadline; 499 if the client leaves)."""
+    timeout = request.app[keys.config_key].server.request_timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await _unless_client_leaves(
+                request, _detect_all(request.app[keys.detector_pool_key], uploads, conf, iou))
+    except TimeoutError:
+        raise ApiError(504, "timeout", f"no result within {timeout:g}s: the service is busy",
+                       {"Retry-After": RETRY_AFTER_BUSY_S}) from None
+
+
+class _Timing:
+    """Phases of one request for its ``Server-Timing`` header (W3C Server Timing):
+    ``upload`` (reading the body), ``detect`` (in the pool: queue, transfer and the
+    worker), ``decode`` and ``infer`` (the worker's part of ``detect``; the slowest
+    image when there are several), ``store`` (made durable)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._phases: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.add(name, (now - self._last) * 1000.0)
+        self._last = now
+
+    def add(self, name: str, ms: float) -> None:
+        self._phases.append((name, ms))
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self._phases)
 
 
 def _content_type(upload: Upload) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,17 @@ def _per_image(value: float | Sequence[float], count: int, name: str) -> list[fl
     if len(values) != count:
         raise ValueError(f"{name}: {len(values)} values for {count} images")
     return values
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with torch on ``threads`` intra-op threads, then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _rescaled(detection: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
@@ -236,6 +248,14 @@ class Detector:
                                  f"{img.dtype} {img.shape}")
         confs = _per_image(conf_thres, len(images), "conf_thres")
         ious = _per_image(iou_thres, len(images), "iou_thres")
+        # Another runtime runs the forward pass: torch's part (tensors, NMS) is too small
+        # to gain from threads, and its idle OpenMP threads spin against that runtime's.
+        light = self.backend != "torch" and self.device.type == "cpu"
+        with _torch_threads(1) if light else nullcontext():
+            return self._detect(images, confs, ious, agnostic, max_det, wide)
+
+    def _detect(self, images: Sequence[np.ndarray], confs: list[float], ious: list[float],
+                agnostic: bool, max_det: int, wide: bool) -> list[list[dict[str, Any]]]:
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
         if self.half:

@@ -116,7 +116,8 @@ def pool_config(model_weights: Path, **workers: Any) -> Config:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def detector_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
     config = pool_config(model_weights)
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
+                        own_loop=True)  # shared by tests that run their own loops
     await pool.start()
     yield pool
     await pool.close(10)

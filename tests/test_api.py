@@ -45,6 +45,15 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str 
     return body
 
 
+def server_timing(header: str) -> list[tuple[str, float]]:
+    """``a;dur=1.5, b;dur=2`` -> ``[("a", 1.5), ("b", 2.0)]`` (the service's own format)."""
+    phases = []
+    for metric in header.split(","):
+        name, _, duration = metric.strip().partition(";dur=")
+        phases.append((name, float(duration)))
+    return phases
+
+
 
 @pytest.fixture
 def small_bgr(bus_jpeg: bytes) -> np.ndarray:
@@ -148,6 +157,16 @@ async def test_several_images_give_results(client: Any, bus_jpeg: bytes, small_b
     assert await pool.fetchval("SELECT count(*) FROM detections") == 3
     assert await pool.fetchval("SELECT count(*) FROM images") == 2  # deduplicated by sha256
 
+    # Posted again in a request of its own (its write-ahead finds the image stored): a new
+    # record, still one row per image, and the record's image is the original.
+    again = await client.post("/detect", data=bus_jpeg, headers={"Content-Type": "image/jpeg"})
+    assert again.status == 200, await again.text()
+    record = await again.json()
+    assert record["sha256"] == results[0]["sha256"] and record["id"] not in {r["id"] for r in results}
+    assert await pool.fetchval("SELECT count(*) FROM detections") == 4
+    assert await pool.fetchval("SELECT count(*) FROM images") == 2
+    assert await (await client.get(f"/detections/{record['id']}/image")).read() == bus_jpeg
+
 
 async def test_one_bad_image_fails_the_request_and_stores_nothing(client: Any, bus_jpeg: bytes) -> None:
     response = await client.post("/detect", data=form(("good.jpg", bus_jpeg, "image/jpeg"),
@@ -155,6 +174,47 @@ async def test_one_bad_image_fails_the_request_and_stores_nothing(client: Any, b
     body = await assert_error(response, 400, "invalid_image")
     assert "bad.jpg" in body["error"]["message"]
     assert await client.server.app[keys.db_key].fetchval("SELECT count(*) FROM detections") == 0
+
+
+
+async def test_detect_reports_server_timing(client: Any, bus_jpeg: bytes) -> None:
+    """A detection's response says where its time went: upload, detect (the pool), the
+    worker's decode and infer (parts of detect), store; in that order, in ms."""
+    response = await client.post("/detect", data=form(("bus.jpg", bus_jpeg, "image/jpeg")))
+    assert response.status == 200, await response.text()
+    phases = server_timing(response.headers["Server-Timing"])
+    assert [name for name, _ in phases] == ["upload", "detect", "decode", "infer", "store"]
+    ms = dict(phases)
+    assert all(duration >= 0 for duration in ms.values())
+    assert ms["decode"] > 0 and ms["infer"] > 0  # the worker's own figures came through
+    assert ms["decode"] + ms["infer"] <= ms["detect"] + 0.02  # each rounded to 0.01 ms
+
+
+async def test_undecodable_image_written_ahead_is_deleted(client: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload that sniffs as JPEG is written ahead while the worker tries it; when it
+    does not decode, the request fails and the image written ahead is deleted again."""
+    data = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 20
+    sha256 = hashlib.sha256(data).hexdigest()
+    calls: dict[str, list[list[str]]] = {"stored": [], "deleted": []}
+    store_images, delete_unreferenced = db.store_images, db.delete_unreferenced_images
+
+    async def spy_store(pool: Any, images: Any) -> list[str]:
+        calls["stored"].append(result := await store_images(pool, images))
+        return result
+
+    async def spy_delete(pool: Any, sha256s: Any) -> list[str]:
+        calls["deleted"].append(result := await delete_unreferenced(pool, sha256s))
+        return result
+
+    monkeypatch.setattr(db, "store_images", spy_store)
+    monkeypatch.setattr(db, "delete_unreferenced_images", spy_delete)
+    response = await client.post("/detect", data=data, headers={"Content-Type": "image/jpeg"})
+    await assert_error(response, 400, "invalid_image")
+    assert calls == {"stored": [[sha256]], "deleted": [[sha256]]}  # written ahead, then undone
+    pool = client.server.app[keys.db_key]
+    assert await pool.fetchval("SELECT count(*) FROM images WHERE sha256 = $1", sha256) == 0
+    assert await pool.fetchval("SELECT count(*) FROM detections WHERE sha256 = $1", sha256) == 0
 
 
 # ---------------------------------------------------------------- POST /detect errors

@@ -9,13 +9,15 @@ import argparse
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
 from bench._service import parse_assignment, set_dotted, write_config
 from bench.load import (EngineStats, Sample, _layouts, _levels, derived, format_layouts,
-                        format_table, generated_images, percentile, summarize)
+                        format_phases, format_table, generated_images, parse_server_timing,
+                        percentile, summarize, unique_jpeg)
 
 
 @pytest.mark.parametrize("values", [[5.0], [3.0, 1.0], [7.0, 1.0, 4.0, 9.0, 2.0],
@@ -117,3 +119,39 @@ def test_generated_images_are_deterministic_jpegs() -> None:
     first, second = generated_images(), generated_images()
     assert [i.data for i in first] == [i.data for i in second]
     assert all(i.data[:2] == b"\xff\xd8" for i in first)
+
+
+def test_unique_jpeg_changes_the_bytes_not_the_pixels() -> None:
+    """Tagged copies are new images to the service (another sha256) with the same pixels."""
+    original = generated_images()[1].data
+    first, second = unique_jpeg(original, "bench 1"), unique_jpeg(original, "bench 2")
+    assert len({original, first, second}) == 3
+    pixels = cv2.imdecode(np.frombuffer(original, np.uint8), cv2.IMREAD_COLOR)
+    for tagged in (first, second):
+        assert np.array_equal(cv2.imdecode(np.frombuffer(tagged, np.uint8), cv2.IMREAD_COLOR),
+                              pixels)
+    png = cv2.imencode(".png", pixels)[1].tobytes()
+    with pytest.raises(ValueError):
+        unique_jpeg(png, "bench 3")
+
+
+def test_parse_server_timing() -> None:
+    """Durations by metric name; other parameters are skipped, metrics without one left out."""
+    assert parse_server_timing('a;dur=1.5, b;desc="x";dur=2, c') == {"a": 1.5, "b": 2.0}
+    assert parse_server_timing(None) == {} and parse_server_timing("") == {}
+
+
+def test_format_phases_derives_transfer_and_outside() -> None:
+    """Per request: transfer = detect - decode - infer, outside = latency - upload -
+    detect - store; then the median of each phase."""
+    timings = [{"upload": 2.0, "detect": 50.0, "decode": 5.0, "infer": 40.0, "store": 3.0},
+               {"upload": 4.0, "detect": 60.0, "decode": 7.0, "infer": 41.0, "store": 5.0},
+               {"upload": 9.0, "detect": 90.0, "decode": 9.0, "infer": 70.0, "store": 8.0}]
+    samples = [Sample(0.0, latency, "200", timing)
+               for latency, timing in zip((0.08, 0.1, 0.2), timings, strict=True)]
+    stats = summarize(1, samples + [Sample(0.1, 0.2, "503")], 0.0, 1.0)
+    # transfer per request 5, 12, 11; outside 25, 31, 93
+    assert stats.phases_p50_ms == {**timings[1], "transfer": 11.0, "outside": 31.0}
+    assert format_phases(stats) == (
+        "where the time goes at concurrency 1 (medians, ms): upload 4.0, transfer 11.0, "
+        "decode 7.0, infer 41.0, store 5.0, outside 31.0")

@@ -138,6 +138,71 @@ async def test_images_are_deduplicated(db_pool: asyncpg.Pool) -> None:
         assert got_image == image
 
 
+
+async def test_store_images_reports_only_what_it_inserted(db_pool: asyncpg.Pool) -> None:
+    """store_images returns the sha256s it inserted (none the second time); save_records
+    with an image stored ahead keeps the one row and its bytes."""
+    image = db.StoredImage("12" * 32, "image/jpeg", b"\xff\xd8\xff fake jpeg")
+    assert await db.store_images(db_pool, [image, image]) == [image.sha256]
+    assert await db.store_images(db_pool, [image]) == []
+    record = make_record(T0, [], sha256=image.sha256)
+    await db.save_records(db_pool, [record], [image])
+    assert await db_pool.fetchval("SELECT count(*) FROM images") == 1
+    assert await db.get_image(db_pool, record.id) == (record, image)
+
+
+async def test_delete_unreferenced_images_keeps_referenced_ones(db_pool: asyncpg.Pool) -> None:
+    """Only images no record refers to are deleted; unknown sha256s are ignored."""
+    orphan = db.StoredImage("34" * 32, "image/png", b"\x89PNG orphan")
+    used = db.StoredImage("56" * 32, "image/png", b"\x89PNG used")
+    assert await db.store_images(db_pool, [orphan, used]) == [orphan.sha256, used.sha256]
+    await db.save_records(db_pool, [make_record(T0, [], sha256=used.sha256)])
+    deleted = await db.delete_unreferenced_images(db_pool, [orphan.sha256, used.sha256, "78" * 32])
+    assert deleted == [orphan.sha256]
+    assert [r["sha256"] for r in await db_pool.fetch("SELECT sha256 FROM images")] == [used.sha256]
+
+
+async def test_delete_waits_for_a_saver_holding_the_image(db_pool: asyncpg.Pool) -> None:
+    """A transaction that found the image stored (KEY SHARE lock) and is saving a record
+    for it blocks the delete; once it commits, the delete sees the record and keeps the
+    image. Without the lock the delete would not wait; without the second statement's
+    fresh snapshot it would delete an image that a committed record refers to."""
+    image = db.StoredImage("9a" * 32, "image/jpeg", b"\xff\xd8\xff written ahead")
+    assert await db.store_images(db_pool, [image]) == [image.sha256]
+    async with db_pool.acquire() as saver:
+        transaction = saver.transaction()
+        await transaction.start()
+        try:
+            assert await db._store_images(saver, [image]) == []  # stored: locked, not sent
+            await saver.execute(
+                "INSERT INTO detections (id, created_at, filename, sha256, width, height, "
+                "model, inference_ms, detections, num_detections) "
+                "VALUES ($1, $2, 'a.jpg', $3, 1, 1, 'm', 1, '[]', 0)",
+                uuid4(), T0, image.sha256)
+            delete = asyncio.create_task(db.delete_unreferenced_images(db_pool, [image.sha256]))
+            async with asyncio.timeout(10):  # until the delete's backend waits for a row lock
+                while not delete.done() and not await db_pool.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND wait_event_type = 'Lock'"):
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            assert not delete.done(), "the delete did not wait for the saver"
+        except BaseException:
+            await transaction.rollback()
+            raise
+        await transaction.commit()
+    assert await asyncio.wait_for(delete, 10) == []
+    assert await db_pool.fetchval("SELECT count(*) FROM images WHERE sha256 = $1",
+                                  image.sha256) == 1
+
+
+async def test_image_data_is_stored_uncompressed(db_pool: asyncpg.Pool) -> None:
+    """Migration 0003: images.data is stored out of line without compression."""
+    assert await db_pool.fetchval(
+        "SELECT attstorage::text FROM pg_attribute "
+        "WHERE attrelid = 'images'::regclass AND attname = 'data'") == "e"
+
+
 # ---------------------------------------------------------------- history
 
 def seed(n: int = 60, rng_seed: int = 7) -> list[db.Record]:

@@ -29,7 +29,8 @@ async def default_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     config = load_config(BASE_DIR / "config" / "config.yaml", env={},
                          overrides={"workers": {"max_workers": 1,
                                                 "onnx_cache_dir": str(onnx_dir)}})
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
+                        own_loop=True)  # shared by tests that run their own loops
     await pool.start()
     yield pool
     await pool.close(10)

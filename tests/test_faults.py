@@ -56,7 +56,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 async def faulty_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
     config = pool_config(model_weights)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        detect_fn=detect_with_faults)
+                        detect_fn=detect_with_faults,
+                        own_loop=True)  # shared by tests that run their own loops
     await pool.start()
     yield pool
     await pool.close(10)

@@ -6,11 +6,14 @@ not an image -> 415, no image or an empty one -> 400 (all raised as ApiError).
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from utils.imaging import SUPPORTED_TYPES
 from utils.web_errors import ApiError
@@ -26,7 +29,12 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 @dataclass(frozen=True)
 class Upload:
     filename: str
-    data: bytes
+    data: bytes = field(repr=False)
+    sha256: str  # of ``data``, hex
+
+
+def hashed_upload(filename: str, data: bytes) -> Upload:
+    return Upload(filename, data, hashlib.sha256(data).hexdigest())
 
 
 def clean_filename(raw: str | None, default: str = "upload") -> str:
@@ -61,7 +69,7 @@ async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int)
         data = await request.read()  # client_max_size applies: 413 beyond it
         if len(data) > max_bytes:
             raise _too_large(max_bytes)
-        uploads = [Upload(clean_filename(request.query.get("filename")), data)]
+        uploads = [hashed_upload(clean_filename(request.query.get("filename")), data)]
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"unsupported content type {content_type or '(none)'!r}: send "
@@ -83,13 +91,17 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int) 
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
-            chunks = []
+            chunks, digest = [], hashlib.sha256()  # hashed as it arrives
             while chunk := await part.read_chunk(CHUNK):
                 total += len(chunk)
                 if total > max_bytes:
                     raise _too_large(max_bytes)
                 chunks.append(chunk)
-            if part.name != FIELD:
+                digest.update(chunk)
+            # Content-Disposition is parsed once (each of part.name and part.filename
+            # parses it again).
+            _, disposition = parse_content_disposition(part.headers.get(CONTENT_DISPOSITION))
+            if content_disposition_filename(disposition, "name") != FIELD:
                 continue
             part_type = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if part_type not in PART_TYPES:
@@ -99,7 +111,9 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int) 
             if len(uploads) >= max_files:
                 raise ApiError(400, "too_many_files",
                                f"at most {max_files} images per request")
-            uploads.append(Upload(clean_filename(part.filename), b"".join(chunks)))
+            uploads.append(Upload(
+                clean_filename(content_disposition_filename(disposition, "filename")),
+                b"".join(chunks), digest.hexdigest()))
     except (ValueError, HttpProcessingError) as exc:  # bad boundaries, headers, encodings
         message = getattr(exc, "message", None) or str(exc)
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {message}") from exc
