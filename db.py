@@ -353,6 +353,20 @@ async def delete_unreferenced_images(pool: asyncpg.Pool, sha256s: Sequence[str])
     return [row["sha256"] for row in rows]
 
 
+async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
+                              limit: int = 1000) -> list[str]:
+    """Images stored more than ``older_than_s`` seconds ago that no record refers to:
+    written ahead of a request that never saved its records (the process ended in
+    between). Pass them to :func:`delete_unreferenced_images`, which checks again under
+    a lock."""
+    rows = await pool.fetch(
+        "SELECT sha256 FROM images i "
+        "WHERE i.created_at < now() - make_interval(secs => $1) "
+        "AND NOT EXISTS (SELECT 1 FROM detections d WHERE d.sha256 = i.sha256) LIMIT $2",
+        older_than_s, limit)
+    return [row["sha256"] for row in rows]
+
+
 # ---------------------------------------------------------------- reads
 
 _COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "

@@ -1,8 +1,8 @@
 """Entry point: ``python main.py [--config PATH]`` serves the detection service.
 
 ``init_app(config)`` builds the application in a fixed order: config, metrics,
-templates, resources (``cleanup_ctx``: PostgreSQL, the record writer with its spool and
-replay task, the warm worker pool), routes, middlewares (metrics, JSON errors, access
+templates, resources (``cleanup_ctx``: PostgreSQL, the record writer with its spool, replay
+and image-sweep tasks, the warm worker pool), routes, middlewares (metrics, JSON errors, access
 control: outermost first).
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
@@ -30,7 +30,7 @@ import db
 import keys
 from handlers import pages
 from pool import DetectorPool
-from recorder import RecordWriter
+from recorder import SWEEP_GRACE_S, SWEEP_INTERVAL_S, RecordWriter
 from routes import setup_routes
 from settings import BASE_DIR, Config, ConfigError, load_config
 from utils.admission import Admission
@@ -85,8 +85,9 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def records_context(app: web.Application) -> AsyncIterator[None]:
-    """The record writer: the spool (records already in it are replayed first) and the
-    background task that replays it into PostgreSQL."""
+    """The record writer: the spool (records already in it are replayed first), the
+    background task that replays it into PostgreSQL, and the one that sweeps away
+    images no record refers to."""
     config = app[keys.config_key]
     spool = await asyncio.to_thread(Spool.open, config.storage.spool_dir,
                                     max_bytes=config.storage.spool_max_bytes)
@@ -95,9 +96,15 @@ async def records_context(app: web.Application) -> AsyncIterator[None]:
                               write_timeout=config.postgres.write_timeout)
         app[keys.records_key] = writer
         task = asyncio.create_task(writer.replay_forever(), name="spool-replay")
+        # Long after any request that could still save a record for the image.
+        grace = max(SWEEP_GRACE_S, 4 * (config.server.request_timeout
+                                         + config.postgres.write_timeout))
+        sweeper = asyncio.create_task(writer.sweep_forever(SWEEP_INTERVAL_S, grace),
+                                      name="image-sweep")
         try:
             yield
         finally:
+            await _cancel(sweeper)
             await _cancel(task)
             await _final_replay(writer, config.postgres.close_timeout)
     finally:

@@ -9,6 +9,11 @@ transaction each), then deletes the spool. Record ids are made by the service an
 inserts ignore ids that exist, so an entry replayed twice (a crash between its commit
 and the spool's removal) is stored once. An entry the database refuses outright (not an
 outage) is set aside, logged, and replay goes on.
+
+A request's images are written while its detection runs
+(:meth:`RecordWriter.images_ahead`) and deleted again if the request fails;
+:meth:`RecordWriter.sweep_forever` deletes, much later, any that a process ending in
+between left behind.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ REPLAY_INTERVAL_S = 1.0  # how often the spool is looked at while it is empty
 REPLAY_BACKOFF_S = (0.5, 2.0)  # first and longest wait between tries while the database is away
 REPLAY_BATCH_ENTRIES = 64  # spool entries per replay transaction
 REPLAY_BATCH_BYTES = 16 << 20
+SWEEP_INTERVAL_S = 3600.0  # how often images that no record refers to are looked for
+SWEEP_GRACE_S = 3600.0  # the least age of an image the sweep may delete
 
 
 class StorageUnavailable(RuntimeError):
@@ -158,6 +165,30 @@ class RecordWriter:
                         "%s: %s", len(sha256s), type(exc).__name__, exc)
             return
         log.debug("deleted %d image(s) written ahead of a failed request", len(deleted))
+
+    async def sweep_forever(self, interval_s: float, grace_s: float) -> None:
+        """Background task: every ``interval_s``, delete the images older than
+        ``grace_s`` that no record refers to (a write-ahead whose request never got to
+        delete it: the process ended, or the request was cancelled). The grace outlasts
+        any request, so an image whose records are still coming is left alone."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep(grace_s)
+            except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                log.info("image sweep skipped: %s: %s", type(exc).__name__, exc)
+
+    async def sweep(self, grace_s: float) -> int:
+        """One sweep (see :meth:`sweep_forever`); returns the images deleted."""
+        deleted = 0
+        while candidates := await db.unreferenced_images(self.pool, older_than_s=grace_s):
+            gone = await db.delete_unreferenced_images(self.pool, candidates)
+            deleted += len(gone)
+            if len(gone) < len(candidates):  # the rest are referenced now: done for now
+                break
+        if deleted:
+            log.info("deleted %d stored image(s) that no record refers to", deleted)
+        return deleted
 
     # ------------------------------------------------------------- replay
 

@@ -3,6 +3,7 @@ answers; spooled entries replayed in batches; an entry it refuses set aside, not
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,4 +55,25 @@ async def test_replay_in_batches_sets_aside_what_the_database_refuses(
     rejected = (tmp_path / REJECTED_NAME).read_bytes()
     assert decode_entry(rejected[HEADER.size:]) == ([refused], [])
     assert not spool.path.exists() and spool.pending_entries == 0
+    spool.close()
+
+
+async def test_sweep_deletes_only_old_images_no_record_refers_to(db_pool: asyncpg.Pool,
+                                                                  tmp_path: Path) -> None:
+    """An image written ahead whose records never came goes once older than the grace; a
+    young one (its records may still come) and an old one with a record stay."""
+    old_orphan, young_orphan, old_kept = (
+        db.StoredImage(uuid.uuid4().hex * 2, "image/png", b"\x89PNG") for _ in range(3))
+    ours = [old_orphan.sha256, young_orphan.sha256, old_kept.sha256]
+    await db.store_images(db_pool, [old_orphan, young_orphan, old_kept])
+    await db.save_records(db_pool, [dataclasses.replace(record(), sha256=old_kept.sha256)],
+                          [old_kept])
+    await db_pool.execute("UPDATE images SET created_at = now() - interval '2 hours' "
+                          "WHERE sha256 = ANY($1::text[])", [old_orphan.sha256, old_kept.sha256])
+    spool = Spool.open(tmp_path, max_bytes=1 << 20)
+    writer = RecordWriter(db_pool, spool, write_timeout=5)
+    assert await writer.sweep(grace_s=3600) >= 1
+    left = await db_pool.fetch("SELECT sha256 FROM images WHERE sha256 = ANY($1::text[])", ours)
+    assert {row["sha256"] for row in left} == {young_orphan.sha256, old_kept.sha256}
+    assert await writer.sweep(grace_s=3600) == 0
     spool.close()
