@@ -128,8 +128,9 @@ class RecordWriter:
         The body runs the detection, then awaits :meth:`ImagesAhead.settled` and
         :meth:`save` s the records with the same images (which sends only those not
         stored yet). When the body fails, the images written ahead that no record refers
-        to are deleted again. Nothing is written ahead while the database is away or
-        records wait in the spool: :meth:`save` then takes everything, as before.
+        to are deleted again (when it is cancelled, the write is too, and what it may have
+        committed is left to :meth:`sweep`). Nothing is written ahead while the database
+        is away or records wait in the spool: :meth:`save` then takes everything.
         """
         task = None
         if images and self.database_up and self.spool.pending_entries == 0:

@@ -34,6 +34,7 @@ class Upload:
 
 
 def hashed_upload(filename: str, data: bytes) -> Upload:
+    """An upload read whole (a raw body), hashed now."""
     return Upload(filename, data, hashlib.sha256(data).hexdigest())
 
 

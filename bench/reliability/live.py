@@ -124,3 +124,13 @@ class LiveInstance:
         finally:
             await conn.close()
         return {row["id"]: int(row["n"]) for row in rows}
+
+    async def images_without_records(self) -> int:
+        """Stored images that no record refers to."""
+        conn = await asyncpg.connect(self.postgres.dsn)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM images i "
+                "WHERE NOT EXISTS (SELECT 1 FROM detections d WHERE d.sha256 = i.sha256)"))
+        finally:
+            await conn.close()

@@ -260,6 +260,7 @@ async def hostile(live: LiveInstance, *, count: int, seed: int,
     session = live.session
     before = await _pool(live)
     stored_before = await live.stored_ids()
+    orphans_before = await live.images_without_records()
     requests = corpus.generate(count, seed)
     gate = asyncio.Semaphore(concurrency)
 
@@ -270,6 +271,7 @@ async def hostile(live: LiveInstance, *, count: int, seed: int,
     results = await asyncio.gather(*(one(request) for request in requests))
     after = await _pool(live)
     stored_after = await live.stored_ids()
+    orphans = await live.images_without_records() - orphans_before
     answered = _answered_ids(results)
     new_rows = stored_after.keys() - stored_before.keys()
     per_kind: dict[str, Counter[str]] = defaultdict(Counter)
@@ -286,11 +288,13 @@ async def hostile(live: LiveInstance, *, count: int, seed: int,
         "5xx_or_no_answer": len(server_errors), "examples": server_errors[:5],
         "worker_deaths": after["worker_deaths"] - before["worker_deaths"],
         "records_answered": len(answered), "records_added": len(new_rows),
+        "images_added_without_a_record": orphans,
     }
     report.checks = {
         "zero 5xx": not server_errors,
         "zero worker deaths": report.figures["worker_deaths"] == 0,
         "no half records (rows added == records answered)": new_rows == answered,
+        "no image left without a record": orphans == 0,
     }
     return report
 
