@@ -54,7 +54,6 @@ def server_timing(header: str) -> list[tuple[str, float]]:
     return phases
 
 
-
 @pytest.fixture
 def small_bgr(bus_jpeg: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(bus_jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -174,7 +173,6 @@ async def test_one_bad_image_fails_the_request_and_stores_nothing(client: Any, b
     body = await assert_error(response, 400, "invalid_image")
     assert "bad.jpg" in body["error"]["message"]
     assert await client.server.app[keys.db_key].fetchval("SELECT count(*) FROM detections") == 0
-
 
 
 async def test_detect_reports_server_timing(client: Any, bus_jpeg: bytes) -> None:

@@ -138,7 +138,6 @@ async def test_images_are_deduplicated(db_pool: asyncpg.Pool) -> None:
         assert got_image == image
 
 
-
 async def test_store_images_reports_only_what_it_inserted(db_pool: asyncpg.Pool) -> None:
     """store_images returns the sha256s it inserted (none the second time); save_records
     with an image stored ahead keeps the one row and its bytes."""
