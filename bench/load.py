@@ -679,8 +679,9 @@ def report(model: ModelChoice, images: Sequence[JpegImage], engine: EngineStats 
         print(f"added latency at concurrency 1: {numbers['added_latency_c1_ms']:+.1f} ms "
               f"(service p50 {single.p50_ms:.1f} - bare engine p50 {reference.p50_ms:.1f}"
               f"{' in turns' if paired is not None else ''}; target <= 5 ms)")
-    if single is not None and single.phases_p50_ms:
-        print(format_phases(single))
+    for level in levels:  # under load, "transfer" is mostly the wait in the queue
+        if level.phases_p50_ms:
+            print(format_phases(level))
     return numbers
 
 
