@@ -18,7 +18,7 @@ service (``PAIR_SLICE_S`` each), so both meet the same machine.  Then
 - service efficiency = best service images/s over the levels / bare engine images/s;
 - added latency at concurrency 1 = service p50 at c=1 - bare engine p50 per image (in
   turns);
-- where the time goes at concurrency 1: the medians of the phases in the service's
+- where the time goes at each level: the medians of the phases in the service's
   ``Server-Timing`` header, and of what they leave out.
 
 Model: ``workers.model_path`` and ``img_size`` of the base config (``config/config.yaml``)
