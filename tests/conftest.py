@@ -113,14 +113,20 @@ def pool_config(model_weights: Path, **workers: Any) -> Config:
         "workers": {"model_path": {"weights": str(model_weights)}, **workers}})
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def detector_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
-    config = pool_config(model_weights)
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        own_loop=True)  # shared by tests that run their own loops
+async def shared_pool(config: Config, **kwargs: Any) -> AsyncIterator[DetectorPool]:
+    """A started pool for a session- or module-scoped fixture: it serves its workers from
+    a loop of its own, since the tests that share it each run their own loop."""
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels, own_loop=True,
+                        **kwargs)
     await pool.start()
     yield pool
     await pool.close(10)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def detector_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
+    async for pool in shared_pool(pool_config(model_weights)):
+        yield pool
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest_asyncio
 import worker
 from model.errors import ImageDecodeError
 from pool import DetectorPool, ImageKilledWorker
-from tests.conftest import pool_config
+from tests.conftest import pool_config, shared_pool
 from tests.faults import detect_with_faults, with_comment
 
 DELAY_MS = 400
@@ -31,12 +31,8 @@ LOW_CONF = 0.01  # random weights: a low threshold gives plenty of boxes to comp
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def batching_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
     config = pool_config(model_weights, max_batch_size=4, max_queue_delay_ms=DELAY_MS)
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        detect_fn=detect_with_faults,
-                        own_loop=True)  # shared by tests that run their own loops
-    await pool.start()
-    yield pool
-    await pool.close(10)
+    async for pool in shared_pool(config, detect_fn=detect_with_faults):
+        yield pool
 
 
 def scenes(count: int) -> list[bytes]:

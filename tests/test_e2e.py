@@ -14,7 +14,7 @@ from main import init_app
 from model.train.scenes import make_scene
 from pool import DetectorPool
 from settings import BASE_DIR, Config, load_config
-from tests.conftest import encode
+from tests.conftest import encode, shared_pool
 from tests.test_api import form
 
 SCENE_SEED = 777_001  # held out: neither a training, validation nor evaluation seed
@@ -29,11 +29,8 @@ async def default_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     config = load_config(BASE_DIR / "config" / "config.yaml", env={},
                          overrides={"workers": {"max_workers": 1,
                                                 "onnx_cache_dir": str(onnx_dir)}})
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        own_loop=True)  # shared by tests that run their own loops
-    await pool.start()
-    yield pool
-    await pool.close(10)
+    async for pool in shared_pool(config):
+        yield pool
 
 
 @pytest.fixture

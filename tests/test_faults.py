@@ -27,7 +27,7 @@ import keys
 from main import init_app
 from pool import DetectorPool, ImageKilledWorker
 from settings import BASE_DIR
-from tests.conftest import pool_config
+from tests.conftest import pool_config, shared_pool
 from tests.faults import detect_with_faults, with_comment
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -54,13 +54,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def faulty_pool(model_weights: Path) -> AsyncIterator[DetectorPool]:
-    config = pool_config(model_weights)
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        detect_fn=detect_with_faults,
-                        own_loop=True)  # shared by tests that run their own loops
-    await pool.start()
-    yield pool
-    await pool.close(10)
+    async for pool in shared_pool(pool_config(model_weights), detect_fn=detect_with_faults):
+        yield pool
 
 
 @pytest.fixture
