@@ -1,12 +1,13 @@
 # Two commands on a fresh machine with Python 3.11+ and pip:
 #   make run    install into .venv, then serve http://127.0.0.1:8080 (embedded PostgreSQL)
 #   make test   install into .venv, then run the whole test suite
+#   make test-fast   the unit tier only (no PostgreSQL, no worker processes, no browser)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
 
 install: $(STAMP)
 
@@ -21,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,7 +1,8 @@
-"""Detection history in PostgreSQL: connection pool, records, images, queries.
+"""Detection history in PostgreSQL: the server and pool (:func:`pg_context`), records,
+images, queries.
 
 Query functions take an ``asyncpg.Pool`` and return frozen dataclasses; a missing row
-raises :class:`RecordNotFound`, which handlers map to 404.
+raises :class:`RecordNotFound` (404 in the service's error table).
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+
+from model.detection import Detection
+from settings import PostgresConfig
+from utils.embedded_pg import EmbeddedPostgres
+from utils.migrate import migrate
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,7 @@ class Record:
     height: int
     model: str
     inference_ms: float
-    detections: list[dict[str, Any]]
+    detections: list[Detection]
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -74,7 +81,7 @@ class Record:
                    sha256=str(data["sha256"]), width=int(data["width"]),
                    height=int(data["height"]), model=str(data["model"]),
                    inference_ms=float(data["inference_ms"]),
-                   detections=list(data["detections"]))
+                   detections=[Detection.from_json(d) for d in data["detections"]])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,7 +93,7 @@ class Record:
             "height": self.height,
             "model": self.model,
             "inference_ms": self.inference_ms,
-            "detections": self.detections,
+            "detections": [d.to_json() for d in self.detections],
         }
 
 
@@ -214,6 +221,35 @@ async def ensure_database(admin_dsn: str, database: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def pg_context(config: PostgresConfig) -> AsyncIterator[
+        tuple[asyncpg.Pool, EmbeddedPostgres | None]]:
+    """PostgreSQL for the service: the embedded server (when configured) started, the
+    database created, the pool opened and the schema migrated; all closed on exit.
+    Yields the pool and the embedded server (None for an external one)."""
+    embedded: EmbeddedPostgres | None = None
+    if config.embedded:
+        embedded = EmbeddedPostgres(config.data_dir)
+        await asyncio.to_thread(embedded.start)
+    try:
+        if embedded is not None:
+            await ensure_database(embedded.dsn, config.database)
+            connect: dict[str, Any] = {"dsn": embedded.dsn_for(config.database)}
+        else:
+            connect = config.connect_kwargs()
+        pool = await create_pool(connect, minsize=config.minsize, maxsize=config.maxsize)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
+            yield pool, embedded
+        finally:
+            await close_pool(pool, config.close_timeout)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
 async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
     """Raise if the database does not answer within ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
@@ -226,8 +262,8 @@ async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
 def _label_rows(record: Record) -> list[tuple[UUID, str, datetime, int, float]]:
     per_label: dict[str, tuple[int, float]] = {}
     for det in record.detections:
-        boxes, best = per_label.get(det["label"], (0, 0.0))
-        per_label[det["label"]] = (boxes + 1, max(best, float(det["confidence"])))
+        boxes, best = per_label.get(det.label, (0, 0.0))
+        per_label[det.label] = (boxes + 1, max(best, det.confidence))
     return [(record.id, label, record.created_at, boxes, best)
             for label, (boxes, best) in sorted(per_label.items())]
 
@@ -267,8 +303,8 @@ def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> l
     columns: list[list[Any]] = [[] for _ in range(11)]
     for r in records:
         row = (r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
-               r.inference_ms, json.dumps(r.detections), len(r.detections),
-               max((float(d["confidence"]) for d in r.detections), default=None))
+               r.inference_ms, json.dumps([d.to_json() for d in r.detections]),
+               len(r.detections), max((d.confidence for d in r.detections), default=None))
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     labels: list[list[Any]] = [[] for _ in range(5)]
@@ -377,7 +413,7 @@ def _record(row: asyncpg.Record) -> Record:
     return Record(id=row["id"], created_at=row["created_at"], filename=row["filename"],
                   sha256=row["sha256"], width=row["width"], height=row["height"],
                   model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
-                  detections=row["detections"])
+                  detections=[Detection.from_json(d) for d in row["detections"]])
 
 
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:

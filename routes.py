@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from handlers import api, login, pages
+from service.web.handlers import api, login, pages
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 import db
+from model.detection import Detection
 from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import migrate
 
@@ -53,9 +54,8 @@ def make_records(n: int, end: datetime, rng: random.Random) -> list[db.Record]:
         for _ in range(rng.choice((0, 1, 1, 2, 2, 3, 4))):
             label = rng.choices(names, weights)[0]
             x, y = rng.uniform(0, 600), rng.uniform(0, 400)
-            detections.append({"label": label, "class_id": names.index(label),
-                               "confidence": round(rng.uniform(0.3, 0.99), 4),
-                               "box": {"x1": x, "y1": y, "x2": x + 20, "y2": y + 50}})
+            detections.append(Detection(label, names.index(label),
+                                        round(rng.uniform(0.3, 0.99), 4), x, y, x + 20, y + 50))
         records.append(db.Record(
             id=uuid.uuid4(), created_at=created, filename=f"cam{i % 7}/frame_{i:06d}.jpg",
             sha256=f"{i:064x}", width=640, height=480, model="bench", inference_ms=40.0,

@@ -57,40 +57,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import cv2
-import numpy as np
 import yaml
 
 from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port, scratch_dir,
                             parse_assignment, write_config)
+from bench.common import (JpegImage, ModelChoice, load_images, materialize_weights, percentile,
+                          resolve_model)
 
 log = logging.getLogger("bench.load")
 
-SHARED_IMAGES = PROJECT_ROOT.parent / "shared" / "images"
-FALLBACK_CFG = PROJECT_ROOT / "tests" / "data" / "service-6cls.cfg"
-FALLBACK_NAMES = PROJECT_ROOT / "tests" / "data" / "service-6cls.names"
 OK = "200"
 ERROR_BACKOFF_S = 0.05  # after a failed request, so that fast 503s do not spin the client
 PAIR_SLICE_S = 2.0  # at concurrency 1 the bare engine and the service take turns this long
-
-
-# ---------------------------------------------------------------- inputs
-
-@dataclass(frozen=True)
-class JpegImage:
-    name: str
-    data: bytes
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    cfg: Path
-    weights: Path | None  # None: random weights, written before use
-    names: Path
-    img_size: int
-    note: str = ""
 
 
 def _levels(text: str) -> list[int]:
@@ -186,113 +164,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _project_path(value: str | os.PathLike[str]) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
-def resolve_model(args: argparse.Namespace, workers: dict[str, Any]) -> ModelChoice:
-    """The model to run, from the flags, else the base config's ``workers`` section."""
-    paths = workers.get("model_path") or {}
-    img_size = args.img_size or int(workers.get("img_size") or 512)
-    default_names = _project_path(paths["data"]) if paths.get("data") else None
-    if args.cfg is not None:
-        names = args.names or default_names
-        if names is None:
-            raise SystemExit("--names is required: the config names no class names file")
-        return ModelChoice(args.cfg.resolve(), args.weights and args.weights.resolve(),
-                           names.resolve(), img_size)
-    cfg = _project_path(paths.get("cfg", ""))
-    weights = args.weights or (_project_path(paths["weights"]) if paths.get("weights") else None)
-    if not cfg.is_file():
-        return ModelChoice(FALLBACK_CFG, None, FALLBACK_NAMES, img_size,
-                           f"the default cfg {cfg} does not exist: using {FALLBACK_CFG.name} "
-                           "with random weights instead")
-    names = (args.names or default_names)
-    if names is None:
-        raise SystemExit("--names is required: the config names no class names file")
-    if weights is None or not weights.is_file():
-        return ModelChoice(cfg, None, names, img_size,
-                           f"the default weights {weights} do not exist: the default cfg runs "
-                           "with random weights (same speed)")
-    return ModelChoice(cfg, weights, names, img_size)
-
-
-def materialize_weights(model: ModelChoice, workdir: Path) -> ModelChoice:
-    """Write random Darknet weights for a model that has none."""
-    if model.weights is not None:
-        return model
-    import torch
-
-    from model.darknet import Darknet
-    from model.weights import save_weights
-
-    torch.manual_seed(0)
-    path = workdir / f"{model.cfg.stem}-random.weights"
-    save_weights(Darknet(model.cfg, model.img_size), path)
-    log.info("random weights for %s written to %s", model.cfg.name, path)
-    return ModelChoice(model.cfg, path, model.names, model.img_size, model.note)
-
-
-def _encode(name: str, image: np.ndarray) -> JpegImage:
-    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise RuntimeError(f"cannot encode {name}")
-    return JpegImage(name, buffer.tobytes(), image.shape[1], image.shape[0])
-
-
-def generated_images() -> list[JpegImage]:
-    """Two deterministic JPEGs: a street-like scene with lights, and a textured frame."""
-    rng = np.random.default_rng(0)
-    scene = np.zeros((720, 1280, 3), np.uint8)
-    scene[:] = np.linspace(40, 200, 720, dtype=np.uint8)[:, None, None]  # sky to road
-    cv2.fillPoly(scene, [np.array([[0, 720], [560, 380], [720, 380], [1280, 720]])], (70, 70, 70))
-    for _ in range(6):
-        x, y = int(rng.integers(40, 1200)), int(rng.integers(40, 380))
-        cv2.rectangle(scene, (x, y), (x + 24, y + 64), (20, 20, 20), -1)
-        color = [(0, 0, 255), (0, 200, 255), (0, 255, 0)][int(rng.integers(0, 3))]
-        cv2.circle(scene, (x + 12, y + 12 + 20 * int(rng.integers(0, 3))), 8, color, -1)
-    scene = cv2.add(scene, rng.integers(0, 25, scene.shape, dtype=np.uint8))
-    texture = cv2.resize(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), (640, 480),
-                         interpolation=cv2.INTER_CUBIC)
-    return [_encode("generated-street-1280x720.jpg", scene),
-            _encode("generated-texture-640x480.jpg", texture)]
-
-
-def load_images(paths: Sequence[Path] | None) -> list[JpegImage]:
-    """The given JPEGs, else the shared photos that exist plus two generated ones."""
-    images = []
-    chosen = list(paths) if paths else [SHARED_IMAGES / "bus.jpg", SHARED_IMAGES / "zidane.jpg"]
-    for path in chosen:
-        if not path.is_file():
-            if paths:
-                raise SystemExit(f"{path}: no such image")
-            log.warning("%s not found: not used", path)
-            continue
-        data = path.read_bytes()
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise SystemExit(f"{path}: not a decodable image")
-        images.append(JpegImage(path.name, data, decoded.shape[1], decoded.shape[0]))
-    if not paths:
-        images.extend(generated_images())
-    return images
-
-
 # ---------------------------------------------------------------- statistics
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between closest ranks; NaN when empty."""
-    if not values:
-        return math.nan
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
 
 @dataclass(frozen=True)
 class Sample:

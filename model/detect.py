@@ -19,7 +19,7 @@ import cv2
 from model.errors import ModelError
 from model.inference import Detector, select_device
 from model.preprocess import decode_image
-from utils.draw import draw_detections
+from model.draw import draw_detections
 
 logger = logging.getLogger("model.detect")
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
                                      iou_thres=args.iou_thres, agnostic=args.agnostic,
                                      max_det=args.max_det)[0]
         record = {"image": str(path), "width": img.shape[1], "height": img.shape[0],
-                  "detections": detections}
+                  "detections": [d.to_json() for d in detections]}
         print(json.dumps(record), flush=True)
         if args.out is not None:
             target = _output_path(args.out, path, used_names)

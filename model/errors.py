@@ -32,12 +32,28 @@ class WeightsError(ModelError):
 
 
 class ImageError(ModelError):
-    """An encoded image cannot be used."""
+    """An encoded image cannot be used. ``code`` names the kind, so that the error can
+    cross a process boundary as plain data and be raised again there
+    (:func:`image_error`)."""
+
+    code = "image"
 
 
 class ImageDecodeError(ImageError):
     """The bytes are not a complete image in a supported format."""
 
+    code = "decode"
+
 
 class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed (decompression bombs included)."""
+
+    code = "too_large"
+
+
+def image_error(code: str, message: str) -> ImageError:
+    """The :class:`ImageError` whose ``code`` is ``code`` (the base class for others)."""
+    for kind in (ImageDecodeError, ImageTooLargeError):
+        if kind.code == code:
+            return kind(message)
+    return ImageError(message)

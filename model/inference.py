@@ -8,12 +8,12 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from model.darknet import Darknet
+from model.detection import Detection
 from model.errors import CfgError, ImageError, ModelError
 from model.postprocess import non_max_suppression, scale_boxes
 from model.preprocess import PAD_COLOR, DecodedImage, letterbox, to_tensor
@@ -107,15 +107,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _rescaled(detection: dict[str, Any], decoded: DecodedImage) -> dict[str, Any]:
-    box = detection["box"]
-    scaled = {"x1": min(box["x1"] * decoded.scale_x, decoded.width),
-              "y1": min(box["y1"] * decoded.scale_y, decoded.height),
-              "x2": min(box["x2"] * decoded.scale_x, decoded.width),
-              "y2": min(box["y2"] * decoded.scale_y, decoded.height)}
-    return {**detection, "box": {k: round(v, 2) for k, v in scaled.items()}}
 
 
 class Detector:
@@ -228,16 +219,15 @@ class Detector:
 
     def detect(self, images: Sequence[np.ndarray], conf_thres: float | Sequence[float] = 0.3,
                iou_thres: float | Sequence[float] = 0.6, agnostic: bool = False,
-               max_det: int = 300, wide: bool = False) -> list[list[dict[str, Any]]]:
+               max_det: int = 300, wide: bool = False) -> list[list[Detection]]:
         """Detect objects in BGR ``uint8`` HxWx3 images (sizes may differ), in one batch.
 
         ``conf_thres`` and ``iou_thres`` are one value for all images or one per image
         (a batch may join requests that asked for different thresholds). ``wide`` runs
         the forward pass on the threads set by :meth:`enable_wide`, when it was called.
 
-        Returns, per image, detections sorted by confidence, each
-        ``{"label", "class_id", "confidence", "box": {"x1", "y1", "x2", "y2"}}`` with the
-        box in that image's pixels (clipped to it; boxes left empty by clipping, i.e.
+        Returns, per image, :class:`~model.detection.Detection` s sorted by confidence,
+        each box in that image's pixels (clipped to it; boxes left empty by clipping, i.e.
         wholly in the letterbox padding, are dropped).
         """
         if len(images) == 0:
@@ -255,7 +245,7 @@ class Detector:
             return self._detect(images, confs, ious, agnostic, max_det, wide)
 
     def _detect(self, images: Sequence[np.ndarray], confs: list[float], ious: list[float],
-                agnostic: bool, max_det: int, wide: bool) -> list[list[dict[str, Any]]]:
+                agnostic: bool, max_det: int, wide: bool) -> list[list[Detection]]:
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
         if self.half:
@@ -272,7 +262,7 @@ class Detector:
             rows = scale_boxes(dets.cpu(), ratio, pad, img.shape[:2])
             # A box that lies wholly in the letterbox padding is empty once clipped.
             rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])]
-            results.append([self._as_dict(row) for row in rows.tolist()])
+            results.append([Detection.from_row(row, self.names) for row in rows.tolist()])
         return results
 
     def _forward(self, batch: torch.Tensor, wide: bool) -> torch.Tensor:
@@ -290,22 +280,12 @@ class Detector:
     def detect_decoded(self, decoded: Sequence[DecodedImage],
                        conf_thres: float | Sequence[float] = 0.3,
                        iou_thres: float | Sequence[float] = 0.6,
-                       wide: bool = False) -> list[list[dict[str, Any]]]:
+                       wide: bool = False) -> list[list[Detection]]:
         """:meth:`detect` on images from :func:`model.preprocess.decode_for_network`
         (possibly decoded at a reduced scale); boxes in the original image's pixels."""
         found = self.detect([d.image for d in decoded], conf_thres, iou_thres, wide=wide)
-        return [[_rescaled(det, d) for det in dets] if (d.scale_x, d.scale_y) != (1, 1)
-                else dets for d, dets in zip(decoded, found, strict=True)]
-
-    def _as_dict(self, row: list[float]) -> dict[str, Any]:
-        x1, y1, x2, y2, confidence, class_id = row
-        return {
-            "label": self.names[int(class_id)],
-            "class_id": int(class_id),
-            "confidence": round(confidence, 4),
-            "box": {"x1": round(x1, 2), "y1": round(y1, 2), "x2": round(x2, 2),
-                    "y2": round(y2, 2)},
-        }
+        return [[det.scaled(d.scale_x, d.scale_y, d.width, d.height) for det in dets]
+                if (d.scale_x, d.scale_y) != (1, 1) else dets for d, dets in zip(decoded, found, strict=True)]
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run the whole pipeline on blank images once per batch size (allocations, CUDA

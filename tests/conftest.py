@@ -7,6 +7,8 @@
 - ``make_config`` / ``test_config``: config/test.yaml pointed at those.
 - ``detector_pool`` (session): one warm worker, shared by the apps of all tests (spawn +
   torch import + warm-up cost seconds; tests of the pool's own lifecycle start their own).
+  Every test and fixture runs on one session-wide event loop (``pyproject.toml``), the
+  loop such a pool is served from.
 - ``client``: an aiohttp test client for ``init_app(test_config, detector_pool=...)``.
 """
 
@@ -26,16 +28,15 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import torch
+from aiohttp import FormData
 
 from main import init_app
-from pool import DetectorPool
-from settings import BASE_DIR, Config, load_config, merge
+from service.workers.pool import DetectorPool
+from settings import Config, load_config, merge
+from tests.paths import DATA_DIR, PHOTOS_DIR, TEST_CONFIG
 from utils.embedded_pg import EmbeddedPostgres
 
-TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
-DATA_DIR = Path(__file__).resolve().parent / "data"
 SERVICE_CFG = DATA_DIR / "service-6cls.cfg"
-SHARED_IMAGES = BASE_DIR.parent / "shared" / "images"
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +115,9 @@ def pool_config(model_weights: Path, **workers: Any) -> Config:
 
 
 async def shared_pool(config: Config, **kwargs: Any) -> AsyncIterator[DetectorPool]:
-    """A started pool for a session- or module-scoped fixture: it serves its workers from
-    a loop of its own, since the tests that share it each run their own loop."""
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels, own_loop=True,
-                        **kwargs)
+    """A started pool for a session- or module-scoped fixture (served from the session's
+    event loop, which every test runs on)."""
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels, **kwargs)
     await pool.start()
     yield pool
     await pool.close(10)
@@ -162,6 +162,14 @@ def alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------- images
 
+def form(*files: tuple[str, bytes, str], field: str = "image") -> FormData:
+    """A multipart form with one ``field`` part per (file name, bytes, content type)."""
+    data = FormData()
+    for name, content, content_type in files:
+        data.add_field(field, content, filename=name, content_type=content_type)
+    return data
+
+
 def encode(image: np.ndarray, ext: str) -> bytes:
     ok, data = cv2.imencode(ext, image)
     assert ok
@@ -169,13 +177,15 @@ def encode(image: np.ndarray, ext: str) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def bus_jpeg() -> bytes:
-    return (SHARED_IMAGES / "bus.jpg").read_bytes()
+def portrait_jpeg() -> bytes:
+    """A real photo, 810x1080 (tests/data/CREDITS.md)."""
+    return (PHOTOS_DIR / "portrait.jpg").read_bytes()
 
 
 @pytest.fixture(scope="session")
-def zidane_jpeg() -> bytes:
-    return (SHARED_IMAGES / "zidane.jpg").read_bytes()
+def landscape_jpeg() -> bytes:
+    """A real photo, 1280x720."""
+    return (PHOTOS_DIR / "landscape.jpg").read_bytes()
 
 
 def webp_bytes(image: np.ndarray) -> bytes:

@@ -16,10 +16,9 @@ from torch import nn
 from model.darknet import Darknet
 from model.weights import load_weights, save_weights
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DARKNET_DIR = SHARED / "darknet"
-IMAGES_DIR = SHARED / "images"
-DATA_DIR = Path(__file__).resolve().parent / "data"
+from tests.paths import DARKNET_DIR, DATA_DIR, PHOTOS_DIR  # noqa: F401 - re-exported
+
+IMAGES_DIR = PHOTOS_DIR
 
 
 @torch.no_grad()
@@ -78,7 +77,8 @@ def opencv_forward(cfg: Path, weights: Path, image: np.ndarray) -> list[np.ndarr
 # OpenCV normalises BatchNorm with eps 1e-6 (Darknet: 1e-5); match the reference.
 OPENCV_BN_EPS = 1e-6
 
-# Every shared cfg (the users' network at full size, the rest small to keep CI fast) and
+# Every real cfg in tests/data/darknet (the users' network at full size, the rest small to
+# keep CI fast) and
 # our own cfgs that exercise the remaining layer types and options.
 PARITY_CASES = [
     (DARKNET_DIR / "yolov3-spp-6cls.cfg", 512),

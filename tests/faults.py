@@ -1,14 +1,14 @@
 """Fault injection for real worker processes (tests only).
 
 ``detect_with_faults`` is handed to ``DetectorPool(detect_fn=...)`` and runs inside the
-spawned workers in place of ``worker.detect_batch``. An image carrying a marker in a
+spawned workers in place of ``child.detect_batch``. An image carrying a marker in a
 JPEG comment segment (valid JPEG, decoded normally) makes the worker misbehave for real:
 
 - ``fault:crash``: the worker SIGKILLs itself (what the OOM killer or a segfault does);
 - ``fault:sleep=S``: the worker sleeps S seconds before detecting (a slow job).
 
 A batch holding such an image misbehaves as a whole; the images then go to
-``worker.detect_batch``.
+``child.detect_batch``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import struct
 import time
 from collections.abc import Sequence
 
-import worker
+from service.workers import child, protocol
 
 _SLEEP = re.compile(rb"fault:sleep=([0-9]+(?:\.[0-9]+)?)")
 
 
-def detect_with_faults(jobs: Sequence[worker.DetectJob],
-                       lone: bool = False) -> list[worker.DetectResult | worker.DetectFailure]:
+def detect_with_faults(jobs: Sequence[protocol.DetectJob],
+                       lone: bool = False) -> list[protocol.DetectResult | protocol.DetectFailure]:
     for job in jobs:
         head = job.data[:512]
         if b"fault:crash" in head:
@@ -34,7 +34,7 @@ def detect_with_faults(jobs: Sequence[worker.DetectJob],
         match = _SLEEP.search(head)
         if match:
             time.sleep(float(match.group(1)))
-    return worker.detect_batch(jobs, lone)
+    return child.detect_batch(jobs, lone)
 
 
 def with_comment(jpeg: bytes, text: str) -> bytes:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from pool import DetectorPool
+from service.workers.pool import DetectorPool
 from settings import load_config
-from tests.conftest import TEST_CONFIG
+from tests.paths import TEST_CONFIG
 
 
 async def host(weights: str) -> None:

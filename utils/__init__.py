@@ -1,0 +1,1 @@
+"""Leaf helpers: each imports nothing from the project (``tests/unit/test_layout.py``)."""

@@ -7,7 +7,10 @@ stays bounded (about ``limit`` x ``server.max_upload_mb``) whatever the offered 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 class QueueFull(RuntimeError):
@@ -38,6 +41,18 @@ class Admission:
     def snapshot(self) -> dict[str, Any]:
         return {"in_progress": self.in_progress, "limit": self.limit,
                 "admitted_total": self.admitted_total, "rejected_total": self.rejected_total}
+
+    def collect(self) -> Iterator[Metric]:
+        """Its figures as Prometheus metric families (read at each scrape)."""
+        yield GaugeMetricFamily("yolo_admission_in_progress",
+                                "/detect requests admitted and in progress",
+                                value=self.in_progress)
+        yield GaugeMetricFamily("yolo_admission_limit",
+                                "/detect requests that may be in progress at once",
+                                value=self.limit)
+        yield CounterMetricFamily("yolo_admission_rejected",
+                                  "/detect requests refused at capacity (503)",
+                                  value=self.rejected_total)
 
 
 class Place:

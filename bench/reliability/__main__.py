@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from bench._service import PROJECT_ROOT, ServiceError, parse_assignment, scratch_dir
-from bench.load import load_images, materialize_weights, resolve_model
+from bench.common import load_images, materialize_weights, resolve_model
 from bench.reliability import phases
 from bench.reliability.live import LiveInstance
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.load import JpegImage, percentile
+from bench.common import JpegImage, percentile
 from bench.reliability import corpus
 from bench.reliability.live import LiveInstance
 from bench.reliability.stream import (Result, closed_loop, open_loop, send_hostile,

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from bench.load import JpegImage, percentile
+from bench.common import JpegImage, percentile
 from bench.reliability.corpus import HostileRequest
 
 ERROR_BACKOFF_S = 0.05

@@ -1,1 +1,0 @@
-"""Request handlers: ``api`` (JSON) and ``pages`` (HTML)."""

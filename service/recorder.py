@@ -1,0 +1,348 @@
+"""Making detection records durable: in PostgreSQL, or in the local spool while it is away.
+
+:meth:`RecordWriter.save` returns only once the records of a request are durable:
+committed to PostgreSQL, or — when the database is unreachable, or records are already
+waiting in the spool (so that order is kept) — appended to the fsync'd spool
+(:mod:`utils.spool`). :func:`records_context` opens the writer with its spool and
+background tasks, and closes them. :meth:`RecordWriter.replay_forever` runs as a background task and
+writes spooled entries to PostgreSQL in order, in batches of consecutive entries (one
+transaction each), then deletes the spool. Record ids are made by the service and
+inserts ignore ids that exist, so an entry replayed twice (a crash between its commit
+and the spool's removal) is stored once. An entry the database refuses outright (not an
+outage) is set aside, logged, and replay goes on.
+
+A request's images are written while its detection runs
+(:meth:`RecordWriter.images_ahead`) and deleted again if the request fails;
+:meth:`RecordWriter.sweep_forever` deletes, much later, any that a process ending in
+between left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+import db
+from settings import Config
+from utils.spool import Frame, Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+REPLAY_INTERVAL_S = 1.0  # how often the spool is looked at while it is empty
+REPLAY_BACKOFF_S = (0.5, 2.0)  # first and longest wait between tries while the database is away
+REPLAY_BATCH_ENTRIES = 64  # spool entries per replay transaction
+REPLAY_BATCH_BYTES = 16 << 20
+SWEEP_INTERVAL_S = 3600.0  # how often images that no record refers to are looked for
+SWEEP_GRACE_S = 3600.0  # the least age of an image the sweep may delete
+
+
+class StorageUnavailable(RuntimeError):
+    """Neither the database nor the spool could take the records (-> 503)."""
+
+
+def encode_entry(records: Sequence[db.Record], images: Sequence[db.StoredImage]) -> bytes:
+    return json.dumps({
+        "records": [record.to_json() for record in records],
+        "images": [{"sha256": image.sha256, "content_type": image.content_type,
+                    "data": base64.b64encode(image.data).decode("ascii")} for image in images],
+    }, separators=(",", ":")).encode("utf-8")
+
+
+def decode_entry(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]:
+    """Records and images of a spool entry; raises ValueError when it is not one."""
+    try:
+        data = json.loads(payload)
+        records = [db.Record.from_json(item) for item in data["records"]]
+        images = [db.StoredImage(str(item["sha256"]), str(item["content_type"]),
+                                 base64.b64decode(item["data"], validate=True))
+                  for item in data["images"]]
+    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"not a spool entry: {exc}") from exc
+    return records, images
+
+
+class ImagesAhead:
+    """Images being written ahead of their records (:meth:`RecordWriter.images_ahead`)."""
+
+    def __init__(self, task: asyncio.Task[list[str]] | None) -> None:
+        self._task = task
+
+    async def settled(self) -> list[str]:
+        """Wait for the write to end; the sha256s it inserted (none when it failed)."""
+        return [] if self._task is None else await self._task
+
+
+class RecordWriter:
+    """The one way records are stored by the service."""
+
+    def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float) -> None:
+        self.pool = pool
+        self.spool = spool
+        self.write_timeout = write_timeout
+        self.database_up = True  # as last seen by a write
+        self.spooled_total = 0
+        self.replayed_total = 0
+        self._wake = asyncio.Event()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Spool depth and totals for /readyz."""
+        return {"records": self.spool.pending_items, "entries": self.spool.pending_entries,
+                "bytes": self.spool.pending_bytes, "spooled_total": self.spooled_total,
+                "replayed_total": self.replayed_total}
+
+    def collect(self) -> Iterator[Metric]:
+        """The spool's figures as Prometheus metric families (read at each scrape)."""
+        spool = self.spool
+        yield GaugeMetricFamily("yolo_spool_records",
+                                "Records waiting in the spool for the database",
+                                value=spool.pending_items)
+        yield GaugeMetricFamily("yolo_spool_bytes", "Bytes waiting in the spool",
+                                value=spool.pending_bytes)
+        yield GaugeMetricFamily("yolo_spool_capacity_bytes", "Spool size limit",
+                                value=spool.max_bytes)
+        yield CounterMetricFamily("yolo_spooled_records", "Records written to the spool",
+                                  value=self.spooled_total)
+        yield CounterMetricFamily("yolo_replayed_records",
+                                  "Spooled records replayed into the database",
+                                  value=self.replayed_total)
+
+    async def save(self, records: Sequence[db.Record],
+                   images: Sequence[db.StoredImage] = ()) -> str:
+        """Make the records durable; return where: ``"database"`` or ``"spool"``."""
+        if self.spool.pending_entries == 0:
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await db.save_records(self.pool, records, images)
+            except db.UNAVAILABLE_ERRORS as exc:
+                if self.database_up:
+                    log.error("database unavailable (%s: %s); spooling records to %s",
+                              type(exc).__name__, exc, self.spool.path)
+                self.database_up = False
+                await self._forget_connections()
+            else:
+                self.database_up = True
+                return "database"
+        try:
+            await self.spool.append(encode_entry(records, images), len(records))
+        except SpoolError as exc:
+            log.error("cannot spool %d record(s): %s", len(records), exc)
+            raise StorageUnavailable(
+                f"the records could not be stored (database unavailable; spool: {exc})") from exc
+        self.spooled_total += len(records)
+        self._wake.set()
+        return "spool"
+
+    @asynccontextmanager
+    async def images_ahead(self, images: Sequence[db.StoredImage]) -> AsyncIterator[ImagesAhead]:
+        """Write a request's images to the database while its detection runs.
+
+        The body runs the detection, then awaits :meth:`ImagesAhead.settled` and
+        :meth:`save` s the records with the same images (which sends only those not
+        stored yet). When the body fails, the images written ahead that no record refers
+        to are deleted again (when it is cancelled, the write is too, and what it may have
+        committed is left to :meth:`sweep`). Nothing is written ahead while the database
+        is away or records wait in the spool: :meth:`save` then takes everything.
+        """
+        task = None
+        if images and self.database_up and self.spool.pending_entries == 0:
+            task = asyncio.create_task(self._store_ahead(images))
+        ahead = ImagesAhead(task)
+        try:
+            yield ahead
+        except asyncio.CancelledError:
+            if task is not None:
+                task.cancel()
+            raise
+        except BaseException:
+            await self._discard(await ahead.settled())
+            raise
+
+    async def _store_ahead(self, images: Sequence[db.StoredImage]) -> list[str]:
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                return await db.store_images(self.pool, images)
+        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            # save() tries again (and spools when the database is away)
+            log.debug("images not written ahead: %s: %s", type(exc).__name__, exc)
+            return []
+
+    async def _discard(self, sha256s: Sequence[str]) -> None:
+        if not sha256s:
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                deleted = await db.delete_unreferenced_images(self.pool, sha256s)
+        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("could not delete %d image(s) written ahead of a failed request: "
+                        "%s: %s", len(sha256s), type(exc).__name__, exc)
+            return
+        log.debug("deleted %d image(s) written ahead of a failed request", len(deleted))
+
+    async def sweep_forever(self, interval_s: float, grace_s: float) -> None:
+        """Background task: every ``interval_s``, delete the images older than
+        ``grace_s`` that no record refers to (a write-ahead whose request never got to
+        delete it: the process ended, or the request was cancelled). The grace outlasts
+        any request, so an image whose records are still coming is left alone."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep(grace_s)
+            except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+                log.info("image sweep skipped: %s: %s", type(exc).__name__, exc)
+
+    async def sweep(self, grace_s: float) -> int:
+        """One sweep (see :meth:`sweep_forever`); returns the images deleted."""
+        deleted = 0
+        while candidates := await db.unreferenced_images(self.pool, older_than_s=grace_s):
+            gone = await db.delete_unreferenced_images(self.pool, candidates)
+            deleted += len(gone)
+            if len(gone) < len(candidates):  # the rest are referenced now: done for now
+                break
+        if deleted:
+            log.info("deleted %d stored image(s) that no record refers to", deleted)
+        return deleted
+
+    # ------------------------------------------------------------- replay
+
+    async def replay_forever(self) -> None:
+        """Background task: replay the spool whenever it holds entries.
+
+        Woken by each spooled entry; while the database stays away, it retries with
+        back-off instead (new entries do not cut the wait short).
+        """
+        failures = 0
+        while True:
+            if failures:
+                first, longest = REPLAY_BACKOFF_S
+                await asyncio.sleep(min(first * 2 ** (failures - 1), longest))
+            else:
+                try:
+                    async with asyncio.timeout(REPLAY_INTERVAL_S):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if self.spool.pending_entries == 0:
+                failures = 0
+                continue
+            try:
+                await db.ping(self.pool, timeout=self.write_timeout)  # before reading entries
+                await self.replay_pending()
+            except db.UNAVAILABLE_ERRORS as exc:
+                await self._forget_connections()
+                failures += 1
+                log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                        "database still unavailable (%s); %d spooled record(s) wait",
+                        type(exc).__name__, self.spool.pending_items)
+            else:
+                failures = 0
+
+    async def replay_pending(self) -> int:
+        """Write every spooled entry to the database in order, then delete the spool.
+
+        Entries go in batches (one transaction each). Returns the number of records
+        replayed; raises one of ``db.UNAVAILABLE_ERRORS`` when the database goes away
+        (the rest stays spooled).
+        """
+        replayed = 0
+        while True:
+            frames = await self.spool.read_batch(REPLAY_BATCH_ENTRIES, REPLAY_BATCH_BYTES)
+            if not frames:
+                if await self.spool.remove_if_drained():
+                    break
+                continue
+            replayed += await self._replay(frames)
+        if replayed:
+            self.database_up = True
+            log.info("replayed %d spooled record(s) into the database; spool removed",
+                     replayed)
+        return replayed
+
+    async def _replay(self, frames: Sequence[Frame]) -> int:
+        """Store consecutive entries in one transaction; an entry the database refuses
+        (not an outage) is found by retrying them one by one, and set aside."""
+        batch: list[Frame] = []
+        records: list[db.Record] = []
+        images: list[db.StoredImage] = []
+        for frame in frames:
+            try:
+                entry_records, entry_images = decode_entry(frame.payload)
+            except ValueError as exc:
+                if batch:
+                    break  # store what precedes it first
+                await self.spool.set_aside(frame, str(exc))
+                self.spool.mark_replayed(frame)
+                return 0
+            batch.append(frame)
+            records += entry_records
+            images += entry_images
+        try:
+            async with asyncio.timeout(self.write_timeout * max(1, len(batch) // 16)):
+                await db.save_records(self.pool, records, images)
+        except db.UNAVAILABLE_ERRORS:
+            await self._forget_connections()
+            raise
+        except asyncpg.PostgresError as exc:
+            if len(batch) > 1:
+                return sum([await self._replay([frame]) for frame in batch])
+            await self.spool.set_aside(batch[0], f"{type(exc).__name__}: {exc}")
+            self.spool.mark_replayed(batch[0])
+            return 0
+        for frame in batch:
+            self.spool.mark_replayed(frame)
+        self.replayed_total += len(records)
+        return len(records)
+
+    async def _forget_connections(self) -> None:
+        """After an outage every pooled connection is dead: reconnect on next use
+        instead of finding that out one failed write at a time."""
+        await self.pool.expire_connections()
+
+
+@asynccontextmanager
+async def records_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[RecordWriter]:
+    """The service's record writer: its spool (records already in it are replayed first),
+    the background task that replays the spool into PostgreSQL and the one that sweeps
+    away images no record refers to. On exit the spool is emptied into the database if it
+    answers, else kept for the next start."""
+    spool = await asyncio.to_thread(Spool.open, config.storage.spool_dir,
+                                    max_bytes=config.storage.spool_max_bytes)
+    try:
+        writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout)
+        # Long after any request that could still save a record for the image.
+        grace = max(SWEEP_GRACE_S, 4 * (config.server.request_timeout
+                                         + config.postgres.write_timeout))
+        tasks = [asyncio.create_task(writer.replay_forever(), name="spool-replay"),
+                 asyncio.create_task(writer.sweep_forever(SWEEP_INTERVAL_S, grace),
+                                     name="image-sweep")]
+        try:
+            yield writer
+        finally:
+            for task in reversed(tasks):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await _final_replay(writer, config.postgres.close_timeout)
+    finally:
+        spool.close()
+
+
+async def _final_replay(writer: RecordWriter, timeout: float) -> None:
+    """On shutdown, empty the spool into the database if it answers; else keep it."""
+    if writer.spool.pending_entries == 0:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.replay_pending()
+    except db.UNAVAILABLE_ERRORS as exc:
+        log.warning("%d record(s) stay in the spool (%s); they are replayed at the next "
+                    "start", writer.spool.pending_items, type(exc).__name__)

@@ -1,0 +1,1 @@
+"""Request handlers: ``api`` (JSON), ``pages`` (HTML) and ``login`` (sessions)."""

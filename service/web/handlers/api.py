@@ -1,0 +1,179 @@
+"""JSON API: detection, history, stats, stored images, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from aiohttp import web
+
+import db
+from model.draw import annotate
+from service.detect import Timing, Upload, detect_images
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.web import keys, params
+from service.web.errors import RETRY_AFTER_S, ApiError
+from service.web.uploads import read_uploads
+from service.workers.pool import PoolUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _record_id(request: web.Request) -> UUID:
+    try:
+        return params.record_id(request.match_info["id"])
+    except params.ParamError:
+        raise ApiError(404, "not_found", f"no detection with id {request.match_info['id']!r}") \
+            from None
+
+
+# ---------------------------------------------------------------- detection
+
+async def detect(request: web.Request) -> web.Response:
+    """POST /detect: run the model on each uploaded image and store the records.
+
+    At most ``max_workers * max_batch_size + max_queue`` requests are in progress at
+    once; beyond that a request is refused at once (503, Retry-After) before its body is
+    read. Reading and detection share one deadline (``server.request_timeout``: 408
+    while reading, 504 after); a client that leaves while its images wait has them taken
+    off the queue. The work itself is :func:`service.detect.detect_images`; the response
+    is sent only once the records are durable. Its ``Server-Timing`` header gives the
+    phases (:class:`service.detect.Timing`).
+    """
+    app = request.app
+    config = app[keys.config_key]
+    pool = app[keys.detector_pool_key]
+    if not pool.accepting:
+        raise PoolUnavailable(pool.error or "the detection workers are warming up")
+    conf = params.unit_interval(request.query, "conf", config.workers.conf_thres)
+    iou = params.unit_interval(request.query, "iou", config.workers.iou_thres)
+    with app[keys.admission_key].enter():
+        timing = Timing()
+        deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+        uploads = await _receive(request, deadline)
+        timing.lap("upload")
+        records = await detect_images(
+            pool, app[keys.records_key], uploads, conf_thres=conf, iou_thres=iou,
+            store_images=config.storage.store_images, deadline=deadline,
+            client_gone=lambda: _client_gone(request), timing=timing)
+    headers = {"Server-Timing": timing.header()}
+    if len(records) == 1:
+        return web.json_response(records[0].to_json(), headers=headers)
+    return web.json_response({"results": [record.to_json() for record in records]},
+                             headers=headers)
+
+
+async def _receive(request: web.Request, deadline: float) -> list[Upload]:
+    """The uploaded images (408 past the deadline)."""
+    server = request.app[keys.config_key].server
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await read_uploads(request, max_bytes=server.max_upload_bytes,
+                                      max_files=server.max_files)
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the upload was not received within "
+                       f"{server.request_timeout:g}s") from None
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+# ---------------------------------------------------------------- history
+
+async def list_detections(request: web.Request) -> web.Response:
+    """GET /api/detections: filtered history, newest first, keyset-paginated."""
+    query = request.query
+    filters = params.history_filter(query)
+    limit = params.limit(query, maximum=db.MAX_PAGE_SIZE)
+    page = await db.list_detections(request.app[keys.db_key], filters, limit=limit,
+                                    cursor=params.cursor(query))
+    next_cursor = page.next_cursor.encode() if page.next_cursor else None
+    next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
+    return web.json_response({
+        "items": [record.to_json() for record in page.items],
+        "limit": limit,
+        "next_cursor": next_cursor,
+        "next": next_url,
+    })
+
+
+async def get_detection(request: web.Request) -> web.Response:
+    """GET /api/detections/{id}"""
+    record = await db.get_detection(request.app[keys.db_key], _record_id(request))
+    return web.json_response(record.to_json())
+
+
+async def stats(request: web.Request) -> web.Response:
+    """GET /api/stats: counts per label and per day, optionally within since/until."""
+    since = params.timestamp(request.query, "since")
+    until = params.timestamp(request.query, "until", end_of_day=True)
+    result = await db.stats(request.app[keys.db_key], since=since, until=until)
+    return web.json_response(result.to_json())
+
+
+async def detection_image(request: web.Request) -> web.Response:
+    """GET /detections/{id}/image: the stored original, or ?annotated=1 with boxes drawn."""
+    annotated = params.flag(request.query, "annotated")
+    record, image = await db.get_image(request.app[keys.db_key], _record_id(request))
+    headers = {"Cache-Control": "private, max-age=86400"}  # records never change
+    if not annotated:
+        return web.Response(body=image.data, content_type=image.content_type, headers=headers)
+    body = await asyncio.to_thread(annotate, image.data, record.detections)
+    return web.Response(body=body, content_type="image/jpeg", headers=headers)
+
+
+# ---------------------------------------------------------------- health
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process is alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: 200 once every worker is warm and records can be made durable.
+
+    With the database away the service still detects (records go to the spool): the
+    answer is 200 with ``"status": "degraded"``. 503 while workers warm up or one is
+    being replaced, or when neither the database nor the spool can take records. The
+    body shows the queue, fault counters and the spool depth either way.
+    """
+    pool = request.app[keys.detector_pool_key]
+    writer = request.app[keys.records_key]
+    checks: dict[str, str] = {"workers": pool.state}
+    problems = []
+    degraded = False
+    if not pool.ready:
+        problems.append(pool.error or f"workers are {pool.state}")
+    try:
+        await db.ping(request.app[keys.db_key])
+        checks["database"] = "ok"
+    except db.UNAVAILABLE_ERRORS as exc:
+        checks["database"] = "unavailable"
+        degraded = True
+        message = f"database: {type(exc).__name__}: {exc}"
+        if writer.spool.pending_bytes >= writer.spool.max_bytes:
+            problems.append(f"{message}; the spool is full")
+    body = {"checks": checks, "pool": pool.snapshot(),
+            "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot()}
+    if problems:
+        return web.json_response(
+            {"status": "not_ready", **body,
+             "error": {"code": "not_ready", "message": "; ".join(problems)}},
+            status=503, headers={"Retry-After": RETRY_AFTER_S})
+    return web.json_response({
+        "status": "degraded" if degraded else "ready", **body, "model": pool.model_name,
+        "workers": [{"pid": w.pid, "device": w.device, "backend": w.backend,
+                     "threads": w.threads, "lone_threads": w.lone_threads,
+                     "warmup_ms": w.warmup_ms} for w in pool.workers],
+        "batching": {"max_batch_size": pool.config.max_batch_size,
+                     "max_queue_delay_ms": pool.config.max_queue_delay_ms},
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format (``service.metrics``)."""
+    body = request.app[keys.metrics_key].exposition()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

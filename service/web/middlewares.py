@@ -1,0 +1,141 @@
+"""The app's middlewares, outermost first: metrics (count the status the client gets),
+errors (every failure as JSON, through ``errors.for_exception``), access control.
+
+The one exception to JSON errors: a browser asking for a page that does not exist (GET,
+``Accept: text/html``, not under ``/api/``) gets the HTML error page, when the app gives
+a renderer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from service.metrics import ServiceMetrics
+from service.web.auth import Auth, is_public
+from service.web.errors import CODES, ApiError, error_response, for_exception
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+# (request, status, title, message) -> an HTML error page
+PageRenderer = Callable[[web.Request, int, str, str], web.StreamResponse]
+
+UNMATCHED = "unmatched"  # the endpoint label of a request that matched no route
+OTHER_METHOD = "other"
+CLIENT_GONE_STATUS = 499  # the handler was cancelled: nothing was sent
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+# ---------------------------------------------------------------- metrics
+
+def endpoint_label(request: web.Request) -> str:
+    """The matched route's canonical path (``/detections/{id}``), else ``unmatched``."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def method_label(request: web.Request) -> str:
+    return request.method if request.method in hdrs.METH_ALL else OTHER_METHOD
+
+
+def metrics_middleware(metrics: ServiceMetrics) -> Middleware:
+    """Count every request with the status the client gets.
+
+    Put it first (outermost) so that errors already turned into JSON responses by the
+    inner middlewares are counted with their status; an ``HTTPException`` that gets
+    through (a redirect) is counted with its own, anything else as 500, and a cancelled
+    handler (the client left) as 499.
+    """
+
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        endpoint, method = endpoint_label(request), method_label(request)
+        status = 500
+        metrics.in_flight.inc()
+        start = time.perf_counter()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_GONE_STATUS
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.observe_request(endpoint, method, status, time.perf_counter() - start)
+
+    return count_requests
+
+
+# ---------------------------------------------------------------- errors
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    headers = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    return error_response(exc.status, CODES.get(exc.status, "error"), message or exc.reason,
+                          headers)
+
+
+def _wants_page(request: web.Request) -> bool:
+    return (request.method in ("GET", "HEAD") and not request.path.startswith("/api/")
+            and "text/html" in request.headers.get("Accept", ""))
+
+
+def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
+    """Turn raised errors into JSON error responses: :class:`ApiError` and the domain
+    errors of ``errors.ERRORS`` as they say, HTTP errors with their status, anything else
+    as a logged 500 (an unknown page asked for by a browser: ``render_page``'s HTML, when
+    given)."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 404 and render_page is not None and _wants_page(request):
+                return render_page(request, 404, "Page not found",
+                                   f"There is no page at {request.path[:200]}.")
+            return _from_http_exception(exc)
+        except Exception as exc:
+            error = for_exception(exc)
+            if error is None:
+                log.exception("unhandled error in %s %s", request.method, request.path)
+                return error_response(500, "internal_error", "internal server error")
+            if error.code == "database_unavailable":
+                log.warning("%s %s: database unavailable: %s: %s", request.method,
+                            request.path, type(exc).__name__, exc)
+            return error_response(error.status, error.code, error.message, error.headers)
+
+    return errors
+
+
+# ---------------------------------------------------------------- access control
+
+def auth_middleware(auth: Auth) -> Middleware:
+    """Access control: a public path, a valid token or a session, else 401 (a browser
+    asking for a page without credentials: a redirect to the sign-in form)."""
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_public(request.path) or auth.user(request) is not None:
+            return await handler(request)
+        wants_page = request.method == "GET" and "text/html" in request.headers.get(hdrs.ACCEPT, "")
+        if wants_page and hdrs.AUTHORIZATION not in request.headers:
+            raise web.HTTPSeeOther(URL("/login").with_query(next=request.path_qs))
+        raise ApiError(401, "unauthorized",
+                       "a valid token is required: Authorization: Bearer <token>",
+                       {"WWW-Authenticate": 'Bearer realm="yolo-detect"'})
+
+    return require_token

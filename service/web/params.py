@@ -1,0 +1,123 @@
+"""Parsing and checking of query parameters (API and pages share these rules).
+
+Every function raises :class:`ParamError` naming the parameter; it is an ApiError, so
+unless a handler catches it the client gets a JSON 400.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import date, datetime, time, timedelta, timezone
+from uuid import UUID
+
+from db import Cursor, HistoryFilter, InvalidCursor
+from service.web.errors import ApiError
+
+MAX_FILTER_LENGTH = 200
+
+
+class ParamError(ApiError):
+    """A query parameter is malformed or out of range (a 400 when it reaches the middleware)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(400, "bad_parameter", f"{name}: {message}")
+        self.name = name
+
+
+def _text(query: Mapping[str, str], name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value.strip() == "":
+        return None
+    if len(value) > MAX_FILTER_LENGTH or any(ord(ch) < 32 for ch in value):
+        raise ParamError(name, f"must be at most {MAX_FILTER_LENGTH} printable characters")
+    return value.strip()
+
+
+def unit_interval(query: Mapping[str, str], name: str, default: float | None,
+                  *, allow_zero: bool = False) -> float | None:
+    """A float in (0, 1] (or [0, 1] with allow_zero); ``default`` when absent."""
+    raw = _text(query, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParamError(name, f"must be a number, got {raw!r}") from None
+    low_ok = value >= 0.0 if allow_zero else value > 0.0
+    if not math.isfinite(value) or not low_ok or value > 1.0:
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ParamError(name, f"must be within {interval}, got {raw!r}")
+    return value
+
+
+def timestamp(query: Mapping[str, str], name: str, *, end_of_day: bool = False) -> datetime | None:
+    """ISO 8601 date or date-time; naive values are UTC.
+
+    A bare date means the start of that day, or with ``end_of_day`` the start of the next
+    day (so ``until=2024-05-01`` includes all of 1 May).
+    """
+    raw = _text(query, name)
+    if raw is None:
+        return None
+    try:
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            if end_of_day:
+                day += timedelta(days=1)
+            return datetime.combine(day, time(), tzinfo=timezone.utc)
+        value = datetime.fromisoformat(raw.replace(" ", "+") if "T" in raw else raw)
+    except (ValueError, OverflowError):
+        raise ParamError(name, f"must be an ISO 8601 date or date-time, got {raw!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def history_filter(query: Mapping[str, str]) -> HistoryFilter:
+    """label, since, until, min_confidence, filename -> HistoryFilter."""
+    since = timestamp(query, "since")
+    until = timestamp(query, "until", end_of_day=True)
+    if since is not None and until is not None and since >= until:
+        raise ParamError("until", "must be later than since")
+    return HistoryFilter(
+        label=_text(query, "label"),
+        since=since,
+        until=until,
+        min_confidence=unit_interval(query, "min_confidence", None, allow_zero=True),
+        filename=_text(query, "filename"),
+    )
+
+
+def limit(query: Mapping[str, str], default: int = 50, maximum: int = 200) -> int:
+    raw = _text(query, "limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ParamError("limit", f"must be an integer within 1..{maximum}, got {raw!r}")
+    return int(raw)
+
+
+def cursor(query: Mapping[str, str]) -> Cursor | None:
+    raw = _text(query, "cursor")
+    if raw is None:
+        return None
+    try:
+        return Cursor.decode(raw)
+    except InvalidCursor:
+        raise ParamError("cursor", "is not a cursor returned by this service") from None
+
+
+def record_id(raw: str) -> UUID:
+    """A record id from the URL; raises ParamError (callers may prefer a 404)."""
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise ParamError("id", f"is not a record id: {raw!r}") from None
+
+
+def flag(query: Mapping[str, str], name: str) -> bool:
+    raw = (query.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ParamError(name, f"must be 0 or 1, got {raw!r}")

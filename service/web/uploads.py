@@ -1,0 +1,116 @@
+"""Reading uploaded images from a request: multipart field ``image`` or a raw body.
+
+Limits are enforced while reading: more than ``max_bytes`` -> 413, a content type that is
+not an image -> 415, no image or an empty one -> 400 (all raised as ApiError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from model.formats import SUPPORTED_TYPES
+from service.detect import Upload
+from service.web.errors import ApiError
+
+FIELD = "image"
+RAW_TYPES = frozenset(SUPPORTED_TYPES) | {"image/jpg", "image/x-ms-bmp", "image/x-bmp"}
+PART_TYPES = RAW_TYPES | {"", "application/octet-stream"}
+MAX_FILENAME = 255
+CHUNK = 1 << 16
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def hashed_upload(filename: str, data: bytes) -> Upload:
+    """An upload read whole (a raw body), hashed now."""
+    return Upload(filename, data, hashlib.sha256(data).hexdigest())
+
+
+def clean_filename(raw: str | None, default: str = "upload") -> str:
+    """The last path component, without control characters, at most 255 characters."""
+    name = _UNSAFE.sub("", raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if name in ("", ".", ".."):
+        return default
+    return name[:MAX_FILENAME]
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "payload_too_large",
+                    f"the upload exceeds the limit of {max_bytes / (1 << 20):g} MiB")
+
+
+async def read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
+    """Every uploaded image of the request, in order (499 if the client leaves mid-way)."""
+    try:
+        return await _read_uploads(request, max_bytes=max_bytes, max_files=max_files)
+    except ConnectionResetError:
+        raise ApiError(499, "client_closed_request",
+                       "the client closed the connection during the upload") from None
+
+
+async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    content_type = request.content_type.lower()
+    if content_type == "multipart/form-data":
+        uploads = await _read_multipart(request, max_bytes, max_files)
+    elif content_type in RAW_TYPES:
+        data = await request.read()  # client_max_size applies: 413 beyond it
+        if len(data) > max_bytes:
+            raise _too_large(max_bytes)
+        uploads = [hashed_upload(clean_filename(request.query.get("filename")), data)]
+    else:
+        raise ApiError(415, "unsupported_media_type",
+                       f"unsupported content type {content_type or '(none)'!r}: send "
+                       "multipart/form-data with field 'image', or a JPEG, PNG, BMP or WebP body")
+    for upload in uploads:
+        if not upload.data:
+            raise ApiError(400, "empty_image", f"{upload.filename}: the image is empty")
+    return uploads
+
+
+async def _read_multipart(request: web.Request, max_bytes: int, max_files: int) -> list[Upload]:
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
+    uploads: list[Upload] = []
+    total = 0
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
+            chunks, digest = [], hashlib.sha256()  # hashed as it arrives
+            while chunk := await part.read_chunk(CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise _too_large(max_bytes)
+                chunks.append(chunk)
+                digest.update(chunk)
+            # Content-Disposition is parsed once (each of part.name and part.filename
+            # parses it again).
+            _, disposition = parse_content_disposition(part.headers.get(CONTENT_DISPOSITION))
+            if content_disposition_filename(disposition, "name") != FIELD:
+                continue
+            part_type = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if part_type not in PART_TYPES:
+                raise ApiError(415, "unsupported_media_type",
+                               f"field 'image' has content type {part_type!r}; "
+                               "expected a JPEG, PNG, BMP or WebP image")
+            if len(uploads) >= max_files:
+                raise ApiError(400, "too_many_files",
+                               f"at most {max_files} images per request")
+            uploads.append(Upload(
+                clean_filename(content_disposition_filename(disposition, "filename")),
+                b"".join(chunks), digest.hexdigest()))
+    except (ValueError, HttpProcessingError) as exc:  # bad boundaries, headers, encodings
+        message = getattr(exc, "message", None) or str(exc)
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {message}") from exc
+    if not uploads:
+        raise ApiError(400, "missing_field", "no file in multipart field 'image'")
+    return uploads

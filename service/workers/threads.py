@@ -1,0 +1,29 @@
+"""How many CPU threads each worker's forward pass may use."""
+
+from __future__ import annotations
+
+import os
+
+from settings import WorkersConfig
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity-aware where the OS supports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(config: WorkersConfig) -> int:
+    """The configured thread count, else cores shared evenly between workers."""
+    if config.threads_per_worker is not None:
+        return config.threads_per_worker
+    return max(1, available_cores() // config.max_workers)
+
+
+def lone_threads(config: WorkersConfig) -> int:
+    """Threads for a job that runs while every other worker is idle: all the cores when
+    the thread count is automatic (0 when configured: then a worker keeps its own)."""
+    if config.threads_per_worker is not None or config.max_workers == 1:
+        return 0
+    return available_cores()

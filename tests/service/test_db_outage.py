@@ -1,0 +1,162 @@
+"""PostgreSQL goes away: /detect keeps answering, records wait in the spool, and are
+replayed exactly once when it returns — also across a restart of the app.
+
+A PostgreSQL server of its own (the session's is shared by every other test), really
+stopped and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from main import init_app
+from service.workers.pool import DetectorPool
+from settings import Config, load_config
+from tests.paths import TEST_CONFIG
+from tests.conftest import form
+from utils.embedded_pg import EmbeddedPostgres
+from utils.spool import SPOOL_NAME
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[EmbeddedPostgres]:
+    with tempfile.TemporaryDirectory(prefix="yolo-outage-pg-") as folder:
+        server = EmbeddedPostgres(Path(folder) / "data", port=5433)
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def own_database(own_pg: EmbeddedPostgres) -> AsyncIterator[EmbeddedPostgres]:
+    """An empty schema for each test (the server may have been stopped by the last one)."""
+    if not (own_pg.data_dir / "postmaster.pid").exists():
+        await asyncio.to_thread(own_pg.start)
+    conn = await asyncpg.connect(own_pg.dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+    yield own_pg
+
+
+@pytest.fixture
+def outage_config(own_database: EmbeddedPostgres, model_weights: Path,
+                  tmp_path: Path) -> Config:
+    socket_dir = own_database.dsn.split("host=")[1].split("&")[0]
+    return load_config(TEST_CONFIG, env={}, overrides={
+        "postgres": {"host": socket_dir, "port": own_database.port, "database": "postgres",
+                     "write_timeout": 2},
+        "workers": {"model_path": {"weights": str(model_weights)}},
+        "storage": {"spool_dir": str(tmp_path / "spool")},
+    })
+
+
+@pytest.fixture
+def start_app(outage_config: Config, detector_pool: DetectorPool,
+              aiohttp_client: Any) -> Callable[[], Any]:
+    async def start() -> Any:
+        return await aiohttp_client(await init_app(outage_config, detector_pool=detector_pool))
+    return start
+
+
+async def stored(server: EmbeddedPostgres) -> dict[str, int]:
+    """Every record id in the database, with how many rows carry it."""
+    conn = await asyncpg.connect(server.dsn)
+    try:
+        rows = await conn.fetch("SELECT id::text AS id, count(*) AS n FROM detections GROUP BY id")
+        return {row["id"]: row["n"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def wait_for_empty_spool(client: Any, timeout: float = 30.0) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        body = await (await client.get("/readyz")).json()
+        if body["spool"]["entries"] == 0 and body["checks"]["database"] == "ok":
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the spool was not replayed within {timeout}s")
+
+
+async def test_detect_answers_while_postgres_is_down_and_replays_exactly_once(
+        own_database: EmbeddedPostgres, start_app: Callable[[], Any], outage_config: Config,
+        portrait_jpeg: bytes, landscape_jpeg: bytes) -> None:
+    client = await start_app()
+    ids = [(await (await client.post("/detect", data=portrait_jpeg, headers=JPEG)).json())["id"]]
+
+    await asyncio.to_thread(own_database.stop)
+    for _ in range(3):
+        response = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
+        assert response.status == 200, await response.text()
+        ids.append((await response.json())["id"])
+    response = await client.post("/detect", data=form(("a.jpg", landscape_jpeg, "image/jpeg"),
+                                                      ("b.jpg", portrait_jpeg, "image/jpeg")))
+    assert response.status == 200
+    ids += [r["id"] for r in (await response.json())["results"]]
+
+    ready = await client.get("/readyz")  # still serving detection: degraded, not down
+    assert ready.status == 200
+    body = await ready.json()
+    assert body["status"] == "degraded" and body["checks"]["database"] == "unavailable"
+    assert body["spool"]["records"] == 5 and body["spool"]["entries"] == 4
+    assert (outage_config.storage.spool_dir / SPOOL_NAME).exists()
+    history = await client.get("/api/detections")
+    assert history.status == 503 and history.headers["Retry-After"]
+    assert (await history.json())["error"]["code"] == "database_unavailable"
+
+    await asyncio.to_thread(own_database.start)
+    body = await wait_for_empty_spool(client)
+    assert body["spool"]["replayed_total"] == 5 and body["status"] == "ready"
+    assert await stored(own_database) == {record_id: 1 for record_id in ids}
+    assert not (outage_config.storage.spool_dir / SPOOL_NAME).exists()
+    # The spooled originals came back too, and the API serves the replayed records.
+    image = await client.get(f"/detections/{ids[-2]}/image")
+    assert hashlib.sha256(await image.read()).hexdigest() == hashlib.sha256(landscape_jpeg).hexdigest()
+    assert (await client.get(f"/api/detections/{ids[2]}")).status == 200
+
+
+async def test_spooled_records_survive_a_restart_and_are_stored_once(
+        own_database: EmbeddedPostgres, start_app: Callable[[], Any], outage_config: Config,
+        portrait_jpeg: bytes, tmp_path: Path) -> None:
+    client = await start_app()
+    await asyncio.to_thread(own_database.stop)
+    ids = []
+    for _ in range(3):
+        response = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
+        assert response.status == 200
+        ids.append((await response.json())["id"])
+    spool_file = outage_config.storage.spool_dir / SPOOL_NAME
+    copy = tmp_path / "spool-copy"
+    shutil.copyfile(spool_file, copy)
+    await client.close()  # shut down while the database is away: the spool stays
+    assert spool_file.read_bytes() == copy.read_bytes()
+
+    await asyncio.to_thread(own_database.start)
+    client = await start_app()  # replays at start-up
+    await wait_for_empty_spool(client)
+    assert await stored(own_database) == {record_id: 1 for record_id in ids}
+    await client.close()
+
+    # A crash after the commit but before the spool was removed: replayed again, and
+    # still stored once.
+    shutil.copyfile(copy, spool_file)
+    client = await start_app()
+    body = await wait_for_empty_spool(client)
+    assert body["spool"]["replayed_total"] == 3
+    assert await stored(own_database) == {record_id: 1 for record_id in ids}
+    assert not spool_file.exists()

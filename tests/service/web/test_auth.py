@@ -1,0 +1,202 @@
+"""Access control: off by default; with a tokens file, bearer tokens for the API and a
+sign-in form with an HTTP-only session cookie for the pages; tokens kept only as hashes
+and managed by ``python -m service.web.tokens``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from yarl import URL
+
+from main import init_app
+from service.workers.pool import DetectorPool
+from settings import BASE_DIR
+from service.web.auth import COOKIE_NAME, safe_next
+from service.web.tokens import TokenError, TokenStore, create_token, read_entries, revoke_token
+
+JPEG = {"Content-Type": "image/jpeg"}
+PROTECTED = ["/", "/history", "/api/detections", "/api/stats",
+             "/api/detections/00000000-0000-0000-0000-000000000000",
+             "/detections/00000000-0000-0000-0000-000000000000"]
+
+
+def tokens_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.web.tokens", *args], cwd=BASE_DIR,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    return tmp_path / "secrets" / "tokens.json"
+
+
+@pytest.fixture
+async def secured(make_config: Any, detector_pool: DetectorPool, tokens_file: Path,
+                  aiohttp_client: Any) -> tuple[Any, str]:
+    token = create_token(tokens_file, "ci")
+    config = make_config({"auth": {"tokens_file": str(tokens_file)}})
+    client = await aiohttp_client(await init_app(config, detector_pool=detector_pool))
+    return client, token
+
+
+async def test_off_by_default(client: Any, portrait_jpeg: bytes) -> None:
+    for path in PROTECTED[:4]:
+        assert (await client.get(path)).status == 200
+    assert (await client.post("/detect", data=portrait_jpeg, headers=JPEG)).status == 200
+    response = await client.get("/login", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/"
+
+
+async def test_every_endpoint_but_health_needs_a_token(secured: tuple[Any, str],
+                                                       portrait_jpeg: bytes) -> None:
+    client, token = secured
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    assert (await client.get("/static/css/app.css")).status == 200
+    for path in PROTECTED:
+        response = await client.get(path)
+        assert response.status == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await response.json())["error"]["code"] == "unauthorized"
+    for header in (f"Bearer {token}x", "Bearer ", f"Basic {token}", token, f"Bearer {token[:-1]}"):
+        response = await client.get("/api/stats", headers={"Authorization": header})
+        assert response.status == 401, header
+    response = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
+    assert response.status == 401
+
+    auth = {"Authorization": f"Bearer {token}"}
+    for path in PROTECTED[:4]:
+        assert (await client.get(path, headers=auth)).status == 200, path
+    response = await client.post("/detect", data=portrait_jpeg, headers={**JPEG, **auth})
+    assert response.status == 200
+    record = await response.json()
+    assert (await client.get(f"/api/detections/{record['id']}", headers=auth)).status == 200
+    assert (await client.get(f"/detections/{record['id']}/image")).status == 401
+
+
+async def test_pages_sign_in_with_a_session_cookie(secured: tuple[Any, str]) -> None:
+    client, token = secured
+    page = {"Accept": "text/html,application/xhtml+xml"}
+    response = await client.get("/history?label=stop", headers=page, allow_redirects=False)
+    assert response.status == 303
+    location = URL(response.headers["Location"])
+    assert location.path == "/login" and location.query["next"] == "/history?label=stop"
+
+    form_page = await client.get("/login?next=%2Fhistory%3Flabel%3Dstop")
+    html = await form_page.text()
+    assert form_page.status == 200 and 'type="password"' in html
+    assert 'name="next" value="/history?label=stop"' in html
+
+    wrong = await client.post("/login", data={"token": "yolo_wrong", "next": "/history"},
+                              allow_redirects=False)
+    assert wrong.status == 401 and "not valid" in await wrong.text()
+    assert COOKIE_NAME not in wrong.cookies
+
+    response = await client.post("/login", data={"token": token, "next": "/history?label=stop"},
+                                 allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/history?label=stop"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"{COOKIE_NAME}=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; see the next test
+    assert token not in cookie
+
+    # The test client keeps the cookie: pages and the API now answer.
+    html = await (await client.get("/history", headers=page)).text()
+    assert "Sign out" in html
+    assert (await client.get("/api/stats")).status == 200
+
+    response = await client.post("/logout", allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/login"
+    assert (await client.get("/api/stats")).status == 401
+
+
+async def test_cookie_is_secure_when_configured(make_config: Any, detector_pool: DetectorPool,
+                                                tokens_file: Path, aiohttp_client: Any) -> None:
+    token = create_token(tokens_file, "web")
+    config = make_config({"auth": {"tokens_file": str(tokens_file), "cookie_secure": True}})
+    client = await aiohttp_client(await init_app(config, detector_pool=detector_pool))
+    response = await client.post("/login", data={"token": token}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/"
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+async def test_revoking_a_token_locks_it_out_and_ends_its_sessions(
+        secured: tuple[Any, str], tokens_file: Path) -> None:
+    client, token = secured
+    await client.post("/login", data={"token": token}, allow_redirects=False)
+    assert (await client.get("/api/stats")).status == 200
+    other = create_token(tokens_file, "other")
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/stats", headers=bearer)).status == 200
+
+    result = tokens_command("--file", str(tokens_file), "revoke", "ci")
+    assert result.returncode == 0, result.stderr
+    assert (await client.get("/api/stats", headers=bearer)).status == 401
+    assert (await client.get("/api/stats")).status == 401  # the session died with it
+    other_bearer = {"Authorization": f"Bearer {other}"}
+    assert (await client.get("/api/stats", headers=other_bearer)).status == 200
+
+
+def test_tokens_command_stores_only_hashes(tokens_file: Path, tmp_path: Path) -> None:
+    created = tokens_command("--file", str(tokens_file), "create", "deploy-bot")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("yolo_") and len(token) >= 40
+    text = tokens_file.read_text()
+    assert token not in text
+    entry = json.loads(text)["tokens"][0]
+    assert entry["name"] == "deploy-bot" and len(entry["sha256"]) == 64
+    assert tokens_file.stat().st_mode & 0o777 == 0o600
+    assert TokenStore(tokens_file).name_for(token) == "deploy-bot"
+    assert TokenStore(tokens_file).name_for(token + "x") is None
+
+    listed = tokens_command("--file", str(tokens_file), "list")
+    assert listed.stdout.startswith("deploy-bot\t")
+    duplicate = tokens_command("--file", str(tokens_file), "create", "deploy-bot")
+    assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+    assert tokens_command("--file", str(tokens_file), "revoke", "nobody").returncode == 1
+    for bad in ("", "a b", "../x", "x" * 65, "<script>"):
+        with pytest.raises(TokenError):
+            create_token(tokens_file, bad)
+    revoke_token(tokens_file, "deploy-bot")
+    assert read_entries(tokens_file) == []
+
+    # Without --file, the command uses auth.tokens_file of the service's configuration.
+    raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
+    raw["workers"]["model_path"]["weights"] = "tests/data/service-6cls.cfg"  # any file
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    unset = tokens_command("--config", str(config), "list")
+    assert unset.returncode == 1 and "auth.tokens_file is not set" in unset.stderr
+    raw["auth"] = {"tokens_file": str(tokens_file)}
+    config.write_text(yaml.safe_dump(raw))
+    assert tokens_command("--config", str(config), "create", "ops").returncode == 0
+    assert [entry.name for entry in read_entries(tokens_file)] == ["ops"]
+
+
+async def test_missing_or_broken_tokens_file_refuses_everyone(
+        make_config: Any, detector_pool: DetectorPool, tmp_path: Path,
+        aiohttp_client: Any) -> None:
+    path = tmp_path / "tokens.json"
+    config = make_config({"auth": {"tokens_file": str(path)}})
+    client = await aiohttp_client(await init_app(config, detector_pool=detector_pool))
+    assert (await client.get("/api/stats")).status == 401
+    path.write_text("{not json")
+    assert (await client.get("/api/stats", headers={"Authorization": "Bearer x"})).status == 401
+    assert (await client.get("/readyz")).status == 200
+
+
+@pytest.mark.parametrize(("target", "safe"), [
+    (None, "/"), ("", "/"), ("/history?label=a", "/history?label=a"),
+    ("//evil.example/x", "/"), ("https://evil.example", "/"), ("/\\evil", "/"),
+    ("javascript:alert(1)", "/"), ("/ok\r\nSet-Cookie: x", "/"),
+])
+def test_login_only_returns_to_this_site(target: str | None, safe: str) -> None:
+    assert safe_next(target) == safe

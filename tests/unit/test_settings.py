@@ -1,0 +1,170 @@
+"""Configuration: loading, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import main
+from settings import BASE_DIR, ConfigError, config_path, load_config, merge
+from tests.paths import DATA_DIR
+
+TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
+DATA = DATA_DIR
+MODEL = {"workers": {"model_path": {"weights": str(DATA / "service-6cls.cfg")}}}
+
+
+def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+    """config/test.yaml with an existing file as weights (validation checks existence)."""
+    return load_config(TEST_CONFIG, env=env or {},
+                       overrides=merge(MODEL, overrides or {}))
+
+
+def test_default_config_shape() -> None:
+    """config/config.yaml has every documented section and valid values (model files aside)."""
+    raw = yaml.safe_load((BASE_DIR / "config" / "config.yaml").read_text())
+    assert raw["postgres"]["embedded"] is True
+    assert raw["postgres"]["data_dir"] == "var/pgdata"
+    assert set(raw["workers"]["model_path"]) == {"data", "weights", "cfg"}
+    for key in ("max_workers", "device", "threads_per_worker", "img_size", "conf_thres",
+                "iou_thres"):
+        assert key in raw["workers"]
+    for key in ("host", "port", "max_upload_mb", "max_pixels"):
+        assert key in raw["server"]
+    paths = {key: str(DATA / name) for key, name in
+             (("data", "service-6cls.names"), ("weights", "service-6cls.cfg"),
+              ("cfg", "service-6cls.cfg"))}
+    config = load_config(BASE_DIR / "config" / "config.yaml", env={},
+                         overrides={"workers": {"model_path": paths}})
+    assert config.postgres.embedded
+    assert config.postgres.data_dir == BASE_DIR / "var" / "pgdata"
+    assert config.server.port == 8080
+    assert config.server.max_upload_bytes == 20 * 1024 * 1024
+    assert config.workers.device == "auto"
+    assert config.workers.threads_per_worker is None
+    # The throughput defaults chosen by measurement (README, Throughput).
+    assert config.workers.backend == "auto"
+    assert config.workers.onnx_cache_dir == BASE_DIR / "var" / "onnx"
+    assert (config.workers.max_batch_size, config.workers.max_queue_delay_ms) == (4, 0.0)
+    assert config.workers.running_capacity == 2 * 4
+
+
+def test_test_config_loads_and_resolves_paths() -> None:
+    config = load()
+    assert config.workers.model_path.cfg == DATA / "service-6cls.cfg"
+    assert config.workers.model_path.data == DATA / "service-6cls.names"
+    assert config.workers.max_workers == 1
+    assert config.postgres.embedded is False
+    assert config.postgres.connect_kwargs()["database"] == "postgres"
+    assert config.source == TEST_CONFIG
+
+
+def test_database_url_switches_to_external() -> None:
+    url = "postgresql://app:secret@db.example:5433/history"
+    config = load({"postgres": {"embedded": True}}, env={"DATABASE_URL": url})
+    assert config.postgres.embedded is False
+    assert config.postgres.connect_kwargs() == {"dsn": url}
+
+
+def test_database_url_must_be_postgres() -> None:
+    with pytest.raises(ConfigError, match="^DATABASE_URL: must be a postgresql:// URL"):
+        load(env={"DATABASE_URL": "mysql://x@y/z"})
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    target = tmp_path / "other.yaml"
+    assert config_path(None, {"YOLO_CONFIG": str(target)}) == target
+    assert config_path("explicit.yaml", {"YOLO_CONFIG": str(target)}) == Path.cwd() / "explicit.yaml"
+    assert config_path(None, {}) == BASE_DIR / "config" / "config.yaml"
+
+
+def test_yolo_config_env_is_read(tmp_path: Path) -> None:
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    raw["server"]["port"] = 9123
+    raw["workers"]["model_path"]["weights"] = str(DATA / "service-6cls.cfg")
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(env={"YOLO_CONFIG": str(path)})
+    assert config.server.port == 9123
+    assert config.source == path
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"workers": {"max_workers": 0}}, "workers.max_workers: must be a positive integer"),
+    ({"workers": {"max_workers": "two"}}, "workers.max_workers: must be a positive integer"),
+    ({"workers": {"max_workers": True}}, "workers.max_workers: must be a positive integer"),
+    ({"workers": {"device": "gpu"}}, "workers.device: must be auto, cpu or cuda:N"),
+    ({"workers": {"threads_per_worker": -1}}, "workers.threads_per_worker: must be a positive"),
+    ({"workers": {"img_size": 500}}, "workers.img_size: must be a multiple of 32"),
+    ({"workers": {"conf_thres": 0}}, r"workers.conf_thres: must be in \(0.0, 1.0\]"),
+    ({"workers": {"iou_thres": 1.5}}, r"workers.iou_thres: must be in \(0.0, 1.0\]"),
+    ({"workers": {"model_path": {"cfg": "nope/missing.cfg"}}},
+     "workers.model_path.cfg: file not found: .*nope/missing.cfg"),
+    ({"workers": {"model_path": {"data": None}}}, "workers.model_path.data: is required"),
+    ({"workers": {"batch": 4}}, "workers.batch: unknown key"),
+    ({"workers": {"backend": "tensorrt"}}, "workers.backend: must be one of auto, torch, "),
+    ({"workers": {"backend": "onnxruntime", "device": "cuda:0"}},
+     "workers.backend: onnxruntime runs on the CPU only; device is cuda:0"),
+    ({"workers": {"max_batch_size": 0}}, "workers.max_batch_size: must be a positive integer"),
+    ({"workers": {"max_queue_delay_ms": -1}}, r"workers.max_queue_delay_ms: must be in \[0.0, "),
+    ({"server": {"port": 70000}}, "server.port: must be an integer >= 0 and <= 65535"),
+    ({"server": {"max_upload_mb": -1}}, "server.max_upload_mb: must be in"),
+    ({"server": {"host": ""}}, "server.host: must be a non-empty string"),
+    ({"postgres": {"maxsize": 0}}, "postgres.maxsize: must be a positive integer"),
+    ({"postgres": {"minsize": 5, "maxsize": 2}}, "postgres.minsize: must not exceed"),
+    ({"postgres": {"embedded": "yes"}}, "postgres.embedded: must be true or false"),
+    ({"postgres": {"password": 1234}}, "postgres.password: must be a string"),
+    ({"storage": {"store_images": 1}}, "storage.store_images: must be true or false"),
+    ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
+    ({"workers": {"max_queue": -1}}, "workers.max_queue: must be an integer >= 0"),
+    ({"workers": {"job_timeout": 0}}, r"workers.job_timeout: must be in \(0.0, inf\)"),
+    ({"server": {"request_timeout": "soon"}}, "server.request_timeout: must be a number"),
+    ({"postgres": {"write_timeout": -2}}, "postgres.write_timeout: must be in"),
+    ({"storage": {"spool_max_mb": 0}}, "storage.spool_max_mb: must be in"),
+    ({"auth": {"cookie_secure": "maybe"}}, "auth.cookie_secure: must be auto, true or false"),
+    ({"auth": {"tokens_file": ""}}, "auth.tokens_file: must be a non-empty string"),
+    ({"auth": {"token": "x"}}, "auth.token: unknown key"),
+    ({"serverr": {}}, "serverr: unknown key"),
+    ({"server": "fast"}, "server: must be a mapping"),
+])
+def test_bad_values_name_the_key(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message):
+        load(overrides)
+
+
+def test_reliability_settings_and_access_control_defaults() -> None:
+    config = load()
+    assert config.auth.tokens_file is None and not config.auth.enabled  # off by default
+    assert config.auth.cookie_secure is None
+    assert config.workers.max_queue == 8 and config.workers.job_timeout == 60
+    assert config.storage.spool_dir.is_absolute()
+    on = load({"auth": {"tokens_file": "var/tokens.json", "cookie_secure": True},
+               "workers": {"max_queue": 0}})
+    assert on.auth.enabled and on.auth.tokens_file == BASE_DIR / "var" / "tokens.json"
+    assert on.auth.cookie_secure is True and on.workers.max_queue == 0
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml", env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad, env={})
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listing, env={})
+
+
+def test_main_refuses_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    raw["workers"]["max_workers"] = -3
+    raw["workers"]["model_path"]["weights"] = str(DATA / "service-6cls.cfg")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main.main(["--config", str(path)]) == 2
+    assert "workers.max_workers: must be a positive integer" in caplog.text
