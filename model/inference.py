@@ -89,10 +89,11 @@ def _build_network(cfg: Path, img_size: int) -> Darknet:
         raise
 
 
-def _per_image(value: float | Sequence[float], count: int, name: str) -> list[float]:
-    if isinstance(value, (int, float)):
-        return [float(value)] * count
-    values = [float(v) for v in value]
+def _per_image(value: float | Sequence[float], count: int, name: str,
+               kind: type = float) -> list:
+    if isinstance(value, (bool, int, float)):
+        return [kind(value)] * count
+    values = [kind(v) for v in value]
     if len(values) != count:
         raise ValueError(f"{name}: {len(values)} values for {count} images")
     return values
@@ -218,13 +219,17 @@ class Detector:
         self.wide_threads = threads
 
     def detect(self, images: Sequence[np.ndarray], conf_thres: float | Sequence[float] = 0.3,
-               iou_thres: float | Sequence[float] = 0.6, agnostic: bool = False,
-               max_det: int = 300, wide: bool = False) -> list[list[Detection]]:
+               iou_thres: float | Sequence[float] = 0.6,
+               agnostic: bool | Sequence[bool] = False, max_det: int | Sequence[int] = 300,
+               wide: bool = False) -> list[list[Detection]]:
         """Detect objects in BGR ``uint8`` HxWx3 images (sizes may differ), in one batch.
 
-        ``conf_thres`` and ``iou_thres`` are one value for all images or one per image
-        (a batch may join requests that asked for different thresholds). ``wide`` runs
-        the forward pass on the threads set by :meth:`enable_wide`, when it was called.
+        ``conf_thres``, ``iou_thres``, ``agnostic`` and ``max_det`` are one value for all
+        images or one per image (a batch may join requests that asked for different
+        settings).  ``agnostic``: NMS across classes (one box per object, whatever its
+        class), else per class; ``max_det``: at most that many detections per image, the
+        most confident.  ``wide`` runs the forward pass on the threads set by
+        :meth:`enable_wide`, when it was called.
 
         Returns, per image, :class:`~model.detection.Detection` s sorted by confidence,
         each box in that image's pixels (clipped to it; boxes left empty by clipping, i.e.
@@ -238,30 +243,41 @@ class Detector:
                                  f"{img.dtype} {img.shape}")
         confs = _per_image(conf_thres, len(images), "conf_thres")
         ious = _per_image(iou_thres, len(images), "iou_thres")
+        agnostics = _per_image(agnostic, len(images), "agnostic", bool)
+        max_dets = _per_image(max_det, len(images), "max_det", int)
+        if min(max_dets) < 1:
+            raise ValueError(f"max_det must be >= 1, got {min(max_dets)}")
         # Another runtime runs the forward pass: torch's part (tensors, NMS) is too small
         # to gain from threads, and its idle OpenMP threads spin against that runtime's.
         light = self.backend != "torch" and self.device.type == "cpu"
         with _torch_threads(1) if light else nullcontext():
-            return self._detect(images, confs, ious, agnostic, max_det, wide)
+            return self._detect(images, confs, ious, agnostics, max_dets, wide)
 
     def _detect(self, images: Sequence[np.ndarray], confs: list[float], ious: list[float],
-                agnostic: bool, max_det: int, wide: bool) -> list[list[Detection]]:
+                agnostics: list[bool], max_dets: list[int],
+                wide: bool) -> list[list[Detection]]:
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
         if self.half:
             batch = batch.half().contiguous(memory_format=torch.channels_last)
+        # NMS keeps every box: boxes that turn out to lie wholly in the letterbox padding
+        # are dropped below, and only then are the first max_det kept.
         with torch.inference_mode():
             pred = self._forward(batch, wide)
-            if len(set(confs)) == 1 and len(set(ious)) == 1:
-                per_image = non_max_suppression(pred, confs[0], ious[0], agnostic, max_det)
+            nms_det = max(int(pred.shape[1]), 1)
+            settings = list(zip(confs, ious, agnostics, strict=True))
+            if len(set(settings)) == 1:
+                per_image = non_max_suppression(pred, *settings[0], max_det=nms_det)
             else:
-                per_image = [non_max_suppression(pred[i:i + 1], confs[i], ious[i], agnostic,
-                                                 max_det)[0] for i in range(len(images))]
+                per_image = [non_max_suppression(pred[i:i + 1], *settings[i],
+                                                 max_det=nms_det)[0]
+                             for i in range(len(images))]
         results = []
-        for img, (_, ratio, pad), dets in zip(images, boxed, per_image, strict=True):
+        for img, (_, ratio, pad), dets, max_det in zip(images, boxed, per_image, max_dets,
+                                                       strict=True):
             rows = scale_boxes(dets.cpu(), ratio, pad, img.shape[:2])
             # A box that lies wholly in the letterbox padding is empty once clipped.
-            rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])]
+            rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])][:max_det]
             results.append([Detection.from_row(row, self.names) for row in rows.tolist()])
         return results
 
@@ -280,12 +296,15 @@ class Detector:
     def detect_decoded(self, decoded: Sequence[DecodedImage],
                        conf_thres: float | Sequence[float] = 0.3,
                        iou_thres: float | Sequence[float] = 0.6,
-                       wide: bool = False) -> list[list[Detection]]:
+                       wide: bool = False, agnostic: bool | Sequence[bool] = False,
+                       max_det: int | Sequence[int] = 300) -> list[list[Detection]]:
         """:meth:`detect` on images from :func:`model.preprocess.decode_for_network`
         (possibly decoded at a reduced scale); boxes in the original image's pixels."""
-        found = self.detect([d.image for d in decoded], conf_thres, iou_thres, wide=wide)
+        found = self.detect([d.image for d in decoded], conf_thres, iou_thres,
+                            agnostic=agnostic, max_det=max_det, wide=wide)
         return [[det.scaled(d.scale_x, d.scale_y, d.width, d.height) for det in dets]
-                if (d.scale_x, d.scale_y) != (1, 1) else dets for d, dets in zip(decoded, found, strict=True)]
+                if (d.scale_x, d.scale_y) != (1, 1) else dets
+                for d, dets in zip(decoded, found, strict=True)]
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run the whole pipeline on blank images once per batch size (allocations, CUDA

@@ -191,41 +191,134 @@ class Sam(nn.Module):
         return self.activation(outputs[self.source] * x)
 
 
-def reorg_index(c: int, h: int, w: int, stride: int) -> np.ndarray:
-    """Flat gather index reproducing Darknet's [reorg] on one C x H x W input.
+def reorg_cpu_index(w: int, h: int, c: int, stride: int, forward: bool) -> np.ndarray:
+    """Flat gather index reproducing Darknet's ``reorg_cpu(x, w, h, c, batch, stride,
+    forward, out)`` on one image: ``out.flatten() == x.flatten()[index]``.
 
-    Darknet's forward pass calls ``reorg_cpu(input, w, h, c, stride, forward=0)`` with the
-    layer's *input* dimensions: output element ``(k, j, i)`` of a C x H x W walk is read
-    from the flat input position of ``(k mod C', j s + o div s, i s + o mod s)`` in a
-    C' x Hs x Ws layout, where C' = C / s^2 and o = k div C'.  The flat result is then
-    viewed as (C s^2) x (H/s) x (W/s).  Returns ``index`` with
-    ``out.flatten() == in.flatten()[index]``.
+    Darknet walks ``(k, j, i)`` over ``c x h x w``; with ``c' = c / stride^2`` and
+    ``o = k div c'`` it pairs ``in_index = i + w (j + h k)`` with ``out_index = (i s +
+    o mod s) + w s ((j s + o div s) + h s (k mod c'))`` and copies ``out[in_index] =
+    x[out_index]`` (forward 0) or ``out[out_index] = x[in_index]`` (forward 1).
+    ``c`` must be a multiple of ``stride^2`` (the walk is then a permutation).
     """
     k, j, i = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
     small_c = c // (stride * stride)
     offset = k // small_c
-    src = (i * stride + offset % stride) + w * stride * (
+    out_index = (i * stride + offset % stride) + w * stride * (
         (j * stride + offset // stride) + h * stride * (k % small_c))
-    return src.ravel().astype(np.int64)
+    in_index = i + w * (j + h * k)
+    index = np.empty(w * h * c, dtype=np.int64)
+    if forward:
+        index[out_index.ravel()] = in_index.ravel()
+    else:
+        index[in_index.ravel()] = out_index.ravel()
+    return index
+
+
+def reorg_index(c: int, h: int, w: int, stride: int) -> np.ndarray:
+    """Darknet's ``[reorg]`` (reorg_old_layer.c) on a C x H x W input: ``reorg_cpu`` with
+    the *input* dimensions and forward 0; the result is viewed as (C s^2) x (H/s) x (W/s)."""
+    return reorg_cpu_index(w, h, c, stride, forward=False)
+
+
+def reorg_output_shape(c: int, h: int, w: int, stride: int, reverse: bool) -> tuple[int, int, int]:
+    """Output C, H, W of both reorg layers (make_reorg_layer / make_reorg_old_layer)."""
+    if reverse:
+        return c // (stride * stride), h * stride, w * stride
+    return c * stride * stride, h // stride, w // stride
+
+
+def reorg_walk(c: int, h: int, w: int, stride: int, reverse: bool,
+               old: bool) -> tuple[int, int, int, bool]:
+    """The (w, h, c, forward) that each reorg layer passes to ``reorg_cpu`` for a C x H x W
+    input: ``[reorg]`` (old) passes its input dimensions, ``[reorg3d]`` its output ones;
+    ``reverse`` selects forward 1."""
+    if old:
+        return w, h, c, reverse
+    out_c, out_h, out_w = reorg_output_shape(c, h, w, stride, reverse)
+    return out_w, out_h, out_c, reverse
 
 
 class Reorg(nn.Module):
-    """Darknet's [reorg]: space-to-depth in Darknet's own channel order."""
+    """Darknet's ``[reorg]`` (``old=True``, reorg_old_layer.c) or ``[reorg3d]``
+    (reorg_layer.c), forward or ``reverse``, in Darknet's own element order."""
 
-    def __init__(self, stride: int) -> None:
+    def __init__(self, stride: int, reverse: bool = False, old: bool = True) -> None:
         super().__init__()
-        self.stride = stride
+        self.stride, self.reverse, self.old = stride, reverse, old
         self._index: dict[tuple[int, int, int, str], Tensor] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        s = self.stride
         key = (c, h, w, str(x.device))
         index = self._index.get(key)
         if index is None:
-            index = torch.from_numpy(reorg_index(c, h, w, s)).to(x.device)
+            walk = reorg_walk(c, h, w, self.stride, self.reverse, self.old)
+            index = torch.from_numpy(reorg_cpu_index(*walk[:3], self.stride, walk[3]))
+            index = index.to(x.device)
             self._index[key] = index
-        return x.reshape(n, -1)[:, index].reshape(n, c * s * s, h // s, w // s)
+        shape = reorg_output_shape(c, h, w, self.stride, self.reverse)
+        return x.reshape(n, -1)[:, index].reshape(n, *shape)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, reverse={self.reverse}, old={self.old}"
+
+
+class LocalAvgPool(nn.Module):
+    """Darknet's ``[local_avgpool]`` (forward_local_avgpool_layer): the mean of the window's
+    pixels that lie inside the image (padding is not counted); ``padding`` cells in total,
+    ``padding // 2`` of them before, as for ``[maxpool]``."""
+
+    def __init__(self, size: int, stride_y: int, stride_x: int, padding: int) -> None:
+        super().__init__()
+        self.size, self.stride, self.padding = size, (stride_y, stride_x), padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, h, w = x.shape
+        before = self.padding // 2
+        out_h = (h + self.padding - self.size) // self.stride[0] + 1
+        out_w = (w + self.padding - self.size) // self.stride[1] + 1
+        # Pad enough on the right/bottom for the last window, with zeros that count 0.
+        after_h = max((out_h - 1) * self.stride[0] + self.size - h - before, 0)
+        after_w = max((out_w - 1) * self.stride[1] + self.size - w - before, 0)
+        pads = (before, after_w, before, after_h)
+        ones = torch.ones_like(x[:1, :1])
+        total = F.avg_pool2d(F.pad(x, pads), self.size, self.stride)
+        count = F.avg_pool2d(F.pad(ones, pads), self.size, self.stride)
+        return (total / count)[:, :, :out_h, :out_w]
+
+
+class XnorConv2d(nn.Conv2d):
+    """Darknet's XNOR convolution (``xnor=1``), as its CPU inference path computes it.
+
+    The input is binarised to +1 where > 0, else -1 (binarize_cpu); each filter's weights
+    to +-mean(|w|) by the sign of w > 0 (binarize_weights).  Darknet's bit-packed path
+    (fuse_conv_batchnorm + gemm_nn_custom_bin_mean_transposed, used when stride_x ==
+    stride_y) treats the padding as -1, its float path as 0: ``pad_value``.  ``padding``
+    here is Darknet's (the module's own ``nn.Conv2d`` padding is 0).
+    """
+
+    def __init__(self, *args: object, darknet_padding: int = 0, pad_value: float = -1.0,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.darknet_padding, self.pad_value = darknet_padding, pad_value
+
+    def binary_weight(self) -> Tensor:
+        w = self.weight
+        mean = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return torch.where(w > 0, mean, -mean)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
+        p = self.darknet_padding
+        if p:
+            x = F.pad(x, (p, p, p, p), value=self.pad_value)
+        return F.conv2d(x, self.binary_weight(), self.bias, self.stride, 0, self.dilation,
+                        self.groups)
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", xnor, darknet_padding={self.darknet_padding}, "
+                f"pad_value={self.pad_value}")
 
 
 class YOLOLayer(nn.Module):
@@ -279,3 +372,76 @@ class YOLOLayer(nn.Module):
             rest = torch.sigmoid(p[..., 4:])
         out = torch.cat(((xy + grid) * scale, wh, rest), -1)
         return out.view(n, -1, 5 + self.num_classes)
+
+
+class RegionLayer(YOLOLayer):
+    """Darknet's ``[region]`` head (YOLOv2, region_layer.c), in the [yolo] output contract.
+
+    Per anchor the map holds x, y, w, h, objectness and the classes (coords=4).  Darknet
+    applies the logistic to objectness and, with ``softmax=1``, a softmax over the classes
+    (forward_region_layer; with ``softmax=0`` the class values stay raw); get_region_box
+    gives x = (col + logistic(tx)) / nx, w = exp(tw) * anchor_w / nx: the anchors are in
+    grid cells.  Eval rows: cx, cy, w, h in input pixels, objectness, class scores.
+    """
+
+    def __init__(self, anchors: list[tuple[float, float]], num_classes: int,
+                 softmax: bool = True, stride: int = 0) -> None:
+        super().__init__(anchors, num_classes, stride=stride)
+        self.softmax = softmax
+
+    def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
+        n, _, ny, nx = x.shape
+        p = x.view(n, self.num_anchors, 5 + self.num_classes, ny, nx).permute(0, 1, 3, 4, 2)
+        if self.training:
+            return p.contiguous()
+        p = p.float()
+        grid = self._grid(ny, nx, p.device)
+        scale = p.new_tensor([input_hw[1] / nx, input_hw[0] / ny])
+        anchors = self.anchors.to(p.device).view(1, self.num_anchors, 1, 1, 2)
+        xy = (torch.sigmoid(p[..., :2]) + grid) * scale
+        wh = torch.exp(p[..., 2:4]) * anchors * scale
+        obj = torch.sigmoid(p[..., 4:5])
+        cls = torch.softmax(p[..., 5:], dim=-1) if self.softmax else p[..., 5:]
+        return torch.cat((xy, wh, obj, cls), -1).view(n, -1, 5 + self.num_classes)
+
+
+# yolo_point of [Gaussian_yolo]: where (x, y) sits in the box, as a multiple of (w, h)
+# added to reach the centre (get_gaussian_yolo_box).
+GAUSSIAN_POINTS = {"center": 0.0, "left_top": 0.5, "right_bottom": -0.5}
+
+
+class GaussianYOLOLayer(YOLOLayer):
+    """Darknet's ``[Gaussian_yolo]`` head (gaussian_yolo_layer.c), in the [yolo] contract.
+
+    Per anchor the map holds x, sigma_x, y, sigma_y, w, sigma_w, h, sigma_h, objectness and
+    the classes; every entry but w and h goes through the logistic, and x, y are scaled by
+    ``scale_x_y`` as in [yolo].  The box is (col + x) / nx, exp(w) * anchor_w / net_w,
+    shifted by ``yolo_point``.  Darknet scores a class as objectness * p * (1 - mean of
+    the four sigmas) (get_gaussian_yolo_detections): the eval rows keep objectness and
+    give p * (1 - mean sigma) as the class score, so that objectness times class score
+    is Darknet's score; the sigmas themselves are not output.
+    """
+
+    def __init__(self, anchors: list[tuple[float, float]], num_classes: int,
+                 scale_x_y: float = 1.0, point: str = "center", stride: int = 0) -> None:
+        super().__init__(anchors, num_classes, scale_x_y=scale_x_y, stride=stride)
+        self.point = point
+
+    def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
+        n, _, ny, nx = x.shape
+        per = 9 + self.num_classes
+        p = x.view(n, self.num_anchors, per, ny, nx).permute(0, 1, 3, 4, 2)
+        if self.training:
+            return p.contiguous()
+        p = p.float()
+        grid = self._grid(ny, nx, p.device)
+        scale = p.new_tensor([input_hw[1] / nx, input_hw[0] / ny])
+        anchors = self.anchors.to(p.device).view(1, self.num_anchors, 1, 1, 2)
+        s = self.scale_x_y
+        mu = torch.sigmoid(p[..., [0, 2]]) * s - 0.5 * (s - 1)
+        wh = torch.exp(p[..., [4, 6]]) * anchors
+        sigma = torch.sigmoid(p[..., [1, 3, 5, 7]]).mean(-1, keepdim=True)
+        xy = (mu + grid) * scale + GAUSSIAN_POINTS[self.point] * wh
+        obj = torch.sigmoid(p[..., 8:9])
+        cls = torch.sigmoid(p[..., 9:]) * (1.0 - sigma)
+        return torch.cat((xy, wh, obj, cls), -1).view(n, -1, 5 + self.num_classes)

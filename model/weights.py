@@ -37,8 +37,10 @@ def _conv_blocks(model: Darknet) -> list[tuple[int, nn.Sequential]]:
     if getattr(model, "fused", False):
         raise WeightsError("weights cannot be loaded into or saved from a fused network; "
                            "load/save first, then call fuse()")
+    # A convolution with share_index has no values of its own in the file.
     return [(i, block) for i, block in enumerate(model.module_list)
-            if isinstance(block, nn.Sequential) and hasattr(block, "Conv2d")]
+            if isinstance(block, nn.Sequential) and hasattr(block, "Conv2d")
+            and getattr(block, "share_index", None) is None]
 
 
 def _conv_tensors(block: nn.Sequential) -> list[torch.Tensor]:

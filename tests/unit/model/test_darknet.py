@@ -8,6 +8,7 @@ probabilities within 1e-3 absolute.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -83,20 +84,64 @@ YOLO = "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\n"
     ("[route]\nlayers=-3\n" + CONV + YOLO, "layer reference -3 resolves to -3"),
     ("[route]\nlayers=0\n" + CONV + YOLO, "layer reference 0 resolves to 0"),
     (CONV + "[shortcut]\nfrom=5\n" + YOLO, "key 'from'"),
-    (CONV + "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5\nclasses=1\nnum=3\n", "key 'anchors'"),
     (CONV + "[yolo]\nmask=0,1,7\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\n", "key 'mask'"),
     (CONV + "[yolo]\nmask=0,1\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\n", "need 12"),
-    ("[convolutional]\nfilters=18\nsize=1\nactivation=leeky\n" + YOLO, "key 'activation'"),
+    (CONV + "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\nnum=3\nmap=x.map\n",
+     "key 'map'"),
+    ("[convolutional]\nfilters=18\nsize=1\nactivation=revleaky\n" + YOLO, "key 'activation'"),
     ("[convolutional]\nfilters=18\nsize=1\nxnor=1\n" + YOLO, "key 'xnor'"),
+    ("[convolutional]\nfilters=18\nsize=1\nflipped=1\n" + YOLO, "key 'flipped'"),
+    ("[convolutional]\nfilters=18\nsize=1\ndontloadscales=1\n" + YOLO, "key 'dontloadscales'"),
     ("[convolutional]\nfilters=18\nsize=3\ngroups=4\n" + YOLO, "key 'groups'"),
-    ("[maxpool]\nsize=2\nstride=2\n" + CONV, "no [yolo] layer"),
     ("[upsample]\nstride=-2\n" + CONV + YOLO, "key 'stride'"),
+    ("[reorg3d]\nstride=2\nreverse=1\n" + CONV + YOLO, "channels by stride^4"),
+    ("[convolutional]\nfilters=45\nsize=1\n[region]\nclasses=4\nnum=5\ntree=9k.tree\n",
+     "tree=9k.tree: the hierarchical softmax of YOLO9000"),
+    ("[convolutional]\nfilters=45\nsize=1\n[region]\nclasses=3\nnum=5\ncoords=5\n",
+     "key 'coords'"),
+    ("[crnn]\noutput=18\nhidden=4\n" + YOLO, "[crnn] is not supported by this engine: a "
+     "recurrent layer"),
+    (CONV + YOLO + "[contrastive]\nclasses=1\n[empty]\n", "only as the last layer"),
 ])
 def test_bad_networks_are_refused_with_location(tmp_path: Path, body: str, needle: str) -> None:
     with pytest.raises(CfgError) as err:
         Darknet(_cfg(tmp_path, body))
     assert needle in str(err.value)
     assert str(tmp_path / "bad.cfg") in str(err.value)
+
+
+@pytest.mark.parametrize("body,kind", [
+    ("[maxpool]\nsize=2\nstride=2\n" + CONV, "not a detector"),
+    ("[convolutional]\nfilters=4\nsize=1\n[avgpool]\n[softmax]\n[cost]\n",
+     "a classifier ([softmax], [cost])"),
+    ("[connected]\noutput=4\n[softmax]\n", "a classifier ([connected], [softmax])"),
+])
+def test_networks_without_a_detection_layer_are_refused(tmp_path: Path, body: str,
+                                                        kind: str) -> None:
+    with pytest.raises(CfgError) as err:
+        Darknet(_cfg(tmp_path, body))
+    assert f"the network is {kind}: it has no [yolo], [region] or [Gaussian_yolo] layer, " \
+           "and this service serves detectors only" in str(err.value)
+
+
+def test_what_darknet_tolerates_builds_with_warnings(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown activation is ReLU (get_activation), missing anchors are 0.5
+    (make_yolo_layer), extra anchors beyond 2 * num are not read (parse_yolo)."""
+    body = ("[convolutional]\nfilters=18\nsize=1\nactivation=leeky\n"
+            "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5\nclasses=1\nnum=3\n"
+            "[route]\nlayers=-2\n[convolutional]\nfilters=6\nsize=1\n"
+            "[yolo]\nmask=0\nanchors=7,8,9,10,11\nclasses=1\nnum=1\n")
+    with caplog.at_level(logging.WARNING):
+        net = Darknet(_cfg(tmp_path, body))
+    assert net.module_list[0].activation.name == "relu"
+    torch.testing.assert_close(net.yolo_layers[0].anchors,
+                               torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.5]]))
+    torch.testing.assert_close(net.yolo_layers[1].anchors, torch.tensor([[7.0, 8.0]]))
+    text = caplog.text
+    assert "'leeky' is not a Darknet activation; Darknet uses relu" in text
+    assert "has 5 numbers, num=3 needs 6; Darknet uses 0.5 for the others" in text
+    assert "has 5 numbers; Darknet reads the first 2 (num=1)" in text
 
 
 def test_shipped_users_network_matches_shared_copy() -> None:

@@ -251,3 +251,46 @@ def test_detect_decoded_maps_boxes_of_a_reduced_decode_to_the_original(
         np.testing.assert_allclose(list(b.box), expected, atol=0.006)
     whole = DecodedImage(small, width=w, height=h)
     assert detector.detect_decoded([whole], conf_thres=CONF)[0] == plain
+
+
+def _stacked_runner(batch: torch.Tensor) -> tuple[torch.Tensor]:
+    """One traffic light seen as three classes (the boxes stacked on each other) plus a
+    second, separate light: what the network hands to NMS, for every image."""
+    rows = [[20, 20, 10, 24, 0.9, 0.9, 0.05, 0.05],   # class 0, conf 0.81
+            [20, 21, 10, 24, 0.9, 0.1, 0.8, 0.1],     # class 1, conf 0.72
+            [21, 20, 10, 24, 0.9, 0.1, 0.1, 0.7],     # class 2, conf 0.63
+            [48, 40, 8, 16, 0.6, 0.1, 0.9, 0.0]]      # class 1, conf 0.54, elsewhere
+    return (torch.tensor(rows).expand(len(batch), -1, -1).clone(),)
+
+
+@pytest.fixture(scope="module")
+def stacked() -> Detector:
+    net = Darknet(DATA / "service-6cls.cfg", 64).eval()
+    net.num_classes = 3
+    return Detector(net, ["stop", "go", "warning"], torch.device("cpu"), 64, "fake",
+                    runner=_stacked_runner)
+
+
+def test_agnostic_nms_keeps_one_box_per_object(stacked: Detector) -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    per_class = stacked.detect([image], conf_thres=0.3, iou_thres=0.45)[0]
+    assert [d.label for d in per_class] == ["stop", "go", "warning", "go"]
+    agnostic = stacked.detect([image], conf_thres=0.3, iou_thres=0.45, agnostic=True)[0]
+    assert [(d.label, round(d.confidence, 2)) for d in agnostic] == [("stop", 0.81),
+                                                                     ("go", 0.54)]
+
+
+def test_max_det_and_per_image_nms_settings(stacked: Detector) -> None:
+    images = [np.zeros((64, 64, 3), np.uint8)] * 3
+    capped = stacked.detect(images[:1], conf_thres=0.3, max_det=2)[0]
+    assert [d.label for d in capped] == ["stop", "go"]
+    mixed = stacked.detect(images, conf_thres=0.3, iou_thres=0.45,
+                           agnostic=[False, True, True], max_det=[300, 300, 1])
+    assert [len(r) for r in mixed] == [4, 2, 1]
+    decoded = stacked.detect_decoded([DecodedImage(images[0], 64, 64)] * 2, conf_thres=0.3,
+                                     agnostic=[True, False], max_det=[5, 3])
+    assert [len(r) for r in decoded] == [2, 3]
+    with pytest.raises(ValueError, match="max_det"):
+        stacked.detect(images[:1], max_det=0)
+    with pytest.raises(ValueError, match="agnostic: 2 values for 3 images"):
+        stacked.detect(images, agnostic=[True, False])

@@ -106,3 +106,24 @@ def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_network(
     with pytest.raises(OSError):  # asked for by name: no silent fallback
         Detector.load(cfg, None, names, img_size=64, device="cpu", backend="onnxruntime",
                       onnx_cache_dir=blocked / "cache")
+
+
+def test_layers_opencv_cannot_check_export_to_onnx(tmp_path: Path) -> None:
+    """XNOR convolutions, [local_avgpool], [reorg3d] (both ways), [activation], [empty],
+    [Gaussian_yolo] and a share_index convolution run the same in ONNX Runtime."""
+    shared = tmp_path / "share.cfg"
+    shared.write_text(
+        "[net]\nwidth=32\nheight=32\nchannels=3\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
+        "[convolutional]\nbatch_normalize=1\nfilters=8\nsize=3\npad=1\nactivation=leaky\n"
+        "[convolutional]\nshare_index=1\nfilters=8\nsize=3\npad=1\ndilation=2\n"
+        "activation=mish\n"
+        "[convolutional]\nfilters=18\nsize=1\nstride=4\nactivation=linear\n"
+        "[region]\nanchors=1,1,2,2,3,3\nclasses=1\nnum=3\nsoftmax=1\n")
+    for cfg, size in [(DATA_DIR / "engine-new-layers.cfg", 64), (shared, 32)]:
+        net = randomize(Darknet(cfg, size)).eval().fuse()
+        runner = OnnxRunner.from_darknet(net, (size, size), threads=2)
+        x = torch.rand(2, 3, size, size)
+        with torch.inference_mode():
+            expected = net(x)[0]
+        torch.testing.assert_close(runner(x)[0], expected, rtol=1e-4, atol=1e-4)
