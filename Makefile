@@ -2,19 +2,21 @@
 #   make run    install into .venv, then serve http://127.0.0.1:8080 (embedded PostgreSQL)
 #   make test   install into .venv, then run the whole test suite
 #   make test-fast   the unit tier only (no PostgreSQL, no worker processes, no browser)
+#   make coco-model  add the original YOLOv3-tiny COCO model (80 classes) as model "coco"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast install clean
+.PHONY: run test test-fast coco-model install clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 run: $(STAMP)
@@ -25,6 +27,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+coco-model: $(STAMP)
+	$(BIN)/python -m model.coco
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,11 +12,11 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from typing import Any
+from datetime import date, datetime, timezone
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -27,6 +27,7 @@ from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import migrate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_PAGE_SIZE = 200
 
@@ -70,6 +71,7 @@ class Record:
     model: str
     inference_ms: float
     detections: list[Detection]
+    api: str = "native"  # the API it came through: native (POST /detect) or deepstack
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -81,7 +83,8 @@ class Record:
                    sha256=str(data["sha256"]), width=int(data["width"]),
                    height=int(data["height"]), model=str(data["model"]),
                    inference_ms=float(data["inference_ms"]),
-                   detections=[Detection.from_json(d) for d in data["detections"]])
+                   detections=[Detection.from_json(d) for d in data["detections"]],
+                   api=str(data.get("api", "native")))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +97,7 @@ class Record:
             "model": self.model,
             "inference_ms": self.inference_ms,
             "detections": [d.to_json() for d in self.detections],
+            "api": self.api,
         }
 
 
@@ -115,6 +119,7 @@ class HistoryFilter:
     until: datetime | None = None
     min_confidence: float | None = None
     filename: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,9 @@ class Cursor:
             created_at = datetime.fromisoformat(stamp)
             if created_at.tzinfo is None:
                 raise ValueError("naive timestamp")
-            return cls(created_at, UUID(ident))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            # In UTC, as the database compares it (an offset can push it out of range).
+            return cls(created_at.astimezone(timezone.utc), UUID(ident))
+        except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise InvalidCursor("invalid cursor") from exc
 
 
@@ -239,8 +245,7 @@ async def pg_context(config: PostgresConfig) -> AsyncIterator[
             connect = config.connect_kwargs()
         pool = await create_pool(connect, minsize=config.minsize, maxsize=config.maxsize)
         try:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
+            applied = await run(pool, migrate)
             log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
             yield pool, embedded
         finally:
@@ -250,11 +255,35 @@ async def pg_context(config: PostgresConfig) -> AsyncIterator[
             await asyncio.to_thread(embedded.stop)
 
 
+async def run(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """``work`` on a pooled connection, given up at once when the caller is cancelled (a
+    deadline: ``asyncio.timeout``).
+
+    Cancelled in the middle of a statement, asyncpg would cancel it gracefully, roll back
+    and reset the connection, all of which wait for the server: with the server hung
+    (stopped, its disk stuck) the caller's deadline would never end. Instead ``work``
+    runs as a task of its own; a cancelled caller terminates the connection (its socket
+    closed, nothing awaited), which fails ``work`` at once, and the pool replaces it.
+    """
+    conn = await pool.acquire()
+    try:
+        task = asyncio.ensure_future(work(conn))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            conn.terminate()
+            await asyncio.wait({task})  # ends at once: its connection is gone
+            if not task.cancelled():
+                task.exception()  # retrieved: "the connection was closed", as expected
+            raise
+    finally:
+        await pool.release(conn)
+
+
 async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
     """Raise if the database does not answer within ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
-        async with pool.acquire() as conn:
-            await conn.fetchval("SELECT 1")
+        await run(pool, lambda conn: conn.fetchval("SELECT 1"))
 
 
 # ---------------------------------------------------------------- writes
@@ -276,13 +305,13 @@ WITH held AS (
     SELECT sha256 FROM images WHERE sha256 = ANY($12::text[]) ORDER BY sha256 FOR KEY SHARE
 ), inserted AS (
     INSERT INTO detections (id, created_at, filename, sha256, width, height, model,
-                            inference_ms, detections, num_detections, max_confidence)
+                            inference_ms, detections, num_detections, max_confidence, api)
     SELECT r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
-           r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence
+           r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence, r.api
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6::int[],
-                $7::text[], $8::real[], $9::text[], $10::int[], $11::real[])
+                $7::text[], $8::real[], $9::text[], $10::int[], $11::real[], $18::text[])
          AS r(id, created_at, filename, sha256, width, height, model, inference_ms,
-              detections, num_detections, max_confidence)
+              detections, num_detections, max_confidence, api)
     WHERE (SELECT count(*) FROM held) = cardinality($12::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -311,7 +340,7 @@ def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> l
     for row in (row for r in records for row in _label_rows(r)):
         for column, value in zip(labels, row, strict=True):
             column.append(value)
-    return [*columns, list(sha256s), *labels]
+    return [*columns, list(sha256s), *labels, [r.api for r in records]]
 
 
 async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
@@ -325,7 +354,8 @@ async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
     """
     sha256s = sorted({img.sha256 for img in images})
     args = _insert_records_args(records, sha256s)
-    async with pool.acquire() as conn:
+
+    async def save(conn: asyncpg.Connection) -> None:
         if await conn.fetchval(_INSERT_RECORDS, *args) == len(sha256s):
             return
         async with conn.transaction():
@@ -334,13 +364,18 @@ async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
             if held != len(sha256s):  # cannot happen: _store_images holds them all
                 raise RuntimeError(f"{len(sha256s) - held} image(s) vanished while locked")
 
+    await run(pool, save)
+
 
 async def store_images(pool: asyncpg.Pool, images: Sequence[StoredImage]) -> list[str]:
     """Store images ahead of the records that will refer to them (while their detection
     runs); returns the sha256 of each image this call inserted, for
     :func:`delete_unreferenced_images` should the records never come."""
-    async with pool.acquire() as conn, conn.transaction():
-        return await _store_images(conn, images)
+    async def store(conn: asyncpg.Connection) -> list[str]:
+        async with conn.transaction():
+            return await _store_images(conn, images)
+
+    return await run(pool, store)
 
 
 async def _store_images(conn: asyncpg.Connection, images: Sequence[StoredImage]) -> list[str]:
@@ -379,14 +414,17 @@ async def delete_unreferenced_images(pool: asyncpg.Pool, sha256s: Sequence[str])
     (:func:`_store_images`) and is waited for, and the delete's fresh snapshot then sees
     its record; one that comes later finds the image gone and stores it again.
     """
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM images WHERE sha256 = ANY($1::text[]) "
-                           "ORDER BY sha256 FOR UPDATE", list(sha256s))
-        rows = await conn.fetch(
-            "DELETE FROM images i WHERE i.sha256 = ANY($1::text[]) "
-            "AND NOT EXISTS (SELECT 1 FROM detections d WHERE d.sha256 = i.sha256) "
-            "RETURNING i.sha256", list(sha256s))
-    return [row["sha256"] for row in rows]
+    async def delete(conn: asyncpg.Connection) -> list[str]:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM images WHERE sha256 = ANY($1::text[]) "
+                               "ORDER BY sha256 FOR UPDATE", list(sha256s))
+            rows = await conn.fetch(
+                "DELETE FROM images i WHERE i.sha256 = ANY($1::text[]) "
+                "AND NOT EXISTS (SELECT 1 FROM detections d WHERE d.sha256 = i.sha256) "
+                "RETURNING i.sha256", list(sha256s))
+        return [row["sha256"] for row in rows]
+
+    return await run(pool, delete)
 
 
 async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
@@ -406,14 +444,15 @@ async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
 # ---------------------------------------------------------------- reads
 
 _COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "
-            "d.inference_ms, d.detections")
+            "d.inference_ms, d.detections, d.api")
 
 
 def _record(row: asyncpg.Record) -> Record:
     return Record(id=row["id"], created_at=row["created_at"], filename=row["filename"],
                   sha256=row["sha256"], width=row["width"], height=row["height"],
                   model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
-                  detections=[Detection.from_json(d) for d in row["detections"]])
+                  detections=[Detection.from_json(d) for d in row["detections"]],
+                  api=row["api"])
 
 
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:
@@ -469,6 +508,8 @@ def history_query(filters: HistoryFilter, *, limit: int,
         where.append(f"{order_at} < {arg(filters.until)}")
     if filters.filename:
         where.append(f"d.filename ILIKE {arg('%' + _escape_like(filters.filename) + '%')}")
+    if filters.model is not None:
+        where.append(f"d.model = {arg(filters.model)}")
     if cursor is not None:
         where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
     sql = (f"SELECT {_COLUMNS} FROM {source}"
@@ -492,8 +533,8 @@ async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFi
     return Page(items, next_cursor)
 
 
-def _range(column: str, since: datetime | None, until: datetime | None,
-           args: list[Any]) -> str:
+def _where(column: str, since: datetime | None, until: datetime | None, model: str | None,
+           args: list[Any], model_column: str = "model") -> str:
     where = []
     if since is not None:
         args.append(since)
@@ -501,22 +542,32 @@ def _range(column: str, since: datetime | None, until: datetime | None,
     if until is not None:
         args.append(until)
         where.append(f"{column} < ${len(args)}")
+    if model is not None:
+        args.append(model)
+        where.append(f"{model_column} = ${len(args)}")
     return f" WHERE {' AND '.join(where)}" if where else ""
 
 
 async def stats(pool: asyncpg.Pool, *, since: datetime | None = None,
-                until: datetime | None = None) -> Stats:
-    """Record and box counts: in total, per label and per UTC day, within [since, until)."""
+                until: datetime | None = None, model: str | None = None) -> Stats:
+    """Record and box counts: in total, per label and per UTC day, within [since, until),
+    of one model's records when ``model`` is given."""
     args: list[Any] = []
-    where = _range("created_at", since, until, args)
+    where = _where("created_at", since, until, model, args)
+    labels_args: list[Any] = []
+    if model is None:
+        labels_from = "detection_labels" + _where("created_at", since, until, None, labels_args)
+    else:
+        labels_from = ("detection_labels t JOIN detections d ON d.id = t.detection_id"
+                       + _where("t.created_at", since, until, model, labels_args, "d.model"))
     # Three independent aggregates: run them side by side on separate connections.
     total, labels, days = await asyncio.gather(
         pool.fetchrow(
             f"SELECT count(*) AS records, coalesce(sum(num_detections), 0) AS boxes "
             f"FROM detections{where}", *args),
         pool.fetch(
-            f"SELECT label, count(*) AS records, sum(boxes) AS boxes FROM detection_labels"
-            f"{where} GROUP BY label ORDER BY records DESC, label", *args),
+            f"SELECT label, count(*) AS records, sum(boxes) AS boxes FROM {labels_from} "
+            f"GROUP BY label ORDER BY records DESC, label", *labels_args),
         pool.fetch(
             f"SELECT created_day AS day, count(*) AS records, "
             f"coalesce(sum(num_detections), 0) AS boxes FROM detections{where} "

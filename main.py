@@ -2,9 +2,9 @@
 
 ``init_app(config)`` builds the application in a fixed order: config, metrics,
 templates, resources (``cleanup_ctx``, each opened and closed by the module that owns it:
-PostgreSQL in ``db``, the record writer in ``service.recorder``, the warm worker pool in
-``service.workers.pool``), routes, middlewares (metrics, JSON errors, access control:
-outermost first).
+PostgreSQL in ``db``, the record writer in ``service.recorder``, the warm workers of
+every model in ``service.workers.models``), routes, middlewares (metrics, JSON errors,
+access control: outermost first).
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
 (their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
@@ -32,9 +33,16 @@ from service.recorder import records_context
 from service.web import keys
 from service.web.auth import Auth
 from service.web.handlers import pages
-from service.web.middlewares import auth_middleware, error_middleware, metrics_middleware
+from service.web.handlers.docs import load_openapi
+from service.web.middlewares import (
+    auth_middleware,
+    error_middleware,
+    metrics_middleware,
+    security_headers,
+)
 from service.web.tokens import TokenError, TokenStore
-from service.workers.pool import DetectorPool, pool_context
+from service.workers.models import ModelPools, models_context
+from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, ConfigError, load_config
 from utils.admission import Admission
 from utils.embedded_pg import EmbeddedPostgresError
@@ -59,15 +67,17 @@ async def _records(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _workers(shared: DetectorPool | None) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The app's own pool, or a ``shared`` one (tests) used as it is and left open."""
+def _workers(shared: ModelPools | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Every model's pool; or ``shared`` pools (tests), used as they are and left open."""
     async def context(app: web.Application) -> AsyncIterator[None]:
         if shared is not None:
-            app[keys.detector_pool_key] = shared
+            app[keys.models_key] = shared
+            app[keys.detector_pool_key] = shared.default
             yield
             return
-        async with pool_context(app[keys.config_key]) as (pool, warm_up):
-            app[keys.detector_pool_key] = pool
+        async with models_context(app[keys.config_key]) as (pools, warm_up):
+            app[keys.models_key] = pools
+            app[keys.detector_pool_key] = pools.default
             app[keys.warmup_task_key] = warm_up
             yield
 
@@ -76,24 +86,32 @@ def _workers(shared: DetectorPool | None) -> Callable[[web.Application], AsyncIt
 
 def metric_sources(app: web.Application) -> MetricSources:
     """What /metrics reads at each scrape (resources appear once started)."""
-    return MetricSources(pool=app.get(keys.detector_pool_key), records=app.get(keys.records_key),
+    return MetricSources(pool=app.get(keys.models_key), records=app.get(keys.records_key),
                          admission=app.get(keys.admission_key))
 
 
-async def init_app(config: Config, *, detector_pool: DetectorPool | None = None) -> web.Application:
-    """Build the application; resources start when the app starts (cleanup_ctx)."""
+async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
+                   model_pools: ModelPools | None = None) -> web.Application:
+    """Build the application; resources start when the app starts (cleanup_ctx).
+
+    Tests hand in pools that outlive the app: ``detector_pool`` (the one model), or
+    ``model_pools``."""
+    if detector_pool is not None:
+        model_pools = ModelPools({detector_pool.model.name: detector_pool})
     app = web.Application(client_max_size=config.server.max_upload_bytes)
     app[keys.config_key] = config
-    app[keys.admission_key] = Admission(config.workers.running_capacity + config.workers.max_queue)
+    app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue)
     metrics = ServiceMetrics(partial(metric_sources, app))
     app[keys.metrics_key] = metrics
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
-    app.cleanup_ctx.extend([_database, _records, _workers(detector_pool)])
+    app[keys.openapi_key] = load_openapi()
+    app.cleanup_ctx.extend([_database, _records, _workers(model_pools)])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).
     app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])
+    app.on_response_prepare.append(security_headers)
     if config.auth.tokens_file is not None:
         auth = Auth(TokenStore(config.auth.tokens_file),
                     session_seconds=config.auth.session_hours * 3600.0,
@@ -130,8 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(config.log_level)
     log.info("configuration: %s", config.source)
     try:
-        web.run_app(init_app(config), host=config.server.host, port=config.server.port,
-                    shutdown_timeout=config.server.shutdown_timeout)
+        # The port first: taken, it is reported at once, before PostgreSQL and the workers
+        # start (seconds); the server then listens on this very socket.
+        with socket.create_server((config.server.host, config.server.port)) as sock:
+            web.run_app(init_app(config), sock=sock,
+                        shutdown_timeout=config.server.shutdown_timeout,
+                        print=lambda text: log.info("%s", text.strip()))
     except (OSError, asyncpg.PostgresError, EmbeddedPostgresError, MigrationError,
             TokenError) as exc:
         # The database, the spool directory, the port or the tokens file cannot be used

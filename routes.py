@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.web.handlers import api, login, pages
+from service.web.handlers import api, deepstack, docs, login, pages
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
@@ -21,6 +21,12 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
     router.add_get("/api/stats", api.stats, name="api_stats")
+    router.add_get("/api/models", api.models, name="api_models")
+
+    # DeepStack / CodeProject.AI object detection ("list" before the model names).
+    router.add_post("/v1/vision/detection", deepstack.detection, name="deepstack_detection")
+    router.add_post("/v1/vision/custom/list", deepstack.list_models, name="deepstack_models")
+    router.add_post("/v1/vision/custom/{model}", deepstack.custom, name="deepstack_custom")
 
     router.add_get("/login", login.login_form, name="login")
     router.add_post("/login", login.login, name="login_submit")
@@ -29,4 +35,6 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/healthz", api.healthz, name="healthz")
     router.add_get("/readyz", api.readyz, name="readyz")
     router.add_get("/metrics", api.metrics, name="metrics")
+    router.add_get("/openapi.json", docs.openapi, name="openapi")
+    router.add_get("/docs", docs.docs, name="docs")
     router.add_static("/static", STATIC_DIR, name="static")

@@ -6,12 +6,17 @@ every value and returns a frozen :class:`Config`. A bad value raises
 :class:`ConfigError` whose message starts with the dotted key, e.g.
 ``workers.max_workers: must be a positive integer``.
 Relative paths are resolved against the project root, ``BASE_DIR``.
+
+Models: the ``models:`` mapping (name -> cfg, weights, names, thresholds, workers), the
+one marked ``default: true`` (else the first) being the default; without it, today's
+``workers.model_path`` is the one, default model, named after its cfg file.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ DATABASE_URL_ENV = "DATABASE_URL"
 DEVICE_CHOICES = ("auto", "cpu")
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+RESERVED_MODEL_NAMES = frozenset({"list"})  # POST /v1/vision/custom/list lists the models
 
 
 class ConfigError(ValueError):
@@ -84,7 +91,26 @@ class ModelPaths:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """One model the service serves, with its own warm workers."""
+
+    name: str
+    cfg: Path
+    weights: Path
+    names: Path
+    img_size: int
+    conf_thres: float  # defaults of requests that do not ask
+    iou_thres: float
+    agnostic_nms: bool  # NMS across classes: one box per object, whatever its class
+    max_det: int  # detections per image at most
+    workers: int  # worker processes
+
+
+@dataclass(frozen=True)
 class WorkersConfig:
+    """How model workers run; ``max_workers``, ``img_size`` and the thresholds are also
+    the defaults of every model (the one of ``model_path``, or those under ``models:``)."""
+
     max_workers: int
     device: str
     threads_per_worker: int | None
@@ -94,16 +120,28 @@ class WorkersConfig:
     warmup_timeout: float
     max_queue: int
     job_timeout: float
-    model_path: ModelPaths
+    model_path: ModelPaths | None  # None: the models are under ``models:``
     backend: str  # auto | torch | onnxruntime (see model.inference.select_backend)
     onnx_cache_dir: Path  # ONNX exports, reused across restarts
     max_batch_size: int  # images one worker runs in one forward pass
     max_queue_delay_ms: float  # how long the first job of a batch may wait for more
+    agnostic_nms: bool = False
+    max_det: int = 300
 
     @property
     def running_capacity(self) -> int:
         """Images the workers can have in hand at once (every worker a full batch)."""
         return self.max_workers * self.max_batch_size
+
+    def single_model(self) -> ModelConfig:
+        """The model of ``model_path``, named after its cfg file."""
+        if self.model_path is None:
+            raise ValueError("no workers.model_path")
+        return ModelConfig(name=self.model_path.cfg.stem, cfg=self.model_path.cfg,
+                           weights=self.model_path.weights, names=self.model_path.data,
+                           img_size=self.img_size, conf_thres=self.conf_thres,
+                           iou_thres=self.iou_thres, agnostic_nms=self.agnostic_nms,
+                           max_det=self.max_det, workers=self.max_workers)
 
 
 @dataclass(frozen=True)
@@ -137,6 +175,25 @@ class Config:
     auth: AuthConfig
     log_level: str
     source: Path | None = None
+    models: tuple[ModelConfig, ...] = ()  # the default first
+
+    @property
+    def default_model(self) -> ModelConfig:
+        return self.models[0] if self.models else self.workers.single_model()
+
+    def model(self, name: str | None) -> ModelConfig:
+        """The model called ``name`` (the default for None); KeyError if there is none."""
+        if name is None:
+            return self.default_model
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise KeyError(name)
+
+    @property
+    def running_capacity(self) -> int:
+        """Images every model's workers can have in hand at once (full batches)."""
+        return sum(m.workers for m in self.models) * self.workers.max_batch_size
 
 
 # ---------------------------------------------------------------- value checks
@@ -279,18 +336,30 @@ def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
     return config
 
 
-def _workers(raw: _Section) -> WorkersConfig:
-    s = raw.section("workers")
-    paths = s.section("model_path")
-    model_path = ModelPaths(
-        data=paths.path("data", required=True, must_exist=True),
-        weights=paths.path("weights", required=True, must_exist=True),
-        cfg=paths.path("cfg", required=True, must_exist=True),
-    )
-    paths.check_unknown()
-    img_size = s.integer("img_size", 512)
+def _img_size(s: _Section, default: int) -> int:
+    img_size = s.integer("img_size", default)
     if img_size % 32:
         raise ConfigError(s.key("img_size"), f"must be a multiple of 32, got {img_size}")
+    return img_size
+
+
+def _workers(raw: _Section, *, models_listed: bool) -> WorkersConfig:
+    s = raw.section("workers")
+    model_path = None
+    if s.get("model_path") is not None or not models_listed:
+        if models_listed:
+            raise ConfigError(s.key("model_path"), "remove it: the models are listed under "
+                                                   "models:")
+        paths = s.section("model_path")
+        model_path = ModelPaths(
+            data=paths.path("data", required=True, must_exist=True),
+            weights=paths.path("weights", required=True, must_exist=True),
+            cfg=paths.path("cfg", required=True, must_exist=True),
+        )
+        paths.check_unknown()
+    else:
+        s.get("model_path")
+    img_size = _img_size(s, 512)
     device = _device(s)
     config = WorkersConfig(
         max_workers=s.integer("max_workers", 1, maximum=256),
@@ -308,9 +377,48 @@ def _workers(raw: _Section) -> WorkersConfig:
         max_batch_size=s.integer("max_batch_size", 1, maximum=256),
         max_queue_delay_ms=s.number("max_queue_delay_ms", 0.0, high=10_000.0,
                                     low_inclusive=True),
+        agnostic_nms=s.boolean("agnostic_nms", False),
+        max_det=s.integer("max_det", 300, maximum=100_000),
     )
     s.check_unknown()
     return config
+
+
+def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
+    """The ``models:`` mapping, default first; else the one model of ``model_path``."""
+    if raw.get("models") is None:
+        return (workers.single_model(),)
+    s = raw.section("models")
+    if not s.raw:
+        raise ConfigError(s.prefix, "must name at least one model")
+    models, defaults = [], []
+    for name in s.raw:
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) \
+                or name in RESERVED_MODEL_NAMES:
+            raise ConfigError(s.key(str(name)), "a model name is 1-64 letters, digits, '_', "
+                                                "'.' or '-' (not 'list')")
+        m = s.section(name)
+        model = ModelConfig(
+            name=name, cfg=m.path("cfg", required=True, must_exist=True),
+            weights=m.path("weights", required=True, must_exist=True),
+            names=m.path("names", required=True, must_exist=True),
+            img_size=_img_size(m, workers.img_size),
+            conf_thres=m.number("conf_thres", workers.conf_thres, high=1.0),
+            iou_thres=m.number("iou_thres", workers.iou_thres, high=1.0),
+            agnostic_nms=m.boolean("agnostic_nms", workers.agnostic_nms),
+            max_det=m.integer("max_det", workers.max_det, maximum=100_000),
+            workers=m.integer("workers", workers.max_workers, maximum=256))
+        if m.boolean("default", False):
+            defaults.append(model)
+        m.check_unknown()
+        models.append(model)
+    if len(defaults) > 1:
+        raise ConfigError(s.prefix, "more than one model says default: true: "
+                                    + ", ".join(m.name for m in defaults))
+    if defaults:
+        models.remove(defaults[0])
+        models.insert(0, defaults[0])
+    return tuple(models)
 
 
 def _backend(section: _Section, device: str) -> str:
@@ -364,14 +472,16 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
     """Validate an already-parsed YAML mapping; raise ConfigError naming the bad key."""
     env = {} if env is None else env
     root = _Section(data, "")
+    workers = _workers(root, models_listed=root.get("models") is not None)
     config = Config(
         server=_server(root),
         postgres=_postgres(root, env),
-        workers=_workers(root),
+        workers=workers,
         storage=_storage(root),
         auth=_auth(root),
         log_level=_log_level(root),
         source=source,
+        models=_models(root, workers),
     )
     root.check_unknown()
     return config

@@ -49,10 +49,26 @@ def _project_path(value: str | os.PathLike[str]) -> Path:
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def resolve_model(args: argparse.Namespace, workers: dict[str, Any]) -> ModelChoice:
-    """The model to run, from the flags, else the base config's ``workers`` section."""
-    paths = workers.get("model_path") or {}
-    img_size = args.img_size or int(workers.get("img_size") or 512)
+def default_model_paths(base: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The base config's default model as ``{"cfg", "weights", "data"}`` and its input
+    size: the ``models:`` entry with ``default: true`` (else the first), or
+    ``workers.model_path``."""
+    workers = base.get("workers") if isinstance(base.get("workers"), dict) else {}
+    models = base.get("models")
+    if isinstance(models, dict) and models:
+        entries = [m for m in models.values() if isinstance(m, dict)]
+        entry = next((m for m in entries if m.get("default")), entries[0] if entries else {})
+        paths = {"cfg": entry.get("cfg"), "weights": entry.get("weights"),
+                 "data": entry.get("names")}
+        return {k: v for k, v in paths.items() if v}, entry.get("img_size") \
+            or workers.get("img_size")
+    return workers.get("model_path") or {}, workers.get("img_size")
+
+
+def resolve_model(args: argparse.Namespace, base: dict[str, Any]) -> ModelChoice:
+    """The model to run, from the flags, else the base config's default model."""
+    paths, size = default_model_paths(base)
+    img_size = args.img_size or int(size or 512)
     default_names = _project_path(paths["data"]) if paths.get("data") else None
     if args.cfg is not None:
         names = args.names or default_names

@@ -614,7 +614,8 @@ def _service_settings(model: ModelChoice | None, extra: dict[str, Any]) -> dict[
     """Dotted overrides for the service config: the model, then ``extra`` (``--set``)."""
     overrides: dict[str, Any] = {"server.host": "127.0.0.1"}
     if model is not None:
-        overrides.update({"workers.model_path.cfg": str(model.cfg),
+        overrides.update({"models": None,  # the one model below
+                          "workers.model_path.cfg": str(model.cfg),
                           "workers.model_path.weights": str(model.weights),
                           "workers.model_path.data": str(model.names),
                           "workers.img_size": model.img_size})
@@ -652,7 +653,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     base = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
     workers = _workers_section(base, args.overrides)
     server = base.get("server") or {}
-    model = materialize_weights(resolve_model(args, workers), workdir)
+    model = materialize_weights(resolve_model(args, {**base, "workers": workers}), workdir)
     if model.note:
         log.warning("%s", model.note)
     images = load_images(args.images)

@@ -74,11 +74,22 @@ class Timing:
         return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self._phases)
 
 
+@dataclass(frozen=True)
+class DetectOptions:
+    """What a request asks of the model; None: the model's configured value."""
+
+    conf_thres: float | None = None
+    iou_thres: float | None = None
+    agnostic: bool | None = None
+    max_det: int | None = None
+
+
 async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Sequence[Upload], *,
-                        conf_thres: float, iou_thres: float, store_images: bool,
-                        deadline: float, client_gone: Callable[[], bool],
-                        timing: Timing | None = None) -> list[db.Record]:
-    """Detect objects in every upload and return their records, durable.
+                        options: DetectOptions, store_images: bool, deadline: float,
+                        client_gone: Callable[[], bool], timing: Timing | None = None,
+                        api: str = "native") -> list[db.Record]:
+    """Detect objects in every upload with ``pool``'s model and return their records
+    (marked with the model's name and the ``api`` the request came through), durable.
 
     ``deadline`` is on the running loop's clock (``loop.time()``); past it,
     :class:`DetectTimeout`. ``client_gone`` is polled while the images wait: when it
@@ -93,14 +104,14 @@ async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Seque
         images = [db.StoredImage(u.sha256, ct, u.data)
                   for u, ct in zip(uploads, content_types, strict=True)]
     async with writer.images_ahead(images) as ahead:  # written while the model runs
-        results = await _run_model(pool, uploads, conf_thres, iou_thres, deadline, client_gone)
+        results = await _run_model(pool, uploads, options, deadline, client_gone)
         timing.lap("detect")
         timing.add("decode", max(r.decode_ms for r in results))
         timing.add("infer", max(r.inference_ms for r in results))
         now = datetime.now(timezone.utc)
         records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=u.sha256,
-                             width=r.width, height=r.height, model=r.model,
-                             inference_ms=r.inference_ms, detections=r.detections)
+                             width=r.width, height=r.height, model=pool.model.name,
+                             inference_ms=r.inference_ms, detections=r.detections, api=api)
                    for u, r in zip(uploads, results, strict=True)]
         await ahead.settled()
         await writer.save(records, images)
@@ -115,22 +126,23 @@ def _content_type(upload: Upload) -> str:
     return content_type
 
 
-async def _run_model(pool: DetectorPool, uploads: Sequence[Upload], conf: float, iou: float,
+async def _run_model(pool: DetectorPool, uploads: Sequence[Upload], options: DetectOptions,
                      deadline: float, client_gone: Callable[[], bool]) -> list[DetectResult]:
     try:
         async with asyncio.timeout_at(deadline):
-            return await _unless_client_leaves(client_gone, _detect_all(pool, uploads, conf, iou))
+            return await _unless_client_leaves(client_gone, _detect_all(pool, uploads, options))
     except TimeoutError:
         raise DetectTimeout("no result within the request's time limit "
                             "(server.request_timeout): the service is busy") from None
 
 
-async def _detect_all(pool: DetectorPool, uploads: Sequence[Upload], conf: float,
-                      iou: float) -> list[DetectResult]:
+async def _detect_all(pool: DetectorPool, uploads: Sequence[Upload],
+                      options: DetectOptions) -> list[DetectResult]:
     """Every image in the pool at once; the first failure (in upload order) is raised,
     its message prefixed with the file name."""
     outcomes = await asyncio.gather(
-        *(pool.detect(u.data, conf_thres=conf, iou_thres=iou) for u in uploads),
+        *(pool.detect(u.data, conf_thres=options.conf_thres, iou_thres=options.iou_thres,
+                      agnostic=options.agnostic, max_det=options.max_det) for u in uploads),
         return_exceptions=True)
     for upload, outcome in zip(uploads, outcomes, strict=True):
         if isinstance(outcome, BaseException):

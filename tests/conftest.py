@@ -194,3 +194,57 @@ def webp_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image[:, :, ::-1]).save(buffer, format="WEBP")
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- two models
+
+TINY_CFG = DATA_DIR / "tiny.cfg"  # a second model: 2 classes (red, green), input 64
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.darknet import Darknet
+    from model.weights import save_weights
+
+    torch.manual_seed(99)
+    path = tmp_path_factory.mktemp("tiny-weights") / "tiny.pt"
+    save_weights(Darknet(TINY_CFG, img_size=64), path)
+    return path
+
+
+def two_models(model_weights: Path, tiny_weights: Path) -> dict[str, Any]:
+    """Config overrides that serve the test model (default) and ``colours`` (tiny.cfg)."""
+    return {
+        "workers": {"model_path": None},
+        "models": {
+            "service-6cls": {"cfg": str(SERVICE_CFG), "weights": str(model_weights),
+                             "names": str(DATA_DIR / "service-6cls.names")},
+            "colours": {"cfg": str(TINY_CFG), "weights": str(tiny_weights),
+                        "names": str(DATA_DIR / "tiny.names"), "img_size": 64,
+                        "conf_thres": 0.05, "agnostic_nms": True},
+        },
+    }
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def colours_pool(model_weights: Path, tiny_weights: Path) -> AsyncIterator[DetectorPool]:
+    """The ``colours`` model's own warm worker."""
+    config = load_config(TEST_CONFIG, env={}, overrides=two_models(model_weights, tiny_weights))
+    async for pool in shared_pool(config, model=config.model("colours")):
+        yield pool
+
+
+@pytest.fixture
+def two_model_config(make_config: Callable[..., Config], model_weights: Path,
+                     tiny_weights: Path) -> Config:
+    return make_config(two_models(model_weights, tiny_weights))
+
+
+@pytest.fixture
+async def two_model_client(two_model_config: Config, detector_pool: DetectorPool,
+                           colours_pool: DetectorPool, aiohttp_client: Any) -> Any:
+    """A client of an app serving both models (the default's pool is ``detector_pool``)."""
+    from service.workers.models import ModelPools
+
+    pools = ModelPools({"service-6cls": detector_pool, "colours": colours_pool})
+    return await aiohttp_client(await init_app(two_model_config, model_pools=pools))

@@ -70,6 +70,11 @@ def _decode_at(data: bytes | memoryview, offset: int) -> Frame | None:
     return Frame(offset, end, items, payload)
 
 
+def _private(path: Path, flags: int, mode: str) -> IO[bytes]:
+    """``path`` opened with ``flags``, created 0600 (spooled records hold users' images)."""
+    return os.fdopen(os.open(path, flags, 0o600), mode)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -138,7 +143,7 @@ class Spool:
 
     def _set_bad_tail(self, data: bytes, offset: int) -> None:
         aside = self.directory / f"{SPOOL_NAME}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{offset}"
-        with open(aside, "wb") as handle:
+        with _private(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "wb") as handle:
             handle.write(data[offset:])
             handle.flush()
             os.fsync(handle.fileno())
@@ -259,7 +264,8 @@ class Spool:
         await asyncio.to_thread(self._append_rejected, encode_frame(frame.payload, frame.items))
 
     def _append_rejected(self, frame: bytes) -> None:
-        with open(self.directory / REJECTED_NAME, "ab") as handle:
+        with _private(self.directory / REJECTED_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                      "ab") as handle:
             handle.write(frame)
             handle.flush()
             os.fsync(handle.fileno())

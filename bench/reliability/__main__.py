@@ -102,10 +102,11 @@ def _section(settings: dict[str, Any], name: str) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseReport]:
     base = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-    model = materialize_weights(resolve_model(args, _section(base, "workers")), workdir)
+    model = materialize_weights(resolve_model(args, base), workdir)
     if model.note:
         log.warning("%s", model.note)
-    overrides = {"workers.model_path.cfg": str(model.cfg),
+    overrides = {"models": None,  # the one model below
+                 "workers.model_path.cfg": str(model.cfg),
                  "workers.model_path.weights": str(model.weights),
                  "workers.model_path.data": str(model.names),
                  "workers.img_size": model.img_size, **args.overrides}

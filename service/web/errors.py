@@ -1,5 +1,6 @@
 """HTTP errors: the one table from domain errors to status and code, and the JSON body
-``{"error": {"code": ..., "message": ...}}`` every failed request gets.
+``{"error": {"code": ..., "message": ...}}`` every failed request gets (under
+``/v1/vision/``, DeepStack's ``{"success": false, "error": ...}``).
 
 Code below the web layer raises its own errors (``model.errors.ImageError``, the pool's
 ``PoolUnavailable``, the recorder's ``StorageUnavailable``, ``db.RecordNotFound``, ...);
@@ -18,11 +19,13 @@ import db
 from model.errors import ImageDecodeError, ImageError, ImageTooLargeError
 from service.detect import ClientGone, DetectTimeout
 from service.recorder import StorageUnavailable
+from service.workers.models import UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
 from utils.admission import QueueFull
 
 RETRY_AFTER_S = "5"  # not ready: warming up, a worker being replaced, storage away
 RETRY_AFTER_BUSY_S = "1"  # at capacity
+DEEPSTACK_PREFIX = "/v1/vision/"  # the DeepStack-compatible API: its own error shape
 
 CODES = {
     400: "bad_request",
@@ -77,6 +80,7 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(DetectTimeout, 504, "timeout", RETRY_AFTER_BUSY_S),
     ErrorRule(ClientGone, 499, "client_closed_request"),
     ErrorRule(db.RecordNotFound, 404, "not_found"),
+    ErrorRule(UnknownModel, 404, "unknown_model"),
     ErrorRule(db.UNAVAILABLE_ERRORS, 503, "database_unavailable", RETRY_AFTER_S,
               message="the database is unavailable; try again shortly"),
 )
@@ -95,6 +99,11 @@ def for_exception(exc: BaseException) -> ApiError | None:
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> web.Response:
+                   headers: dict[str, str] | None = None, *, path: str = "") -> web.Response:
+    """The JSON error body: ours, or DeepStack's under :data:`DEEPSTACK_PREFIX` (its
+    clients read ``success`` and ``error``; ``code`` is the status, as CodeProject.AI)."""
+    if path.startswith(DEEPSTACK_PREFIX):
+        return web.json_response({"success": False, "error": message, "code": status},
+                                 status=status, headers=headers)
     return web.json_response({"error": {"code": code, "message": message}}, status=status,
                              headers=headers)

@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from service.metrics import ServiceMetrics
-from service.web.auth import Auth, is_public
+from service.web.auth import SELF_CHECKED_PREFIXES, Auth, is_public
 from service.web.errors import CODES, ApiError, error_response, for_exception
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,11 @@ def metrics_middleware(metrics: ServiceMetrics) -> Middleware:
 
 # ---------------------------------------------------------------- errors
 
-def _from_http_exception(exc: web.HTTPException) -> web.Response:
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
     headers = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
     message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
     return error_response(exc.status, CODES.get(exc.status, "error"), message or exc.reason,
-                          headers)
+                          headers, path=request.path)
 
 
 def _wants_page(request: web.Request) -> bool:
@@ -107,18 +107,43 @@ def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
             if exc.status == 404 and render_page is not None and _wants_page(request):
                 return render_page(request, 404, "Page not found",
                                    f"There is no page at {request.path[:200]}.")
-            return _from_http_exception(exc)
+            return _from_http_exception(request, exc)
         except Exception as exc:
             error = for_exception(exc)
             if error is None:
                 log.exception("unhandled error in %s %s", request.method, request.path)
-                return error_response(500, "internal_error", "internal server error")
+                return error_response(500, "internal_error", "internal server error",
+                                      path=request.path)
             if error.code == "database_unavailable":
                 log.warning("%s %s: database unavailable: %s: %s", request.method,
                             request.path, type(exc).__name__, exc)
-            return error_response(error.status, error.code, error.message, error.headers)
+            return error_response(error.status, error.code, error.message, error.headers,
+                                  path=request.path)
 
     return errors
+
+
+# ---------------------------------------------------------------- security headers
+
+# No inline script anywhere (pages load theirs from /static); inline style attributes
+# carry the class colours. Nothing may frame the pages.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; "
+                           "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response (pages, API, static files, errors) gets
+    the security headers."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 # ---------------------------------------------------------------- access control
@@ -129,7 +154,8 @@ def auth_middleware(auth: Auth) -> Middleware:
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_public(request.path) or auth.user(request) is not None:
+        if is_public(request.path) or request.path.startswith(SELF_CHECKED_PREFIXES) \
+                or auth.user(request) is not None:
             return await handler(request)
         wants_page = request.method == "GET" and "text/html" in request.headers.get(hdrs.ACCEPT, "")
         if wants_page and hdrs.AUTHORIZATION not in request.headers:

@@ -67,13 +67,17 @@ def timestamp(query: Mapping[str, str], name: str, *, end_of_day: bool = False) 
                 day += timedelta(days=1)
             return datetime.combine(day, time(), tzinfo=timezone.utc)
         value = datetime.fromisoformat(raw.replace(" ", "+") if "T" in raw else raw)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        # In UTC, as the database compares it: an offset can push it out of range.
+        return value.astimezone(timezone.utc)
     except (ValueError, OverflowError):
-        raise ParamError(name, f"must be an ISO 8601 date or date-time, got {raw!r}") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        raise ParamError(name, f"must be an ISO 8601 date or date-time from 0001 to 9999 "
+                               f"(UTC), got {raw!r}") from None
 
 
 def history_filter(query: Mapping[str, str]) -> HistoryFilter:
-    """label, since, until, min_confidence, filename -> HistoryFilter."""
+    """label, since, until, min_confidence, filename, model -> HistoryFilter."""
     since = timestamp(query, "since")
     until = timestamp(query, "until", end_of_day=True)
     if since is not None and until is not None and since >= until:
@@ -84,16 +88,12 @@ def history_filter(query: Mapping[str, str]) -> HistoryFilter:
         until=until,
         min_confidence=unit_interval(query, "min_confidence", None, allow_zero=True),
         filename=_text(query, "filename"),
+        model=_text(query, "model"),
     )
 
 
 def limit(query: Mapping[str, str], default: int = 50, maximum: int = 200) -> int:
-    raw = _text(query, "limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ParamError("limit", f"must be an integer within 1..{maximum}, got {raw!r}")
-    return int(raw)
+    return positive_int(query, "limit", default, maximum)
 
 
 def cursor(query: Mapping[str, str]) -> Cursor | None:
@@ -112,6 +112,28 @@ def record_id(raw: str) -> UUID:
         return UUID(raw)
     except ValueError:
         raise ParamError("id", f"is not a record id: {raw!r}") from None
+
+
+def text(query: Mapping[str, str], name: str) -> str | None:
+    """A short printable value; None when absent or empty."""
+    return _text(query, name)
+
+
+def positive_int(query: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    """An integer within 1..maximum; ``default`` when absent."""
+    raw = _text(query, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ParamError(name, f"must be an integer within 1..{maximum}, got {raw!r}")
+    return int(raw)
+
+
+def optional_flag(query: Mapping[str, str], name: str, default: bool) -> bool:
+    """``flag``, with ``default`` when absent."""
+    if not (query.get(name) or "").strip():
+        return default
+    return flag(query, name)
 
 
 def flag(query: Mapping[str, str], name: str) -> bool:

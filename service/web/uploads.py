@@ -22,6 +22,8 @@ FIELD = "image"
 RAW_TYPES = frozenset(SUPPORTED_TYPES) | {"image/jpg", "image/x-ms-bmp", "image/x-bmp"}
 PART_TYPES = RAW_TYPES | {"", "application/octet-stream"}
 MAX_FILENAME = 255
+MAX_FIELDS = 16  # short text fields of a form that are kept (others are read and dropped)
+MAX_FIELD_BYTES = 1024
 CHUNK = 1 << 16
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -46,6 +48,15 @@ def _too_large(max_bytes: int) -> ApiError:
 
 async def read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
     """Every uploaded image of the request, in order (499 if the client leaves mid-way)."""
+    uploads, _ = await read_form(request, max_bytes=max_bytes, max_files=max_files)
+    return uploads
+
+
+async def read_form(request: web.Request, *, max_bytes: int,
+                    max_files: int) -> tuple[list[Upload], dict[str, str]]:
+    """Every uploaded image of the request, in order, and the short text fields of a
+    multipart form (the first of each name; DeepStack clients send ``api_key`` and
+    ``min_confidence`` so). 499 if the client leaves mid-way."""
     try:
         return await _read_uploads(request, max_bytes=max_bytes, max_files=max_files)
     except ConnectionResetError:
@@ -53,12 +64,14 @@ async def read_uploads(request: web.Request, *, max_bytes: int, max_files: int) 
                        "the client closed the connection during the upload") from None
 
 
-async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int) -> list[Upload]:
+async def _read_uploads(request: web.Request, *, max_bytes: int,
+                        max_files: int) -> tuple[list[Upload], dict[str, str]]:
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     content_type = request.content_type.lower()
+    fields: dict[str, str] = {}
     if content_type == "multipart/form-data":
-        uploads = await _read_multipart(request, max_bytes, max_files)
+        uploads = await _read_multipart(request, max_bytes, max_files, fields)
     elif content_type in RAW_TYPES:
         data = await request.read()  # client_max_size applies: 413 beyond it
         if len(data) > max_bytes:
@@ -71,10 +84,11 @@ async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int)
     for upload in uploads:
         if not upload.data:
             raise ApiError(400, "empty_image", f"{upload.filename}: the image is empty")
-    return uploads
+    return uploads, fields
 
 
-async def _read_multipart(request: web.Request, max_bytes: int, max_files: int) -> list[Upload]:
+async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
+                          fields: dict[str, str]) -> list[Upload]:
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
@@ -95,7 +109,12 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int) 
             # Content-Disposition is parsed once (each of part.name and part.filename
             # parses it again).
             _, disposition = parse_content_disposition(part.headers.get(CONTENT_DISPOSITION))
-            if content_disposition_filename(disposition, "name") != FIELD:
+            name = content_disposition_filename(disposition, "name")
+            if name != FIELD:
+                value = b"".join(chunks)
+                if name and name not in fields and len(fields) < MAX_FIELDS \
+                        and len(value) <= MAX_FIELD_BYTES:
+                    fields[name] = value.decode("utf-8", "replace").strip()
                 continue
             part_type = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if part_type not in PART_TYPES:

@@ -209,8 +209,11 @@ def detect_batch(jobs: Sequence[DetectJob],
     started = time.perf_counter()
     wide = lone and detector.wide_threads is not None
     threads = detector.wide_threads if wide else state.info.threads
-    found = detector.detect_decoded(decoded, conf_thres=[jobs[i].conf_thres for i in ready],
-                                    iou_thres=[jobs[i].iou_thres for i in ready], wide=wide)
+    asked = [jobs[i] for i in ready]
+    found = detector.detect_decoded(
+        decoded, conf_thres=[job.conf_thres for job in asked],
+        iou_thres=[job.iou_thres for job in asked], agnostic=[job.agnostic for job in asked],
+        max_det=[job.max_det for job in asked], wide=wide)
     inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
     for position, image, detections, decode_time in zip(ready, decoded, found, decode_ms,
                                                         strict=True):

@@ -1,9 +1,9 @@
 """The warm worker pool that runs the model, and keeps running it when workers die.
 
-:class:`DetectorPool` owns ``max_workers`` worker processes (:mod:`.process`, running
-:mod:`.child`), each served by one task that takes jobs from a shared queue
-(:mod:`.queue`). ``start()`` returns once every worker is warm; :func:`pool_context`
-opens and closes the app's pool.
+:class:`DetectorPool` owns one model's ``workers`` worker processes (:mod:`.process`,
+running :mod:`.child`), each served by one task that takes jobs from a shared queue
+(:mod:`.queue`). ``start()`` returns once every worker is warm. The app's pools, one
+per model, are :class:`.models.ModelPools`.
 
 Dynamic batching (Triton-style): a worker that becomes free takes the job at the head of
 the queue and, with it, up to ``max_batch_size - 1`` more detect jobs; when fewer are
@@ -37,13 +37,12 @@ Faults and load:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import multiprocessing
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from multiprocessing.context import SpawnContext
 from typing import Any, TypeVar
@@ -55,7 +54,7 @@ from service.workers.process import WorkerDied, WorkerProcess
 from service.workers.protocol import DetectFailure, DetectJob, DetectResult, WorkerInfo, WorkerSpec
 from service.workers.queue import Job, JobQueue
 from service.workers.threads import lone_threads, threads_per_worker
-from settings import Config, WorkersConfig
+from settings import ModelConfig, WorkersConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,25 +78,30 @@ class ImageKilledWorker(RuntimeError):
 
 
 class DetectorPool:
-    """``max_workers`` warm model workers fed from one queue."""
+    """One model's warm workers (``model.workers`` of them) fed from one queue."""
 
-    def __init__(self, config: WorkersConfig, *, max_pixels: int, log_level: str = "INFO",
-                 detect_fn: Callable[..., Any] | None = None) -> None:
-        """``detect_fn``: a module-level function run in the workers instead of
+    def __init__(self, config: WorkersConfig, *, max_pixels: int,
+                 model: ModelConfig | None = None, total_workers: int | None = None,
+                 log_level: str = "INFO", detect_fn: Callable[..., Any] | None = None) -> None:
+        """``model``: what it serves (default: ``config``'s ``model_path``);
+        ``total_workers``: the workers of every model, which share the cores (default: this
+        pool's). ``detect_fn``: a module-level function run in the workers instead of
         ``child.detect_batch`` (tests inject faults with it)."""
         self.config = config
+        self.model = model if model is not None else config.single_model()
+        total = total_workers or self.model.workers
         self.spec = WorkerSpec(
-            cfg=str(config.model_path.cfg), weights=str(config.model_path.weights),
-            names=str(config.model_path.data), img_size=config.img_size, device=config.device,
-            threads=threads_per_worker(config), max_pixels=max_pixels,
+            cfg=str(self.model.cfg), weights=str(self.model.weights),
+            names=str(self.model.names), img_size=self.model.img_size, device=config.device,
+            threads=threads_per_worker(config, total), max_pixels=max_pixels,
             backend=config.backend, onnx_cache_dir=str(config.onnx_cache_dir),
-            max_batch_size=config.max_batch_size, lone_threads=lone_threads(config),
+            max_batch_size=config.max_batch_size, lone_threads=lone_threads(config, total),
             log_level=log_level, detect_fn=detect_fn)
         # new -> starting -> ready <-> recovering; starting -> failed; any -> closed
         self.state = "new"
         self.error: str | None = None
         self.stats = stats.PoolStats()
-        self.metrics = stats.PoolMetrics()
+        self.metrics = stats.PoolMetrics(self.model.name)
         self._ctx: SpawnContext = multiprocessing.get_context("spawn")
         self._procs: dict[int, WorkerProcess] = {}
         self._starting: dict[int, WorkerProcess] = {}
@@ -133,12 +137,12 @@ class DetectorPool:
     def snapshot(self) -> dict[str, Any]:
         """Queue and fault figures for /readyz."""
         return {"state": self.state, "workers": len(self._procs),
-                "max_workers": self.config.max_workers, "busy": len(self._running),
+                "max_workers": self.model.workers, "busy": len(self._running),
                 "queued_jobs": len(self._queue), **asdict(self.stats)}
 
     def collect(self) -> Iterator[Metric]:
         """The pool's figures as Prometheus metric families (read at each scrape)."""
-        yield from stats.families(self.stats, self.snapshot(), self.ready)
+        yield from stats.families(self.model.name, self.stats, self.snapshot(), self.ready)
         yield from self.metrics.collect()
 
     # ------------------------------------------------------------- lifecycle
@@ -152,7 +156,7 @@ class DetectorPool:
 
     async def _start(self) -> None:
         self._start_task = asyncio.current_task()
-        n = self.config.max_workers
+        n = self.model.workers
         log.info("starting %d worker(s), %d torch thread(s) each, device %s",
                  n, self.spec.threads, self.spec.device)
         procs = {i: WorkerProcess(self._ctx, self.spec, i) for i in range(n)}
@@ -213,8 +217,11 @@ class DetectorPool:
 
     # ------------------------------------------------------------- jobs
 
-    async def detect(self, data: bytes, *, conf_thres: float, iou_thres: float) -> DetectResult:
-        """Run the model on one encoded image in a worker.
+    async def detect(self, data: bytes, *, conf_thres: float | None = None,
+                     iou_thres: float | None = None, agnostic: bool | None = None,
+                     max_det: int | None = None) -> DetectResult:
+        """Run the model on one encoded image in a worker (thresholds and NMS settings
+        left out: the model's).
 
         Raises the image's ``model.errors.ImageError`` (ImageDecodeError,
         ImageTooLargeError) for bad input, ImageKilledWorker for an image that crashed two
@@ -222,19 +229,23 @@ class DetectorPool:
         """
         if not self.accepting:
             raise PoolUnavailable(self.error or "the detection workers are not ready")
-        answer = await self._detect(data, conf_thres, iou_thres)
+        model = self.model
+        job = DetectJob(data, model.conf_thres if conf_thres is None else conf_thres,
+                        model.iou_thres if iou_thres is None else iou_thres,
+                        model.agnostic_nms if agnostic is None else agnostic,
+                        model.max_det if max_det is None else max_det)
+        answer = await self._detect(job)
         if isinstance(answer, DetectFailure):
             raise answer.error()
         return answer
 
-    async def _detect(self, data: bytes, conf_thres: float,
-                      iou_thres: float) -> DetectResult | DetectFailure:
+    async def _detect(self, job: DetectJob) -> DetectResult | DetectFailure:
+        data = job.data
         if self._poisoned:
             digest = hashlib.sha256(data).hexdigest()
             if digest in self._poisoned:
                 self.stats.refused_images += 1
                 raise ImageKilledWorker(digest)
-        job = DetectJob(data, conf_thres, iou_thres)
         try:
             return await self._submit(job)
         except WorkerDied as first:
@@ -388,7 +399,7 @@ class DetectorPool:
         self.stats.restarts += 1
         log.info("worker %d replaced by pid %d, warm in %.0f ms", index, info.pid,
                  info.warmup_ms)
-        if len(self._procs) == self.config.max_workers and self.state == "recovering":
+        if len(self._procs) == self.model.workers and self.state == "recovering":
             self.state = "ready"
             self.error = None
         return proc
@@ -398,32 +409,3 @@ def _fail(batch: list[Job], exc: BaseException) -> None:
     for job in batch:
         if not job.future.done():
             job.future.set_exception(exc)
-
-
-async def _warm_up(pool: DetectorPool) -> None:
-    try:
-        await pool.start()
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # the pool records the error; /readyz and /detect report it
-        log.exception("the detection workers could not be started")
-
-
-@contextlib.asynccontextmanager
-async def pool_context(config: Config) -> AsyncIterator[tuple[DetectorPool, asyncio.Task[None]]]:
-    """The app's worker pool: warmed in the background, closed on shutdown.
-
-    Warm-up runs as a task, so that the server answers /healthz and /readyz (503) while
-    the workers load; /detect answers 503 until every worker is warm. Yields the pool and
-    its warm-up task.
-    """
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        log_level=config.log_level)
-    task = asyncio.create_task(_warm_up(pool), name="worker-warm-up")
-    try:
-        yield pool, task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await pool.close(config.server.shutdown_timeout)

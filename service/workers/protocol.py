@@ -64,6 +64,8 @@ class DetectJob:
     data: bytes = field(repr=False)
     conf_thres: float
     iou_thres: float
+    agnostic: bool = False  # NMS across classes
+    max_det: int = 300
 
 
 @dataclass(frozen=True)

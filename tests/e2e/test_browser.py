@@ -227,3 +227,28 @@ async def test_pages_fit_narrow_screens(client: Any, page_factory: Any, width: i
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"{path} is {overflow}px wider than a {width}px screen"
     await screenshot(page, f"record-{width}")
+
+
+async def test_api_docs_page_renders_the_openapi_document(client: Any,
+                                                          page_factory: Any) -> None:
+    page = await page_factory()
+    await page.goto(str(client.make_url("/docs")))
+    # Swagger UI (system/static/vendor) fetched /openapi.json and drew every operation.
+    await page.wait_for_selector(".opblock-summary-path", timeout=TIMEOUT_MS)
+    paths = set(await page.locator(".opblock-summary-path").all_inner_texts())
+    assert {"/detect", "/v1/vision/detection", "/v1/vision/custom/{model}",
+            "/api/models"} <= {p.replace("\u200b", "") for p in paths}
+    await screenshot(page, "docs")
+
+
+async def test_upload_page_picks_the_model(two_model_client: Any, page_factory: Any) -> None:
+    page = await page_factory()
+    await page.goto(str(two_model_client.make_url("/")))
+    await page.select_option("#model-select", "colours")
+    await page.set_input_files("#image-input", str(BUS))
+    card = page.locator("#results .result").first
+    await card.locator(".result__links").wait_for(state="visible")
+    record_id = await card.get_attribute("data-record-id")
+    record = await (await two_model_client.get(f"/api/detections/{record_id}")).json()
+    assert record["model"] == "colours"
+    await screenshot(page, "upload-model")

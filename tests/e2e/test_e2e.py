@@ -29,18 +29,15 @@ async def default_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     config = load_config(BASE_DIR / "config" / "config.yaml", env={},
                          overrides={"workers": {"max_workers": 1,
                                                 "onnx_cache_dir": str(onnx_dir)}})
-    async for pool in shared_pool(config):
+    async for pool in shared_pool(config, model=config.default_model):
         yield pool
 
 
 @pytest.fixture
 async def default_client(make_config: Callable[..., Config], default_pool: DetectorPool,
                          aiohttp_client: Any) -> Any:
-    """The test database, with the shipped config's thresholds."""
-    shipped = load_config(BASE_DIR / "config" / "config.yaml", env={}).workers
-    config = make_config({"workers": {"conf_thres": shipped.conf_thres,
-                                      "iou_thres": shipped.iou_thres}})
-    app = await init_app(config, detector_pool=default_pool)
+    """The test database; the shipped model's thresholds come with its pool."""
+    app = await init_app(make_config(), detector_pool=default_pool)
     return await aiohttp_client(app)
 
 

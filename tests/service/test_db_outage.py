@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +163,49 @@ async def test_spooled_records_survive_a_restart_and_are_stored_once(
     assert body["spool"]["replayed_total"] == 3
     assert await stored(own_database) == {record_id: 1 for record_id in ids}
     assert not spool_file.exists()
+
+
+def _server_processes(server: EmbeddedPostgres) -> list[int]:
+    """The postmaster (from its pid file) and every process it started."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
+        own_database: EmbeddedPostgres, start_app: Callable[[], Any], outage_config: Config,
+        portrait_jpeg: bytes) -> None:
+    """Every PostgreSQL process stopped (SIGSTOP: the server hangs, connections stay
+    open): requests are answered within the write deadline (their records spooled),
+    admission places come back, and after SIGCONT each record is stored exactly once."""
+    client = await start_app()
+    first = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
+    ids = [(await first.json())["id"]]
+    hung = _server_processes(own_database)
+    for pid in hung:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        responses = await asyncio.gather(*(client.post("/detect", data=portrait_jpeg,
+                                                       headers=JPEG) for _ in range(3)))
+        elapsed = time.monotonic() - started
+        assert [r.status for r in responses] == [200, 200, 200]
+        ids += [(await r.json())["id"] for r in responses]
+        # The images written ahead, then the record: two write deadlines at most.
+        assert elapsed < 2 * outage_config.postgres.write_timeout + 3, elapsed
+        ready = await (await client.get("/readyz")).json()
+        assert ready["checks"]["database"] == "unavailable"
+        assert ready["admission"]["in_progress"] == 0
+        assert ready["spool"]["records"] == 3
+    finally:
+        for pid in hung:
+            os.kill(pid, signal.SIGCONT)
+    await wait_for_empty_spool(client)
+    assert await stored(own_database) == {record_id: 1 for record_id in ids}

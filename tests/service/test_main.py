@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,19 @@ def test_unreachable_database_is_one_error_line_and_exit_1(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].getMessage().startswith("cannot start: ")
     assert "Connect" in errors[0].getMessage() and errors[0].exc_info is None
+
+
+def test_a_port_in_use_is_reported_before_anything_starts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        # A config whose database and model would take seconds to start (or fail): the
+        # port is checked first.
+        assert main.main(["--config", str(BASE_DIR / "config" / "config.yaml"),
+                          "--host", "127.0.0.1", "--port", str(port)]) == 1
+        assert time.monotonic() - started < 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Address already in use" in errors[0], errors

@@ -28,17 +28,24 @@ def test_default_config_shape() -> None:
     raw = yaml.safe_load((BASE_DIR / "config" / "config.yaml").read_text())
     assert raw["postgres"]["embedded"] is True
     assert raw["postgres"]["data_dir"] == "var/pgdata"
-    assert set(raw["workers"]["model_path"]) == {"data", "weights", "cfg"}
+    assert "model_path" not in raw["workers"]  # the models: section names the models
+    assert list(raw["models"]) == ["traffic-lights"]
+    assert {"cfg", "weights", "names"} <= set(raw["models"]["traffic-lights"])
+    assert list(raw)[-1] == "models"  # last: make coco-model appends to it
     for key in ("max_workers", "device", "threads_per_worker", "img_size", "conf_thres",
                 "iou_thres"):
         assert key in raw["workers"]
     for key in ("host", "port", "max_upload_mb", "max_pixels"):
         assert key in raw["server"]
     paths = {key: str(DATA / name) for key, name in
-             (("data", "service-6cls.names"), ("weights", "service-6cls.cfg"),
+             (("names", "service-6cls.names"), ("weights", "service-6cls.cfg"),
               ("cfg", "service-6cls.cfg"))}
     config = load_config(BASE_DIR / "config" / "config.yaml", env={},
-                         overrides={"workers": {"model_path": paths}})
+                         overrides={"models": {"traffic-lights": paths}})
+    model = config.default_model
+    assert (model.name, model.img_size, model.workers) == ("traffic-lights", 512, 2)
+    assert model.agnostic_nms is True  # one box per light
+    assert config.running_capacity == 2 * 4
     assert config.postgres.embedded
     assert config.postgres.data_dir == BASE_DIR / "var" / "pgdata"
     assert config.server.port == 8080

@@ -10,14 +10,16 @@ from aiohttp import web
 
 import db
 from model.draw import annotate
-from service.detect import Timing, Upload, detect_images
+from service.detect import DetectOptions, Timing, Upload, detect_images
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.web import keys, params
 from service.web.errors import RETRY_AFTER_S, ApiError
-from service.web.uploads import read_uploads
+from service.web.uploads import read_form
 from service.workers.pool import PoolUnavailable
 
 log = logging.getLogger(__name__)
+
+MAX_DET = 10_000  # the most detections per image a request may ask for
 
 
 def _record_id(request: web.Request) -> UUID:
@@ -43,20 +45,25 @@ async def detect(request: web.Request) -> web.Response:
     """
     app = request.app
     config = app[keys.config_key]
-    pool = app[keys.detector_pool_key]
+    query = request.query
+    pool = app[keys.models_key].get(params.text(query, "model"))
     if not pool.accepting:
-        raise PoolUnavailable(pool.error or "the detection workers are warming up")
-    conf = params.unit_interval(request.query, "conf", config.workers.conf_thres)
-    iou = params.unit_interval(request.query, "iou", config.workers.iou_thres)
+        raise PoolUnavailable(pool.error or f"the workers of model {pool.model.name} are "
+                                            "warming up")
+    options = DetectOptions(
+        conf_thres=params.unit_interval(query, "conf", None),
+        iou_thres=params.unit_interval(query, "iou", None),
+        agnostic=params.optional_flag(query, "agnostic", pool.model.agnostic_nms),
+        max_det=params.positive_int(query, "max_det", pool.model.max_det, MAX_DET))
     with app[keys.admission_key].enter():
         timing = Timing()
         deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-        uploads = await _receive(request, deadline)
+        uploads = await receive_uploads(request, deadline)
         timing.lap("upload")
         records = await detect_images(
-            pool, app[keys.records_key], uploads, conf_thres=conf, iou_thres=iou,
+            pool, app[keys.records_key], uploads, options=options,
             store_images=config.storage.store_images, deadline=deadline,
-            client_gone=lambda: _client_gone(request), timing=timing)
+            client_gone=lambda: client_gone(request), timing=timing)
     headers = {"Server-Timing": timing.header()}
     if len(records) == 1:
         return web.json_response(records[0].to_json(), headers=headers)
@@ -64,19 +71,28 @@ async def detect(request: web.Request) -> web.Response:
                              headers=headers)
 
 
-async def _receive(request: web.Request, deadline: float) -> list[Upload]:
+async def receive_uploads(request: web.Request, deadline: float, *,
+                          max_files: int | None = None) -> list[Upload]:
     """The uploaded images (408 past the deadline)."""
+    uploads, _ = await receive_form(request, deadline, max_files=max_files)
+    return uploads
+
+
+async def receive_form(request: web.Request, deadline: float, *,
+                       max_files: int | None = None) -> tuple[list[Upload], dict[str, str]]:
+    """The uploaded images and the form's short text fields (408 past the deadline)."""
     server = request.app[keys.config_key].server
     try:
         async with asyncio.timeout_at(deadline):
-            return await read_uploads(request, max_bytes=server.max_upload_bytes,
-                                      max_files=server.max_files)
+            return await read_form(request, max_bytes=server.max_upload_bytes,
+                                   max_files=max_files or server.max_files)
     except TimeoutError:
         raise ApiError(408, "request_timeout", "the upload was not received within "
                        f"{server.request_timeout:g}s") from None
 
 
-def _client_gone(request: web.Request) -> bool:
+def client_gone(request: web.Request) -> bool:
+    """The client has closed the connection."""
     transport = request.transport
     return transport is None or transport.is_closing()
 
@@ -110,7 +126,8 @@ async def stats(request: web.Request) -> web.Response:
     """GET /api/stats: counts per label and per day, optionally within since/until."""
     since = params.timestamp(request.query, "since")
     until = params.timestamp(request.query, "until", end_of_day=True)
-    result = await db.stats(request.app[keys.db_key], since=since, until=until)
+    result = await db.stats(request.app[keys.db_key], since=since, until=until,
+                            model=params.text(request.query, "model"))
     return web.json_response(result.to_json())
 
 
@@ -133,14 +150,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: 200 once every worker is warm and records can be made durable.
+    """GET /readyz: 200 once the default model's workers are warm and records can be made
+    durable.
 
     With the database away the service still detects (records go to the spool): the
-    answer is 200 with ``"status": "degraded"``. 503 while workers warm up or one is
-    being replaced, or when neither the database nor the spool can take records. The
-    body shows the queue, fault counters and the spool depth either way.
+    answer is 200 with ``"status": "degraded"``; so it is while another model is not
+    ready (``models`` says which, and why). 503 while the default model's workers warm up
+    or one is being replaced, or when neither the database nor the spool can take
+    records. The body shows the queue, fault counters and the spool depth either way.
     """
-    pool = request.app[keys.detector_pool_key]
+    pools = request.app[keys.models_key]
+    pool = pools.default
     writer = request.app[keys.records_key]
     checks: dict[str, str] = {"workers": pool.state}
     problems = []
@@ -156,7 +176,10 @@ async def readyz(request: web.Request) -> web.Response:
         message = f"database: {type(exc).__name__}: {exc}"
         if writer.spool.pending_bytes >= writer.spool.max_bytes:
             problems.append(f"{message}; the spool is full")
-    body = {"checks": checks, "pool": pool.snapshot(),
+    models = {other.model.name: {"state": other.state, "ready": other.ready,
+                                 "error": other.error} for other in pools}
+    degraded = degraded or not all(other.ready for other in pools)
+    body = {"checks": checks, "pool": pool.snapshot(), "models": models,
             "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot()}
     if problems:
         return web.json_response(
@@ -164,13 +187,21 @@ async def readyz(request: web.Request) -> web.Response:
              "error": {"code": "not_ready", "message": "; ".join(problems)}},
             status=503, headers={"Retry-After": RETRY_AFTER_S})
     return web.json_response({
-        "status": "degraded" if degraded else "ready", **body, "model": pool.model_name,
+        "status": "degraded" if degraded else "ready", **body, "model": pool.model.name,
         "workers": [{"pid": w.pid, "device": w.device, "backend": w.backend,
                      "threads": w.threads, "lone_threads": w.lone_threads,
                      "warmup_ms": w.warmup_ms} for w in pool.workers],
         "batching": {"max_batch_size": pool.config.max_batch_size,
                      "max_queue_delay_ms": pool.config.max_queue_delay_ms},
     })
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /api/models: every model served: name, classes, input size, backend, workers,
+    whether it is ready (and why not)."""
+    pools = request.app[keys.models_key]
+    return web.json_response({"default": pools.default_name,
+                              "models": [pools.describe(pool) for pool in pools]})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import aiohttp_jinja2
 from aiohttp import web
+from yarl import URL
 
 from service.web import keys
 from service.web.auth import COOKIE_NAME, safe_next
+from service.web.errors import ApiError
 
 MAX_TOKEN_LENGTH = 200
 
@@ -18,11 +20,26 @@ async def login_form(request: web.Request) -> web.Response:
     return _form(request, safe_next(request.query.get("next")))
 
 
+def _same_origin(request: web.Request) -> None:
+    """Login CSRF: a browser's cross-site POST is refused (403). Browsers say where a form
+    came from (``Origin``, or ``Sec-Fetch-Site``); a client that says neither (curl, a
+    script) is not a browser another site can drive."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        # The host only: behind a TLS-terminating proxy the scheme seen here differs.
+        if URL(origin).authority != request.host:
+            raise ApiError(403, "cross_origin", f"a form from {origin[:100]} cannot sign in "
+                                                "to this service")
+    elif request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise ApiError(403, "cross_origin", "a form from another site cannot sign in here")
+
+
 async def login(request: web.Request) -> web.Response:
     """POST /login: check the token, open a session, go back where the user was."""
     auth = request.app.get(keys.auth_key)
     if auth is None:
         raise web.HTTPSeeOther("/")
+    _same_origin(request)
     form = await request.post()
     target = safe_next(_text(form.get("next")))
     token = _text(form.get("token")).strip()
@@ -36,6 +53,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     """POST /logout: end the session and clear its cookie."""
+    _same_origin(request)
     auth = request.app.get(keys.auth_key)
     session_id = request.cookies.get(COOKIE_NAME)
     if auth is not None and session_id:

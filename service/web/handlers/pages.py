@@ -27,7 +27,7 @@ from model.formats import SUPPORTED_TYPES
 from service.web import keys, params
 
 PAGE_SIZE = 24
-FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename")
+FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model")
 CHART_MAX_DAYS = 60
 
 
@@ -36,8 +36,10 @@ CHART_MAX_DAYS = 60
 async def index(request: web.Request) -> web.Response:
     """GET /: choose or drop images; the page's script sends them to POST /detect."""
     config = request.app[keys.config_key]
-    return _render("index.html", request, {
+    pools = request.app[keys.models_key]
+    return render("index.html", request, {
         "nav": "detect",
+        "models": [pools.describe(pool) for pool in pools],
         "accept": ",".join(SUPPORTED_TYPES),
         "max_upload_mb": f"{config.server.max_upload_mb:g}",
     })
@@ -55,10 +57,16 @@ async def history(request: web.Request) -> web.Response:
 
     page, stats = await asyncio.gather(
         db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor),
-        db.stats(pool, since=filters.since, until=filters.until),
+        db.stats(pool, since=filters.since, until=filters.until, model=filters.model),
     )
-    # The label menu: the model's classes, then any other label seen in the period.
-    names = model_names(request.app[keys.config_key].workers.model_path.data)
+    # The label menu: the model's classes (the filtered one's, else the default's), then
+    # any other label seen in the period.
+    config = request.app[keys.config_key]
+    try:
+        shown_model = config.model(filters.model)
+    except KeyError:  # a model no longer served: its records are still there
+        shown_model = config.default_model
+    names = model_names(shown_model.names)
     labels = list(dict.fromkeys([*names, *(c.label for c in stats.labels)]))
     if filters.label is not None and filters.label not in labels:
         labels.append(filters.label)
@@ -67,8 +75,9 @@ async def history(request: web.Request) -> web.Response:
     next_url = None
     if page.next_cursor is not None:
         next_url = str(base.with_query({**kept, "cursor": page.next_cursor.encode()}))
-    return _render("history.html", request, {
+    return render("history.html", request, {
         "nav": "history",
+        "models": [model.name for model in config.models],
         "filters": {name: _form_value(name, kept.get(name, "")) for name in FILTER_NAMES},
         "filtered": bool(kept),
         "errors": errors,
@@ -91,16 +100,16 @@ async def record_page(request: web.Request) -> web.Response:
         shown = raw_id if len(raw_id) <= 80 else raw_id[:79] + "…"
         return render_error(request, 404, "Record not found",
                             f"There is no detection record with id “{shown}”.")
-    return _render("record.html", request, {"nav": "history", "rec": record_view(record)})
+    return render("record.html", request, {"nav": "history", "rec": record_view(record)})
 
 
 def render_error(request: web.Request, status: int, title: str, message: str) -> web.Response:
     """An HTML error page (for browsers; the API answers errors in JSON)."""
-    return _render("error.html", request,
+    return render("error.html", request,
                    {"status": status, "title": title, "message": message}, status=status)
 
 
-def _render(template: str, request: web.Request, context: dict[str, Any],
+def render(template: str, request: web.Request, context: dict[str, Any],
             status: int = 200) -> web.Response:
     context.setdefault("nav", None)
     context["color_style"] = color_style

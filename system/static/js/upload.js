@@ -8,6 +8,7 @@ const form = document.getElementById("upload-form");
 const input = document.getElementById("image-input");
 const dropzone = document.getElementById("dropzone");
 const confInput = document.getElementById("conf-input");
+const modelSelect = document.getElementById("model-select");  // only with several models
 const statusLine = document.getElementById("upload-status");
 const results = document.getElementById("results");
 const template = document.getElementById("result-template");
@@ -180,8 +181,12 @@ async function readError(response) {
 }
 
 function detectUrl() {
+  const query = new URLSearchParams();
   const conf = confInput.value.trim();
-  return conf === "" ? "/detect" : `/detect?conf=${encodeURIComponent(conf)}`;
+  if (conf !== "") query.set("conf", conf);
+  if (modelSelect && modelSelect.value) query.set("model", modelSelect.value);
+  const text = query.toString();
+  return text === "" ? "/detect" : `/detect?${text}`;
 }
 
 async function detect(file, card) {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -61,10 +62,11 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     assert response.status == 200, await response.text()
     record = await response.json()
     assert set(record) == {"id", "created_at", "filename", "sha256", "width", "height", "model",
-                           "inference_ms", "detections"}
+                           "inference_ms", "detections", "api"}
+    assert record["api"] == "native"
     assert record["filename"] == "bus.jpg"
     assert (record["width"], record["height"]) == (810, 1080)
-    assert record["model"] == "service-6cls:service-6cls"
+    assert record["model"] == "service-6cls"  # the model's name: its cfg's, by default
     assert record["inference_ms"] > 0
     assert record["sha256"] == hashlib.sha256(portrait_jpeg).hexdigest()
     assert record["detections"], "random weights at conf 0.2 should give boxes"
@@ -450,3 +452,24 @@ async def test_odd_but_valid_images(client: Any, name: str) -> None:
         box = det["box"]
         assert 0 <= box["x1"] <= box["x2"] <= image.shape[1]
         assert 0 <= box["y1"] <= box["y2"] <= image.shape[0]
+
+
+@pytest.mark.parametrize("query", [
+    "since=9999-12-31T23:59:59-23:59",
+    "until=0001-01-01T00:00:00%2B14:00",
+    "until=9999-12-31",
+    "since=0001-01-01T00:00:00%2B00:01",
+])
+@pytest.mark.parametrize("path", ["/api/detections", "/api/stats", "/history"])
+async def test_timestamps_at_the_edges_of_their_range_are_400(client: Any, path: str,
+                                                              query: str) -> None:
+    response = await client.get(f"{path}?{query}")
+    assert response.status == 400, await response.text()
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+async def test_cursors_at_the_edges_of_the_time_range_are_400(client: Any, stamp: str) -> None:
+    token = base64.urlsafe_b64encode(f"{stamp}|{uuid.uuid4()}".encode()).decode().rstrip("=")
+    for path in ("/api/detections", "/history"):
+        response = await client.get(f"{path}?cursor={token}")
+        assert response.status == 400, await response.text()

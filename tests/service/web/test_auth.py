@@ -200,3 +200,34 @@ async def test_missing_or_broken_tokens_file_refuses_everyone(
 ])
 def test_login_only_returns_to_this_site(target: str | None, safe: str) -> None:
     assert safe_next(target) == safe
+
+
+async def test_login_and_logout_refuse_other_sites(secured: tuple[Any, str]) -> None:
+    client, token = secured
+    here = f"http://{client.server.host}:{client.server.port}"
+    cross_site = ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"})
+    for headers in cross_site:
+        response = await client.post("/login", data={"token": token}, headers=headers,
+                                     allow_redirects=False)
+        assert response.status == 403, headers
+        assert (await response.json())["error"]["code"] == "cross_origin"
+        assert COOKIE_NAME not in response.cookies
+    same = await client.post("/login", data={"token": token},
+                             headers={"Origin": here, "Sec-Fetch-Site": "same-origin"},
+                             allow_redirects=False)
+    assert same.status == 303 and COOKIE_NAME in same.cookies
+    for headers in cross_site:  # another site cannot sign the user out either
+        refused = await client.post("/logout", headers=headers, allow_redirects=False)
+        assert refused.status == 403, headers
+        assert (await client.get("/api/stats")).status == 200  # still signed in
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/api/detections", "/static/css/app.css",
+                                  "/nope"])
+async def test_security_headers_on_every_response(client: Any, path: str) -> None:
+    response = await client.get(path)
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-eval" not in csp and "script-src 'self' 'unsafe-inline'" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"

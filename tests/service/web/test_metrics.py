@@ -31,6 +31,7 @@ from service.web.tokens import create_token
 
 JPEG = {"Content-Type": "image/jpeg"}
 REQUESTS = "yolo_http_requests_total"
+MODEL = {"model": "service-6cls"}  # the pool's series carry their model's name
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -86,9 +87,10 @@ async def test_detect_is_counted_once_with_its_duration(client: Any, portrait_jp
     assert value(before, "yolo_http_requests_in_flight") == 1
     assert value(after, "yolo_http_requests_in_flight") == 1
     # The pool timed that one image: one job queued, one image through a forward batch.
-    assert delta("yolo_queue_seconds_count") == 1
-    assert delta("yolo_batch_size_sum") == 1
-    assert delta("yolo_inference_seconds_count") == delta("yolo_batch_size_count") >= 1
+    assert delta("yolo_queue_seconds_count", **MODEL) == 1
+    assert delta("yolo_batch_size_sum", **MODEL) == 1
+    assert delta("yolo_inference_seconds_count", **MODEL) \
+        == delta("yolo_batch_size_count", **MODEL) >= 1
 
 
 async def test_errors_are_counted_with_the_status_sent(client: Any) -> None:
@@ -152,7 +154,8 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
                            ("yolo_retried_jobs", stats.retried_jobs),
                            ("yolo_refused_images", stats.refused_images)]:
         assert types[name] == "counter"
-        assert value(samples, f"{name}_total") == expected, name
+        assert value(samples, f"{name}_total", **MODEL) == expected, name
+    pool_gauges = {"yolo_workers", "yolo_workers_busy", "yolo_queued_jobs", "yolo_pool_ready"}
     expected_gauges = {
         "yolo_workers": test_config.workers.max_workers, "yolo_workers_busy": 0,
         "yolo_queued_jobs": 0, "yolo_pool_ready": 1,
@@ -164,7 +167,8 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
     }
     for name, expected in expected_gauges.items():
         assert types[name] == "gauge", name
-        assert value(samples, name) == expected, name
+        labels = MODEL if name in pool_gauges else {}
+        assert value(samples, name, **labels) == expected, name
     assert value(samples, "yolo_spooled_records_total") == 0
     assert value(samples, "yolo_admission_rejected_total") == 0
     for name in ("yolo_queue_seconds", "yolo_batch_size", "yolo_inference_seconds",
@@ -195,11 +199,14 @@ async def test_scrapes_survive_missing_stopped_and_broken_resources(
 
     pool = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels)
     metrics = ServiceMetrics(lambda: MetricSources(pool=pool))
-    samples, _ = exposition(metrics)  # never started
-    assert value(samples, "yolo_workers") == 0 and value(samples, "yolo_pool_ready") == 0
+    samples, types = exposition(metrics)  # never started
+    assert types["yolo_workers"] == "gauge"
+    assert value(samples, "yolo_workers", **MODEL) == 0
+    assert value(samples, "yolo_pool_ready", **MODEL) == 0
     await pool.close()
     samples, _ = exposition(metrics)  # closed
-    assert value(samples, "yolo_workers") == 0 and value(samples, "yolo_pool_ready") == 0
+    assert value(samples, "yolo_workers", **MODEL) == 0
+    assert value(samples, "yolo_pool_ready", **MODEL) == 0
 
     class BrokenPool:
         def collect(self) -> Any:
@@ -225,7 +232,7 @@ async def test_scrapes_survive_missing_stopped_and_broken_resources(
 # ---------------------------------------------------------------- pool histograms
 
 def test_pool_metrics_buckets() -> None:
-    metrics = PoolMetrics()
+    metrics = PoolMetrics("m")
     for seconds in (0.003, 0.2, 45.0):
         metrics.observe_queue(seconds)
     metrics.observe_batch(5, 0.04)
@@ -236,20 +243,20 @@ def test_pool_metrics_buckets() -> None:
             "yolo_inference_seconds": "histogram"}
 
     def bucket(name: str, le: str) -> float:
-        return value(samples, f"{name}_bucket", le=le)
+        return value(samples, f"{name}_bucket", le=le, model="m")
 
     assert [bucket("yolo_queue_seconds", le) for le in ("0.001", "0.005", "0.25", "30.0", "+Inf")] \
         == [0, 1, 2, 2, 3]
-    assert value(samples, "yolo_queue_seconds_sum") == pytest.approx(45.203)
+    assert value(samples, "yolo_queue_seconds_sum", model="m") == pytest.approx(45.203)
     assert [bucket("yolo_batch_size", le) for le in ("1.0", "4.0", "6.0", "+Inf")] == [1, 1, 2, 2]
-    assert value(samples, "yolo_batch_size_sum") == 6
+    assert value(samples, "yolo_batch_size_sum", model="m") == 6
     assert [bucket("yolo_inference_seconds", le) for le in ("0.001", "0.0025", "0.05")] == [0, 1, 2]
     les = {dict(labels)["le"] for name, labels in samples if name == "yolo_batch_size_bucket"}
     assert les == {str(float(b)) for b in BATCH_BUCKETS} | {"+Inf"}
 
 
 def test_pool_metrics_from_several_threads() -> None:
-    metrics = PoolMetrics()
+    metrics = PoolMetrics("m")
 
     def observe() -> None:
         for _ in range(2000):
@@ -262,20 +269,20 @@ def test_pool_metrics_from_several_threads() -> None:
     for thread in threads:
         thread.join()
     samples, _ = parse(generate_latest(metrics).decode("utf-8"))
-    assert value(samples, "yolo_queue_seconds_count") == 8000
-    assert value(samples, "yolo_batch_size_sum") == 16000
+    assert value(samples, "yolo_queue_seconds_count", model="m") == 8000
+    assert value(samples, "yolo_batch_size_sum", model="m") == 16000
 
 
 async def test_app_forwards_the_pool_metrics(client: Any, detector_pool: DetectorPool,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    fresh = PoolMetrics()
+    fresh = PoolMetrics(detector_pool.model.name)
     fresh.observe_batch(24, 7.5)
     monkeypatch.setattr(detector_pool, "metrics", fresh)
     samples = await scrape(client)
-    assert value(samples, "yolo_batch_size_count") == 1
-    assert value(samples, "yolo_batch_size_sum") == 24
-    assert value(samples, "yolo_inference_seconds_sum") == 7.5
-    assert value(samples, "yolo_queue_seconds_count") == 0
+    assert value(samples, "yolo_batch_size_count", **MODEL) == 1
+    assert value(samples, "yolo_batch_size_sum", **MODEL) == 24
+    assert value(samples, "yolo_inference_seconds_sum", **MODEL) == 7.5
+    assert value(samples, "yolo_queue_seconds_count", **MODEL) == 0
 
 
 # ---------------------------------------------------------------- access control

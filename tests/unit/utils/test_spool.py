@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import struct
 from pathlib import Path
 
@@ -74,6 +75,9 @@ async def test_a_torn_last_append_is_moved_aside_not_replayed(tmp_path: Path) ->
     assert await read_all(spool) == [b"complete"]
     aside = list(tmp_path.glob(f"{SPOOL_NAME}.bad-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == torn
+    # Users' images: every spool file is private, set-aside ones included.
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in (aside[0], tmp_path / SPOOL_NAME)} \
+        == {aside[0].name: 0o600, SPOOL_NAME: 0o600}
     await spool.append(b"next", 1)  # appends go on after the cut
     assert await read_all(spool) == [b"next"]
     spool.close()
@@ -114,6 +118,7 @@ async def test_set_aside_and_frame_format(tmp_path: Path) -> None:
     assert frame is not None
     await spool.set_aside(frame, "the database refused it")
     spool.mark_replayed(frame)
+    assert stat.S_IMODE((tmp_path / REJECTED_NAME).stat().st_mode) == 0o600
     rejected = (tmp_path / REJECTED_NAME).read_bytes()
     magic, length, items, _ = HEADER.unpack_from(rejected)
     assert (magic, length, items) == (b"YSP1", 7, 2) and rejected[HEADER.size:] == b"refused"
