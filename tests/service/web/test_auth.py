@@ -5,6 +5,7 @@ and managed by ``python -m service.web.tokens``."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,12 @@ async def test_security_headers_on_every_response(client: Any, path: str) -> Non
     assert "unsafe-eval" not in csp and "script-src 'self' 'unsafe-inline'" not in csp
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_sign_in_page_links_only_to_what_opens_without_a_token(
+        secured: tuple[Any, str]) -> None:
+    client, _ = secured
+    html = await (await client.get("/login")).text()
+    links = re.findall(r'href="([^"]+)"', html)
+    assert links and all(link.startswith("/static/") or link in ("/", "#main")
+                         for link in links), links
