@@ -114,3 +114,76 @@ class DetectionStats:
         """Mean of the per-class APs over classes that have labels."""
         aps = [r.ap for r in self.results(0.0) if r.labels > 0]
         return float(np.mean(aps)) if aps else float("nan")
+
+
+# -- class-agnostic matching, box-size bands and colour (real-photo evaluation) ---------------
+
+SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0), (">96", 96.0, np.inf))
+
+
+def long_side(boxes: np.ndarray) -> np.ndarray:
+    """Long side of (n, 4) x1y1x2y2 boxes."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def match_agnostic(det: np.ndarray, gt_boxes: np.ndarray, iou_thres: float = 0.5
+                   ) -> np.ndarray:
+    """For each detection (most confident first), the index of the label it matches
+    regardless of class (IoU >= ``iou_thres``, each label used once), else -1."""
+    det = np.asarray(det, np.float64).reshape(-1, 6)
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    out = np.full(len(det), -1, dtype=np.int64)
+    if len(det) == 0 or len(gt_boxes) == 0:
+        return out
+    ious = iou_matrix(det[:, :4], gt_boxes)
+    used = np.zeros(len(gt_boxes), dtype=bool)
+    for i in np.argsort(-det[:, 4], kind="stable"):
+        candidates = np.where(used, -1.0, ious[i])
+        j = int(np.argmax(candidates))
+        if candidates[j] >= iou_thres:
+            used[j] = True
+            out[i] = j
+    return out
+
+
+def agnostic_stats(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   iou_thres: float = 0.5, band: tuple[float, float] | None = None
+                   ) -> DetectionStats:
+    """Class-agnostic statistics over (det, gt_cls, gt_boxes) triples, optionally limited
+    to labels whose long side is in ``band`` = [low, high): a detection then counts when it
+    matches such a label or, matching no label, when its own long side is in the band;
+    detections matching a label outside the band are left out."""
+    stats = DetectionStats(1, iou_thres)
+    for det, _, gt_boxes in images:
+        det = np.asarray(det, np.float64).reshape(-1, 6).copy()
+        gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+        if band is not None:
+            gt_in = (long_side(gt_boxes) >= band[0]) & (long_side(gt_boxes) < band[1])
+            matched = match_agnostic(det, gt_boxes, iou_thres)
+            own = long_side(det[:, :4])
+            keep = np.where(matched >= 0, gt_in[np.maximum(matched, 0)],
+                            (own >= band[0]) & (own < band[1]))
+            det, gt_boxes = det[keep], gt_boxes[gt_in]
+        det[:, 5] = 0
+        stats.add(det, np.zeros(len(gt_boxes), np.int64), gt_boxes)
+    return stats
+
+
+def colour_accuracy(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    class_colour: tuple[int, ...], conf_thres: float = 0.3,
+                    iou_thres: float = 0.5) -> tuple[int, int, int]:
+    """(found, colour right, class right) over the labels found class-agnostically by a
+    detection above ``conf_thres``: how often the found light gets the right colour."""
+    found = colour = exact = 0
+    for det, gt_cls, gt_boxes in images:
+        det = np.asarray(det, np.float64).reshape(-1, 6)
+        det = det[det[:, 4] > conf_thres]
+        matched = match_agnostic(det, gt_boxes, iou_thres)
+        for i in np.where(matched >= 0)[0]:
+            found += 1
+            pred, true = int(det[i, 5]), int(gt_cls[matched[i]])
+            colour += class_colour[pred] == class_colour[true]
+            exact += pred == true
+    return found, colour, exact

@@ -24,6 +24,7 @@ import db
 from model.detection import Detection
 from service.web import keys
 from service.web.handlers import pages
+from settings import BASE_DIR
 from tests.paths import PHOTOS_DIR
 
 BUS = PHOTOS_DIR / "portrait.jpg"
@@ -252,3 +253,17 @@ async def test_upload_page_picks_the_model(two_model_client: Any, page_factory: 
     record = await (await two_model_client.get(f"/api/detections/{record_id}")).json()
     assert record["model"] == "colours"
     await screenshot(page, "upload-model")
+
+
+async def test_example_photos_run_through_the_detector(client: Any, page_factory: Any) -> None:
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    buttons = page.locator("[data-example]")
+    assert await buttons.count() == 3
+    for index in range(3):
+        path = await buttons.nth(index).get_attribute("data-example")
+        assert (BASE_DIR / "system" / path.removeprefix("/")).is_file()
+    await buttons.first.click()
+    card = page.locator("#results .result").first
+    await card.locator(".result__links").wait_for(state="visible")
+    assert await card.locator(".result__name").inner_text() == "street-green.jpg"

@@ -71,9 +71,12 @@ async def test_shipped_model_finds_the_lights(default_client: Any) -> None:
                     break
         false_positives += len(record["detections"]) - len(matched)
     assert total >= 10
-    assert found / total >= 0.8, f"found {found} of {total} lights"
     # A guard against a broken model or pipeline, not the accuracy target (that is
-    # python -m model.train.evaluate): the shipped model's precision is about 0.7-0.8.
+    # python -m model.train.evaluate, model/data/README.md). The shipped model, trained
+    # on real photos too since 2026-12, finds 20 of these 31 generated lights at the
+    # default conf 0.5 (the generated-only model before it: 25 or more); a broken
+    # pipeline finds none.
+    assert found / total >= 0.55, f"found {found} of {total} lights"
     assert false_positives <= total * 0.4, f"{false_positives} false positives for {total} lights"
 
     # Every answered record is in the history, and a label filter finds it.

@@ -29,6 +29,11 @@ from service.web import keys, params
 PAGE_SIZE = 24
 FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model")
 CHART_MAX_DAYS = 60
+# Real street photos a newcomer can try (system/static/examples, CC BY 4.0: its
+# CREDITS.md), for the shipped traffic-light model.
+EXAMPLES = ({"file": "street-green.jpg", "title": "Green light"},
+            {"file": "street-red.jpg", "title": "Red lights"},
+            {"file": "closeup-yellow.jpg", "title": "Amber light"})
 
 
 # ---------------------------------------------------------------- pages
@@ -40,6 +45,7 @@ async def index(request: web.Request) -> web.Response:
     return render("index.html", request, {
         "nav": "detect",
         "models": [pools.describe(pool) for pool in pools],
+        "examples": EXAMPLES,
         "accept": ",".join(SUPPORTED_TYPES),
         "max_upload_mb": f"{config.server.max_upload_mb:g}",
     })

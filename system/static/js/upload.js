@@ -253,6 +253,17 @@ input.addEventListener("change", () => {
   input.value = "";
 });
 
+// Example photos (system/static/examples): fetched and sent like a chosen file.
+for (const button of document.querySelectorAll("[data-example]")) {
+  button.addEventListener("click", async () => {
+    const url = button.dataset.example;
+    const response = await fetch(url);
+    if (!response.ok) return;
+    const blob = await response.blob();
+    addFiles([new File([blob], url.split("/").pop(), { type: blob.type || "image/jpeg" })]);
+  });
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   addFiles(input.files);

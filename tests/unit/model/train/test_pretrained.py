@@ -1,0 +1,102 @@
+"""The 6-class YOLOv3-tiny initialised from COCO: cfg rewrite, slimming, class-9 heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.darknet import BN_EPS_DARKNET, Darknet
+from model.train.pretrained import (
+    COCO_TRAFFIC_LIGHT,
+    head_rows,
+    six_class_cfg,
+    transfer,
+)
+from model.weights import load_weights, save_weights
+
+ROOT = Path(__file__).resolve().parents[4]
+COCO_CFG = ROOT.parent / "shared" / "models" / "yolov3-tiny-coco" / "yolov3-tiny.cfg"
+SHIPPED_CFG = ROOT / "model" / "data" / "traffic-lights-yolov3-tiny.cfg"
+
+
+def _coco_text() -> str:
+    # The shipped cfg is six_class_cfg(COCO cfg); turned back into an 80-class cfg it stands
+    # in for the COCO cfg when ../shared is missing.
+    if COCO_CFG.is_file():
+        return COCO_CFG.read_text()
+    text = SHIPPED_CFG.read_text().replace("classes=6", "classes=80")
+    return text.replace("filters=33", "filters=255").replace("filters=512\nsize=3\nstride=1\n"
+                                                             "pad=1\nactivation=leaky\n\n"
+                                                             "[convolutional]\nbatch_normalize=1\n"
+                                                             "filters=256\nsize=1",
+                                                             "filters=1024\nsize=3\nstride=1\n"
+                                                             "pad=1\nactivation=leaky\n\n"
+                                                             "[convolutional]\nbatch_normalize=1\n"
+                                                             "filters=256\nsize=1", 1)
+
+
+def test_six_class_cfg_rewrites_classes_heads_and_slims() -> None:
+    text = six_class_cfg(_coco_text(), slim=512)
+    assert "classes=80" not in text and text.count("classes=6") == 2
+    assert "filters=255" not in text and text.count("filters=33") == 2
+    assert "filters=1024" not in text
+    assert six_class_cfg(_coco_text(), slim=1024).count("filters=1024") == 1
+
+
+def test_shipped_cfg_is_what_the_builder_writes() -> None:
+    if not COCO_CFG.is_file():
+        pytest.skip(f"{COCO_CFG} missing (../shared is not in a clone)")
+    assert SHIPPED_CFG.read_text() == six_class_cfg(COCO_CFG.read_text(), 512)
+
+
+def test_head_rows_copy_box_objectness_and_class_nine() -> None:
+    rows = head_rows(3, 80, 9, 6)
+    assert len(rows) == 33
+    assert rows[:11] == [0, 1, 2, 3, 4] + [14] * 6
+    assert rows[11:16] == [85, 86, 87, 88, 89] and rows[16] == 85 + 14
+
+
+def _nets(tmp_path: Path, slim: int) -> tuple[Darknet, Darknet]:
+    coco_cfg, six_cfg = tmp_path / "coco.cfg", tmp_path / "six.cfg"
+    coco_cfg.write_text(_coco_text())
+    six_cfg.write_text(six_class_cfg(_coco_text(), slim))
+    torch.manual_seed(0)
+    coco = Darknet(coco_cfg, img_size=96)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as in trained weights
+        for m in coco.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    coco.set_bn_eps(BN_EPS_DARKNET)  # as when read from a Darknet .weights file
+    net = Darknet(six_cfg, img_size=96)
+    transfer(coco, net)
+    return coco.eval(), net.eval()
+
+
+def test_transfer_reproduces_coco_traffic_light_outputs(tmp_path: Path) -> None:
+    coco, net = _nets(tmp_path, slim=1024)
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b = coco(x)[0], net(x)[0]
+    assert b.shape[-1] == 11
+    torch.testing.assert_close(b[..., :5], a[..., :5], rtol=1e-4, atol=1e-4)
+    for c in range(6):
+        torch.testing.assert_close(b[..., 5 + c], a[..., 5 + COCO_TRAFFIC_LIGHT],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_transfer_slims_by_batchnorm_scale_and_saves(tmp_path: Path) -> None:
+    coco, net = _nets(tmp_path, slim=512)
+    src, dst = coco.module_list[12], net.module_list[12]
+    gamma = src.BatchNorm2d.weight.abs()
+    kept = torch.sort(torch.argsort(gamma, descending=True)[:512]).values
+    torch.testing.assert_close(dst.BatchNorm2d.weight, src.BatchNorm2d.weight[kept])
+    torch.testing.assert_close(net.module_list[13].Conv2d.weight,
+                               coco.module_list[13].Conv2d.weight[:, kept])
+    save_weights(net, tmp_path / "init.pt")
+    again = Darknet(tmp_path / "six.cfg", img_size=96)
+    load_weights(again, tmp_path / "init.pt")  # the engine reads what the builder writes
+    assert again.num_classes == 6
