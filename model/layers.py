@@ -351,15 +351,27 @@ class YOLOLayer(nn.Module):
             self._grids[key] = grid
         return grid
 
-    def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
+    def _per_anchor(self, x: Tensor, per: int) -> Tensor:
+        """The head's map as (n, anchors, ny, nx, per): each cell's values per anchor."""
         n, _, ny, nx = x.shape
-        p = x.view(n, self.num_anchors, 5 + self.num_classes, ny, nx).permute(0, 1, 3, 4, 2)
-        if self.training:
-            return p.contiguous()
-        p = p.float()
+        return x.view(n, self.num_anchors, per, ny, nx).permute(0, 1, 3, 4, 2)
+
+    def _cells(self, p: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """For a (n, anchors, ny, nx, per) map: the cell grid, the input pixels per cell
+        (x, y) and the anchors, shaped to broadcast against it."""
+        ny, nx = p.shape[2], p.shape[3]
         grid = self._grid(ny, nx, p.device)
         scale = p.new_tensor([input_hw[1] / nx, input_hw[0] / ny])
         anchors = self.anchors.to(p.device).view(1, self.num_anchors, 1, 1, 2)
+        return grid, scale, anchors
+
+    def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
+        n = x.shape[0]
+        p = self._per_anchor(x, 5 + self.num_classes)
+        if self.training:
+            return p.contiguous()
+        p = p.float()
+        grid, scale, anchors = self._cells(p, input_hw)
         s = self.scale_x_y
         if self.new_coords:
             xy = p[..., :2] * s - 0.5 * (s - 1)
@@ -390,14 +402,12 @@ class RegionLayer(YOLOLayer):
         self.softmax = softmax
 
     def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
-        n, _, ny, nx = x.shape
-        p = x.view(n, self.num_anchors, 5 + self.num_classes, ny, nx).permute(0, 1, 3, 4, 2)
+        n = x.shape[0]
+        p = self._per_anchor(x, 5 + self.num_classes)
         if self.training:
             return p.contiguous()
         p = p.float()
-        grid = self._grid(ny, nx, p.device)
-        scale = p.new_tensor([input_hw[1] / nx, input_hw[0] / ny])
-        anchors = self.anchors.to(p.device).view(1, self.num_anchors, 1, 1, 2)
+        grid, scale, anchors = self._cells(p, input_hw)
         xy = (torch.sigmoid(p[..., :2]) + grid) * scale
         wh = torch.exp(p[..., 2:4]) * anchors * scale
         obj = torch.sigmoid(p[..., 4:5])
@@ -428,15 +438,12 @@ class GaussianYOLOLayer(YOLOLayer):
         self.point = point
 
     def forward(self, x: Tensor, input_hw: tuple[int, int]) -> Tensor:
-        n, _, ny, nx = x.shape
-        per = 9 + self.num_classes
-        p = x.view(n, self.num_anchors, per, ny, nx).permute(0, 1, 3, 4, 2)
+        n = x.shape[0]
+        p = self._per_anchor(x, 9 + self.num_classes)
         if self.training:
             return p.contiguous()
         p = p.float()
-        grid = self._grid(ny, nx, p.device)
-        scale = p.new_tensor([input_hw[1] / nx, input_hw[0] / ny])
-        anchors = self.anchors.to(p.device).view(1, self.num_anchors, 1, 1, 2)
+        grid, scale, anchors = self._cells(p, input_hw)
         s = self.scale_x_y
         mu = torch.sigmoid(p[..., [0, 2]]) * s - 0.5 * (s - 1)
         wh = torch.exp(p[..., [4, 6]]) * anchors

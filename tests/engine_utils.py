@@ -141,11 +141,9 @@ def _opencv_rows(outputs: list[np.ndarray], net: Darknet, hw: tuple[int, int]) -
     return ref
 
 
-def assert_matches_opencv(cfg: Path, size: int, tmp_path: Path,
-                          backend: Callable[[Darknet], Callable[[torch.Tensor], tuple]]) -> None:
-    """Random Darknet-format weights, read by both OpenCV and our engine (run through
-    ``backend(fused_net)``): boxes and objectness within 1e-3 relative, class
-    probabilities (times objectness, as OpenCV reports them) within 1e-3 absolute."""
+def _random_net(cfg: Path, size: int, tmp_path: Path) -> tuple[Darknet, Path, np.ndarray]:
+    """Random Darknet-format weights for ``cfg`` (written to ``tmp_path``), our fused
+    network with them (OpenCV's BatchNorm eps), and a random input image."""
     weights = tmp_path / "random.weights"
     save_weights(randomize(Darknet(cfg, size), seed=size), weights)
     net = Darknet(cfg, size)
@@ -153,6 +151,15 @@ def assert_matches_opencv(cfg: Path, size: int, tmp_path: Path,
     net.set_bn_eps(OPENCV_BN_EPS)
     net.eval().fuse()
     image = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
+    return net, weights, image
+
+
+def assert_matches_opencv(cfg: Path, size: int, tmp_path: Path,
+                          backend: Callable[[Darknet], Callable[[torch.Tensor], tuple]]) -> None:
+    """Random Darknet-format weights, read by both OpenCV and our engine (run through
+    ``backend(fused_net)``): boxes and objectness within 1e-3 relative, class
+    probabilities (times objectness, as OpenCV reports them) within 1e-3 absolute."""
+    net, weights, image = _random_net(cfg, size, tmp_path)
     with torch.inference_mode():
         ours = backend(net)(torch.from_numpy(image.transpose(2, 0, 1).copy())[None])[0][0]
     ours = ours.double().numpy()
@@ -184,13 +191,7 @@ def compare_with_opencv(cfg: Path, size: int, tmp_path: Path) -> dict[str, float
     class scores) or within four times our own float32 error (``self_rel``, ``self_score``): an
     implementation that computed something else would be far off on many elements.
     """
-    weights = tmp_path / "random.weights"
-    save_weights(randomize(Darknet(cfg, size), seed=size), weights)
-    net = Darknet(cfg, size)
-    load_weights(net, weights)
-    net.set_bn_eps(OPENCV_BN_EPS)
-    net.eval().fuse()
-    image = np.random.default_rng(1).random((size, size, 3), dtype=np.float32)
+    net, weights, image = _random_net(cfg, size, tmp_path)
     x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None]
     with torch.inference_mode():
         ours = net(x)[0][0].double().numpy()
