@@ -45,6 +45,12 @@ class ImageDecodeError(ImageError):
     code = "decode"
 
 
+class UnsupportedImageError(ImageDecodeError):
+    """The bytes are not in any accepted format (:data:`model.formats.FORMATS`)."""
+
+    code = "unsupported"
+
+
 class ImageTooLargeError(ImageError):
     """The image has more pixels than allowed (decompression bombs included)."""
 
@@ -53,7 +59,7 @@ class ImageTooLargeError(ImageError):
 
 def image_error(code: str, message: str) -> ImageError:
     """The :class:`ImageError` whose ``code`` is ``code`` (the base class for others)."""
-    for kind in (ImageDecodeError, ImageTooLargeError):
+    for kind in (UnsupportedImageError, ImageDecodeError, ImageTooLargeError):
         if kind.code == code:
             return kind(message)
     return ImageError(message)

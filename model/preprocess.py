@@ -6,6 +6,7 @@ worker process and the tests can run it without a model.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -16,14 +17,20 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, TiffImagePlugin
 
-from model.errors import ImageDecodeError, ImageTooLargeError
+from model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
+from model.formats import NOT_AN_IMAGE, PILLOW_FORMATS
 
 logger = logging.getLogger(__name__)
 
-# Pillow's names for the formats we accept, in the order they are tried.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
+# Read by OpenCV (faster, and JPEGs at reduced scale) unless they carry transparency.
+_OPENCV_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP"})
+_ORIENTATION = 0x0112  # the EXIF tag
+# What Pillow and its plugins raise on broken files (the AVIF and HEIF decoders:
+# RuntimeError; seen by tests/unit/model/test_preprocess.py's mutated files).
+_PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
+                  ZeroDivisionError, RuntimeError)
 
 PAD_COLOR = (114, 114, 114)
 
@@ -56,17 +63,22 @@ class DecodedImage:
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
-    """Decode an encoded JPEG, PNG, BMP or WebP image into a BGR ``uint8`` HxWx3 array.
+    """Decode an encoded image (one of :data:`model.formats.FORMATS`) into a BGR
+    ``uint8`` HxWx3 array.
 
     The dimensions are read from the header first, so an image claiming more than
     ``max_pixels`` pixels is refused before any pixel data is decompressed.
-    Grayscale, alpha and 16-bit images come back as 8-bit BGR; the EXIF orientation of a
-    JPEG is applied (as OpenCV does by default), so boxes refer to the upright image.
+    Grayscale, palette and 16-bit images come back as 8-bit BGR; an image with
+    transparency is composited onto :data:`PAD_COLOR` (the letterbox grey: the
+    network sees no edge between the image and its padding), so the upload page shows
+    it on the same grey; a GIF or multi-page TIFF gives its first frame; the EXIF
+    orientation is applied, so boxes refer to the upright image.
 
     Raises:
         ImageTooLargeError: width * height exceeds ``max_pixels`` (or Pillow's own
             decompression-bomb limit).
-        ImageDecodeError: empty, unrecognised, unsupported, truncated or corrupt data.
+        UnsupportedImageError: not one of the accepted formats.
+        ImageDecodeError: empty, truncated or corrupt data.
     """
     return decode_for_network(data, max_pixels).image
 
@@ -79,12 +91,14 @@ def decode_for_network(data: bytes, max_pixels: int | None = None,
     and the reduced decode costs less than a full one plus the resize."""
     if not data:
         raise ImageDecodeError("empty image data")
-    fmt, width, height = _read_header(data)
+    fmt, width, height, needs_pillow = _read_header(data)
     if max_pixels is not None and width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, more than the "
             f"{max_pixels} allowed")
     _check_complete(data, fmt)
+    if fmt not in _OPENCV_FORMATS or needs_pillow:
+        return _decode_with_pillow(data, fmt)
     factor = 1
     if fmt == "JPEG" and input_size is not None:
         while factor < 8 and max(width, height) / (factor * 2) >= input_size:
@@ -109,29 +123,92 @@ def decode_for_network(data: bytes, max_pixels: int | None = None,
     return DecodedImage(img, width, height)
 
 
-def _read_header(data: bytes) -> tuple[str, int, int]:
-    """Return (format, width, height) from the header alone; decodes no pixels."""
+@functools.cache
+def _register_plugins() -> None:
+    """Teach Pillow HEIF (pillow-heif); once per process, on first use, not on import."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
+def _read_header(data: bytes) -> tuple[str, int, int, bool]:
+    """Return (format, width, height, whether Pillow must decode it) from the header
+    alone; decodes no pixels. Pillow decodes images with transparency (to composite
+    them) and those with an EXIF orientation OpenCV ignores (it applies JPEG's only)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         # Checked first: Pillow cannot even open an incomplete WebP.
         riff_size = struct.unpack_from("<I", data, 4)[0]
         if len(data) < 8 + riff_size:
             raise ImageDecodeError(
                 f"truncated WebP: {len(data)} bytes, the header announces {8 + riff_size}")
+    _register_plugins()
     try:
-        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
             fmt, (width, height) = str(im.format), im.size
+            fmt = "JPEG" if fmt == "MPO" else fmt  # a JPEG with more pictures after it
+            needs_pillow = _has_transparency(im) or (fmt != "JPEG" and _rotated(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # The warning only arrives as an exception where warnings are errors.
         raise ImageTooLargeError(f"image is too large: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError(
-            "unrecognised or unsupported image format (supported: JPEG, PNG, BMP, WebP)"
-        ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        raise UnsupportedImageError(NOT_AN_IMAGE) from exc
+    except _PILLOW_ERRORS as exc:
         raise ImageDecodeError(f"cannot read the image header: {exc}") from exc
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"image header gives an empty size {width}x{height}")
-    return fmt, width, height
+    return fmt, width, height, needs_pillow
+
+
+def _rotated(im: Image.Image) -> bool:
+    """An EXIF orientation other than upright, from what the header gave (``getexif``
+    could decode a PNG's pixels to find its EXIF, before the pixel limit is checked)."""
+    raw = im.info.get("exif")
+    if isinstance(im, TiffImagePlugin.TiffImageFile):
+        return im.tag_v2.get(_ORIENTATION, 1) != 1
+    if not isinstance(raw, bytes | bytearray):
+        return False
+    exif = Image.Exif()
+    exif.load(bytes(raw))
+    return exif.get(_ORIENTATION, 1) != 1
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+
+
+def _decode_with_pillow(data: bytes, fmt: str) -> DecodedImage:
+    """Formats OpenCV does not read (GIF, TIFF, HEIF, AVIF), and any image with
+    transparency: the first frame, upright, composited onto :data:`PAD_COLOR`."""
+    try:
+        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+            if _has_transparency(upright):
+                matte = Image.new("RGBA", upright.size, (*PAD_COLOR, 255))
+                rgb = Image.alpha_composite(matte, upright.convert("RGBA")).convert("RGB")
+                pixels = np.asarray(rgb)
+            elif upright.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+                pixels = _to_8_bit(np.asarray(upright))
+            else:
+                pixels = np.asarray(upright.convert("RGB"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except _PILLOW_ERRORS as exc:
+        raise ImageDecodeError(f"cannot decode {fmt} image: {exc}") from exc
+    if pixels.ndim == 2:
+        bgr = np.ascontiguousarray(np.repeat(pixels[..., None], 3, axis=2))
+    else:
+        bgr = np.ascontiguousarray(pixels[..., 2::-1])
+    return DecodedImage(bgr, bgr.shape[1], bgr.shape[0])
+
+
+def _to_8_bit(gray: np.ndarray) -> np.ndarray:
+    """A 16-bit or float grey image as uint8: 16-bit by its top byte, others by range."""
+    values = gray.astype(np.float64)
+    top = float(values.max(initial=0.0))
+    if gray.dtype.itemsize == 2 or top > 255:
+        values = values / (65535.0 if top <= 65535 else top) * 255.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def _check_complete(data: bytes, fmt: str) -> None:

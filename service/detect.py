@@ -1,7 +1,7 @@
 """The work of ``POST /detect``, without HTTP: images in, durable records out.
 
 :func:`detect_images` takes uploaded images (already read and hashed) and, in order:
-checks each is an image type the engine decodes; starts writing the originals to the
+checks each is, by its bytes, an image type the engine decodes; starts writing the originals to the
 database (:meth:`RecordWriter.images_ahead`) while every image runs through the worker
 pool at once; turns the results into records; and returns once the records are durable
 (database or spool). Whatever goes wrong is raised as the domain error that says so
@@ -23,8 +23,8 @@ from typing import TypeVar
 from uuid import uuid4
 
 import db
-from model.errors import ImageDecodeError, ImageError
-from model.formats import sniff_content_type
+from model.errors import ImageError, UnsupportedImageError
+from model.formats import NOT_AN_IMAGE, sniff_content_type
 from service.recorder import RecordWriter
 from service.workers.pool import DetectorPool, ImageKilledWorker
 from service.workers.protocol import DetectResult
@@ -122,7 +122,7 @@ async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Seque
 def _content_type(upload: Upload) -> str:
     content_type = sniff_content_type(upload.data)
     if content_type is None:
-        raise ImageDecodeError(f"{upload.filename}: not a JPEG, PNG, BMP or WebP image")
+        raise UnsupportedImageError(f"{upload.filename}: {NOT_AN_IMAGE}")
     return content_type
 
 

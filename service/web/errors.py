@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 import db
-from model.errors import ImageDecodeError, ImageError, ImageTooLargeError
+from model.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
 from service.detect import ClientGone, DetectTimeout
 from service.recorder import StorageUnavailable
 from service.workers.models import UnknownModel
@@ -72,6 +72,7 @@ class ErrorRule:
 # First match wins: specific errors before the classes they derive from.
 ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(ImageTooLargeError, 413, "image_too_large"),
+    ErrorRule(UnsupportedImageError, 415, "unsupported_media_type"),
     ErrorRule((ImageDecodeError, ImageError), 400, "invalid_image"),
     ErrorRule(ImageKilledWorker, 422, "image_crashed_worker"),
     ErrorRule(PoolUnavailable, 503, "not_ready", RETRY_AFTER_S),

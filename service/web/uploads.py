@@ -1,7 +1,10 @@
 """Reading uploaded images from a request: multipart field ``image`` or a raw body.
 
-Limits are enforced while reading: more than ``max_bytes`` -> 413, a content type that is
-not an image -> 415, no image or an empty one -> 400 (all raised as ApiError).
+Limits are enforced while reading: more than ``max_bytes`` -> 413, no image or an empty
+one -> 400 (all raised as ApiError). What a client says it sent (the part's or the
+body's Content-Type) is not trusted either way: the bytes decide, in
+``service.detect`` (415 with the same sentence, whatever the client, for anything that
+is not an accepted image).
 """
 
 from __future__ import annotations
@@ -14,13 +17,10 @@ from aiohttp.hdrs import CONTENT_DISPOSITION
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from model.formats import SUPPORTED_TYPES
 from service.detect import Upload
 from service.web.errors import ApiError
 
 FIELD = "image"
-RAW_TYPES = frozenset(SUPPORTED_TYPES) | {"image/jpg", "image/x-ms-bmp", "image/x-bmp"}
-PART_TYPES = RAW_TYPES | {"", "application/octet-stream"}
 MAX_FILENAME = 255
 MAX_FIELDS = 16  # short text fields of a form that are kept (others are read and dropped)
 MAX_FIELD_BYTES = 1024
@@ -72,15 +72,12 @@ async def _read_uploads(request: web.Request, *, max_bytes: int,
     fields: dict[str, str] = {}
     if content_type == "multipart/form-data":
         uploads = await _read_multipart(request, max_bytes, max_files, fields)
-    elif content_type in RAW_TYPES:
+    else:  # one raw image body, whatever its declared type (curl --data-binary sends
+        # application/x-www-form-urlencoded)
         data = await request.read()  # client_max_size applies: 413 beyond it
         if len(data) > max_bytes:
             raise _too_large(max_bytes)
         uploads = [hashed_upload(clean_filename(request.query.get("filename")), data)]
-    else:
-        raise ApiError(415, "unsupported_media_type",
-                       f"unsupported content type {content_type or '(none)'!r}: send "
-                       "multipart/form-data with field 'image', or a JPEG, PNG, BMP or WebP body")
     for upload in uploads:
         if not upload.data:
             raise ApiError(400, "empty_image", f"{upload.filename}: the image is empty")
@@ -116,11 +113,6 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
                         and len(value) <= MAX_FIELD_BYTES:
                     fields[name] = value.decode("utf-8", "replace").strip()
                 continue
-            part_type = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            if part_type not in PART_TYPES:
-                raise ApiError(415, "unsupported_media_type",
-                               f"field 'image' has content type {part_type!r}; "
-                               "expected a JPEG, PNG, BMP or WebP image")
             if len(uploads) >= max_files:
                 raise ApiError(400, "too_many_files",
                                f"at most {max_files} images per request")

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.errors import ImageDecodeError, ImageError, ImageTooLargeError
-from model.preprocess import decode_for_network, decode_image, letterbox, to_tensor
+from model.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+from model.formats import FORMATS, sniff_content_type
+from model.preprocess import PAD_COLOR, decode_for_network, decode_image, letterbox, to_tensor
 
 
 def _rgb_pattern(height: int = 48, width: int = 64) -> np.ndarray:
@@ -24,7 +25,11 @@ def _rgb_pattern(height: int = 48, width: int = 64) -> np.ndarray:
 
 
 def _encode(array: np.ndarray, fmt: str, **params: object) -> bytes:
-    """Encode with Pillow, an encoder independent of the OpenCV decoder under test."""
+    """Encode with Pillow (and pillow-heif for HEIF), independent of OpenCV."""
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt, **params)
     return buf.getvalue()
@@ -73,10 +78,65 @@ def test_decode_grayscale_becomes_three_equal_channels() -> None:
         np.testing.assert_array_equal(img[..., channel], gray)
 
 
-def test_decode_alpha_is_dropped() -> None:
-    rgba = np.concatenate([_rgb_pattern(), np.full((48, 64, 1), 7, np.uint8)], axis=2)
+@pytest.mark.parametrize("fmt, params, tolerance", [
+    ("GIF", {}, 0), ("TIFF", {}, 0), ("TIFF", {"compression": "tiff_lzw"}, 0),
+    ("HEIF", {"quality": -1}, 3), ("AVIF", {"quality": 100}, 8),
+])
+def test_decode_more_formats(fmt: str, params: dict, tolerance: int) -> None:
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, :32] = (200, 30, 40)  # two flat halves: a palette (GIF) and lossy codecs keep them
+    rgb[:, 32:] = (20, 180, 90)
+    data = _encode(rgb, fmt, **params)
+    assert sniff_content_type(data) in {f.content_type for f in FORMATS}
+    img = decode_image(data)
+    assert img.dtype == np.uint8 and img.shape == (48, 64, 3)
+    inner = (slice(4, 44), [*range(4, 28), *range(36, 60)])  # away from the edge
+    diff = np.abs(img[inner].astype(int) - rgb[..., ::-1][inner].astype(int))
+    assert diff.max() <= tolerance
+
+
+def test_decode_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (32, 24), color) for color in ((250, 0, 0), (0, 0, 250))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    img = decode_image(buf.getvalue())
+    assert tuple(img[12, 16]) == (0, 0, 250)  # red, in BGR
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "TIFF", "AVIF", "HEIF"])
+def test_decode_transparent_area_becomes_the_letterbox_grey(fmt: str) -> None:
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., :3] = (250, 10, 10)  # red everywhere, opaque only on the right half
+    rgba[:, 32:, 3] = 255
+    img = decode_image(_encode(rgba, fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    assert np.abs(img[10, 5].astype(int) - PAD_COLOR).max() <= 2
+    assert np.abs(img[10, 50].astype(int) - (10, 10, 250)).max() <= 8
+
+
+def test_decode_half_transparent_pixels_are_blended_with_the_grey() -> None:
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 2] = 250  # blue at 50% alpha over grey 114: (114 + 250) / 2 = 182 in blue
+    rgba[..., 3] = 128
     img = decode_image(_encode(rgba, "PNG"))
-    np.testing.assert_array_equal(img, rgba[..., 2::-1])
+    assert np.abs(img[5, 5].astype(int) - (182, 57, 57)).max() <= 2
+
+
+def test_decode_palette_transparency() -> None:
+    im = Image.new("P", (32, 24), 1)
+    im.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    im.paste(0, (0, 0, 16, 24))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", transparency=1)  # index 1 (green) is transparent
+    img = decode_image(buf.getvalue())
+    assert tuple(img[5, 5]) == (0, 0, 255) and tuple(img[5, 25]) == PAD_COLOR
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "AVIF", "HEIF"])
+def test_decode_applies_exif_orientation_beyond_jpeg(fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _encode(_rgb_pattern(40, 64), fmt, exif=exif if fmt == "TIFF" else exif.tobytes())
+    assert decode_image(data).shape == (64, 40, 3)
 
 
 def test_decode_16_bit_png_becomes_8_bit() -> None:
@@ -115,13 +175,13 @@ def test_decode_empty() -> None:
 
 def test_decode_random_bytes() -> None:
     data = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    with pytest.raises(ImageDecodeError, match="unsupported"):
+    with pytest.raises(UnsupportedImageError, match="not an image we can read"):
         decode_image(data)
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX"])
 def test_decode_unsupported_format(fmt: str) -> None:
-    with pytest.raises(ImageDecodeError, match="unsupported"):
+    with pytest.raises(UnsupportedImageError, match="Accepted: JPEG, PNG"):
         decode_image(_encode(_rgb_pattern(), fmt))
 
 
@@ -175,8 +235,9 @@ def test_decode_max_pixels_boundary() -> None:
 
 def test_decode_never_raises_anything_but_image_errors_on_mutated_files() -> None:
     rng = np.random.default_rng(1)
-    originals = [_encode(_rgb_pattern(), fmt) for fmt in ("JPEG", "PNG", "BMP", "WEBP")]
-    for _ in range(60):
+    originals = [_encode(_rgb_pattern(), fmt) for fmt in
+                 ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "HEIF", "AVIF")]
+    for _ in range(120):
         data = bytearray(originals[rng.integers(len(originals))])
         for pos in rng.integers(0, len(data), size=rng.integers(1, 6)):
             data[pos] = int(rng.integers(256))
