@@ -22,8 +22,8 @@ from yarl import URL
 
 import db
 from model.detection import Detection
-from model.draw import class_color
-from model.formats import SUPPORTED_TYPES
+from model.draw import label_style
+from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
 from service.web import keys, params
 
 PAGE_SIZE = 24
@@ -46,7 +46,8 @@ async def index(request: web.Request) -> web.Response:
         "nav": "detect",
         "models": [pools.describe(pool) for pool in pools],
         "examples": EXAMPLES,
-        "accept": ",".join(SUPPORTED_TYPES),
+        "accept": ACCEPT_ATTRIBUTE,
+        "accepted_text": ACCEPTED_TEXT,
         "max_upload_mb": f"{config.server.max_upload_mb:g}",
     })
 
@@ -184,13 +185,12 @@ def label_summary(detections: Sequence[Detection]) -> list[dict[str, Any]]:
     return sorted(summary.values(), key=lambda e: (-e["count"], -e["best"], e["label"]))
 
 
-def color_style(class_id: int) -> str:
+def color_style(class_id: int, label: str = "") -> str:
     """CSS custom properties for a class: the colour ``model.draw`` uses on the annotated
-    images (so page and image agree) and a readable text colour on top of it."""
-    blue, green, red = class_color(int(class_id))
-    luma = 0.299 * red + 0.587 * green + 0.114 * blue
-    text = "#000" if luma > 140 else "#fff"
-    return f"--c: #{red:02x}{green:02x}{blue:02x}; --c-text: {text}"
+    images (so page and image agree: by the label for a traffic light, else by the id)
+    and a readable text colour on top of it."""
+    style = label_style(label, int(class_id))
+    return f"--c: {style.color}; --c-text: {style.text_color}"
 
 
 @lru_cache(maxsize=8)

@@ -18,6 +18,7 @@ import pytest
 
 import db
 from model.detection import Detection
+from model.formats import NOT_AN_IMAGE
 from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool
@@ -217,6 +218,29 @@ def big_png(pixels_side: int) -> bytes:
     return encode(np.zeros((pixels_side, pixels_side, 3), np.uint8), ".png")
 
 
+async def test_anything_not_an_image_gets_the_same_415_whatever_the_client(client: Any) -> None:
+    """The bytes decide, not the Content-Type a client sends (curl -F with or without
+    ;type=, a browser, curl --data-binary): the same status and sentence for each."""
+    pdf = b"%PDF-1.7\n" + b"x" * 200
+    bodies: list[dict[str, Any]] = [
+        {"data": form(("a.pdf", pdf, "application/pdf"))},
+        {"data": form(("a.pdf", pdf, "image/jpeg"))},  # a client that guesses wrongly
+        {"data": form(("a.pdf", pdf, "application/octet-stream"))},
+        {"data": b"--zz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.pdf\"\r\n"
+                 b"\r\n" + pdf + b"\r\n--zz--\r\n",  # no Content-Type in the part at all
+         "headers": {"Content-Type": "multipart/form-data; boundary=zz"}},
+        {"data": pdf, "headers": {"Content-Type": "application/pdf"}},
+        {"data": pdf, "headers": {"Content-Type": "image/png"}},
+        {"data": pdf, "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+    ]
+    messages = set()
+    for kwargs in bodies:
+        body = await assert_error(await client.post("/detect", **kwargs), 415,
+                                  "unsupported_media_type")
+        messages.add(body["error"]["message"].split(": ", 1)[-1])
+    assert messages == {NOT_AN_IMAGE}
+
+
 async def test_bad_input_errors_and_the_worker_survives(client: Any, portrait_jpeg: bytes,
                                                         detector_pool: DetectorPool) -> None:
     pids = [w.pid for w in detector_pool.workers]
@@ -225,7 +249,7 @@ async def test_bad_input_errors_and_the_worker_survives(client: Any, portrait_jp
         ({"data": form(("x.jpg", portrait_jpeg, "image/jpeg"), field="file")}, 400, "missing_field"),
         ({"data": form(("t.jpg", portrait_jpeg[: len(portrait_jpeg) // 2], "image/jpeg"))}, 400, "invalid_image"),
         ({"data": portrait_jpeg[:-200], "headers": jpeg}, 400, "invalid_image"),
-        ({"data": os.urandom(5000), "headers": jpeg}, 400, "invalid_image"),
+        ({"data": os.urandom(5000), "headers": jpeg}, 415, "unsupported_media_type"),
         ({"data": b"\xff\xd8\xff" + os.urandom(5000), "headers": jpeg}, 400, "invalid_image"),
         ({"data": b"GIF89a" + os.urandom(100), "headers": {"Content-Type": "image/png"}}, 400, "invalid_image"),
         ({"data": b"", "headers": jpeg}, 400, "empty_image"),
@@ -240,7 +264,7 @@ async def test_bad_input_errors_and_the_worker_survives(client: Any, portrait_jp
         ({"data": form(("a.txt", b"hello", "text/plain"))}, 415, "unsupported_media_type"),
         ({"data": form(*[("a.jpg", b"\xff\xd8\xff" * 9, "image/jpeg")] * 5)}, 400, "too_many_files"),
         ({"data": b"--xyz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
-          "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, None),
+          "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 415, None),
         ({"data": b"abc", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_multipart"),
         ({"data": b"abc", "headers": {"Content-Type": "multipart/form-data; boundary=zz"}}, 400,
          "bad_multipart"),

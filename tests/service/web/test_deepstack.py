@@ -127,7 +127,7 @@ async def test_min_confidence_zero_means_every_detection(two_model_client: Any,
 
 @pytest.mark.parametrize("fields,status,needle", [
     ({}, 400, "no file in multipart field 'image'"),
-    ({"image": b"not an image"}, 400, "not a JPEG"),
+    ({"image": b"not an image"}, 415, "not an image we can read"),
     ({"image": "PHOTO", "min_confidence": "high"}, 400, "min_confidence"),
     ({"image": "PHOTO", "min_confidence": "1.5"}, 400, "min_confidence"),
     ({"image": "PHOTO", "min_confidence": "nan"}, 400, "min_confidence"),
@@ -174,8 +174,8 @@ async def test_too_large_unsupported_and_not_ready(two_model_client: Any,
         content_type="image/jpeg")
     response = await two_model_client.post("/v1/vision/detection", data=big)
     assert response.status == 413 and (await response.json())["success"] is False
-    gif = form(("x.gif", b"GIF89a....", "image/gif"))
-    response = await two_model_client.post("/v1/vision/detection", data=gif)
+    pdf = form(("x.pdf", b"%PDF-1.7\n....", "image/gif"))
+    response = await two_model_client.post("/v1/vision/detection", data=pdf)
     assert response.status == 415 and (await response.json())["success"] is False
 
 

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import FormData
 
 import db
+from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
 from model.detection import Detection
 from service.web import keys
 from service.web.handlers import pages
@@ -68,7 +69,8 @@ async def test_index_page(client: Any) -> None:
     html = await get_html(client, "/")
     assert 'id="upload-form"' in html
     assert re.search(r'<input[^>]*name="image"[^>]*type="file"[^>]*multiple', html)
-    assert 'accept="image/jpeg,image/png,image/bmp,image/webp"' in html
+    assert f'accept="{ACCEPT_ATTRIBUTE}"' in html and ".heic" in ACCEPT_ATTRIBUTE
+    assert f">{ACCEPTED_TEXT}" in html  # the same list as the README's
     assert 'for="image-input"' in html  # the drop zone is the file input's label
     assert 'id="conf-input"' in html
     assert 'role="status"' in html and 'aria-live="polite"' in html
