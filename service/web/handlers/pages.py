@@ -22,7 +22,7 @@ from yarl import URL
 
 import db
 from model.detection import Detection
-from model.draw import label_style
+from model.draw import label_style, palette
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
 from service.web import keys, params
 
@@ -48,6 +48,7 @@ async def index(request: web.Request) -> web.Response:
         "examples": EXAMPLES,
         "accept": ACCEPT_ATTRIBUTE,
         "accepted_text": ACCEPTED_TEXT,
+        "palette": palette(),
         "max_upload_mb": f"{config.server.max_upload_mb:g}",
     })
 

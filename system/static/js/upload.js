@@ -1,8 +1,11 @@
 // Upload page: send each chosen or dropped image to POST /detect and draw its boxes.
 // Everything from the server or the user is inserted with textContent, never as HTML.
+// Boxes and labels: boxes.js (the rules and palette of model/draw.py). A result opens
+// large in a dialog (Esc or the close button closes it).
+
+import { drawBoxes, labelStyle, layoutLabels, readPalette } from "./boxes.js";
 
 const MAX_PARALLEL = 2;
-const DENSE_BOXES = 25;
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("image-input");
@@ -12,38 +15,17 @@ const modelSelect = document.getElementById("model-select");  // only with sever
 const statusLine = document.getElementById("upload-status");
 const results = document.getElementById("results");
 const template = document.getElementById("result-template");
+const viewer = document.getElementById("viewer");
+const palette = readPalette(results);
 
 let pending = 0;
 let queue = [];
 let running = 0;
 
-// The colour utils/draw.py gives a class on the annotated images: hue stepped by the
-// golden ratio, HSV (h, 0.85, 0.95); black text on light colours, white on dark ones.
-function classColor(classId) {
-  const id = Number.isInteger(classId) && classId >= 0 ? classId : 0;
-  const h = (id * 0.618033988749895) % 1;
-  const s = 0.85;
-  const v = 0.95;
-  const i = Math.floor(h * 6);
-  const f = h * 6 - i;
-  const p = v * (1 - s);
-  const q = v * (1 - s * f);
-  const t = v * (1 - s * (1 - f));
-  const [r, g, b] = [[v, t, p], [q, v, p], [p, v, t], [p, q, v], [t, p, v], [v, p, q]][i % 6]
-    .map((x) => Math.round(x * 255));
-  const hex = `#${[r, g, b].map((x) => x.toString(16).padStart(2, "0")).join("")}`;
-  const text = 0.299 * r + 0.587 * g + 0.114 * b > 140 ? "#000" : "#fff";
-  return { hex, text };
-}
-
-function setColor(element, classId) {
-  const { hex, text } = classColor(classId);
-  element.style.setProperty("--c", hex);
+function setColor(element, label, classId) {
+  const { color, text } = labelStyle(palette, label, classId);
+  element.style.setProperty("--c", color);
   element.style.setProperty("--c-text", text);
-}
-
-function percent(value, total) {
-  return `${Math.min(100, Math.max(0, (value / total) * 100)).toFixed(3)}%`;
 }
 
 function formatConfidence(confidence) {
@@ -68,30 +50,10 @@ function createCard(file, batch) {
   return card;
 }
 
-// Positions are percentages of the record's own width and height, so boxes follow the
-// image at whatever size it is displayed.
-function drawBoxes(container, record) {
-  container.replaceChildren();
-  // With many boxes the tags would cover the picture: they then show on hover only.
-  container.classList.toggle("stage__boxes--dense", record.detections.length > DENSE_BOXES);
-  for (const det of record.detections) {
-    const { x1, y1, x2, y2 } = det.box;
-    const box = document.createElement("div");
-    box.className = "box";
-    setColor(box, det.class_id);
-    box.style.left = percent(x1, record.width);
-    box.style.top = percent(y1, record.height);
-    box.style.width = percent(x2 - x1, record.width);
-    box.style.height = percent(y2 - y1, record.height);
-    if (y1 / record.height < 0.06) box.classList.add("box--label-inside");
-    const tag = document.createElement("span");
-    tag.className = "box__label";
-    tag.textContent = `${det.label} ${formatConfidence(det.confidence)}`;
-    box.title = tag.textContent;
-    box.append(tag);
-    container.append(box);
-  }
-}
+// Labels are placed in the pixels the image is shown at: again whenever that changes.
+const relayout = new ResizeObserver((entries) => {
+  for (const entry of entries) layoutLabels(entry.target, palette);
+});
 
 // One chip per label: how many boxes and the best confidence.
 function summarize(detections) {
@@ -113,7 +75,7 @@ function listDetections(list, record) {
   for (const entry of summarize(record.detections)) {
     const item = document.createElement("li");
     item.className = "det";
-    setColor(item, entry.classId);
+    setColor(item, entry.label, entry.classId);
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.setAttribute("aria-hidden", "true");
@@ -140,7 +102,20 @@ function showRecord(card, record) {
   card.querySelector(".result__summary").textContent =
     `${record.width}×${record.height} px · ${record.model} · ${Math.round(record.inference_ms)} ms` +
     (count === 0 ? " · nothing detected" : "");
-  drawBoxes(card.querySelector(".stage__boxes"), record);
+  card.record = record;
+  const stage = card.querySelector(".stage");
+  stage.style.aspectRatio = `${record.width} / ${record.height}`;
+  stage.style.setProperty("--ar", String(record.width / record.height));
+  const overlay = card.querySelector(".stage__boxes");
+  if (card.dataset.preview === "server") {
+    showServerPreview(card, record, overlay);
+  } else {
+    drawBoxes(overlay, record, palette);
+    relayout.observe(overlay);
+  }
+  const open = card.querySelector(".stage__open");
+  open.disabled = false;
+  open.setAttribute("aria-label", `Open ${record.filename || "the image"} large`);
   listDetections(card.querySelector(".det-list"), record);
   const recordUrl = `/detections/${encodeURIComponent(record.id)}`;
   const links = card.querySelector(".result__links");
@@ -148,6 +123,58 @@ function showRecord(card, record) {
   links.querySelector(".result__json").href = `/api/detections/${encodeURIComponent(record.id)}`;
   links.hidden = false;
 }
+
+// An image this browser cannot show (TIFF, HEIC): the server's annotated JPEG of it, with
+// the same boxes drawn the same way; without stored originals, the boxes on the grey.
+function showServerPreview(card, record, overlay) {
+  relayout.unobserve(overlay);
+  overlay.replaceChildren();
+  const img = card.querySelector(".stage__img");
+  const stage = card.querySelector(".stage");
+  img.addEventListener("load", () => stage.classList.remove("stage--broken"), { once: true });
+  img.addEventListener("error", () => {
+    stage.classList.remove("stage--broken");
+    stage.classList.add("stage--blank");
+    drawBoxes(overlay, record, palette);
+    relayout.observe(overlay);
+  }, { once: true });
+  img.src = `/detections/${encodeURIComponent(record.id)}/image?annotated=1`;
+}
+
+// The large view: a copy of the card's stage in a modal dialog; its labels are laid out
+// again for the larger size.
+function openViewer(card) {
+  const stage = card.querySelector(".stage").cloneNode(true);
+  stage.classList.add("stage--large");
+  const open = stage.querySelector(".stage__open");
+  open.replaceWith(...open.childNodes);
+  viewer.querySelector(".viewer__title").textContent = card.querySelector(".result__name").textContent;
+  viewer.querySelector(".viewer__body").replaceChildren(stage);
+  viewer.returnFocus = card.querySelector(".stage__open");
+  viewer.showModal();
+  const overlay = stage.querySelector(".stage__boxes");
+  if (overlay.dataset.width) relayout.observe(overlay);
+}
+
+function closeViewer() {
+  const overlay = viewer.querySelector(".viewer__body .stage__boxes");
+  if (overlay) relayout.unobserve(overlay);
+  viewer.querySelector(".viewer__body").replaceChildren();
+}
+
+viewer.addEventListener("close", () => {
+  closeViewer();
+  if (viewer.returnFocus) viewer.returnFocus.focus();
+});
+viewer.querySelector(".viewer__close").addEventListener("click", () => viewer.close());
+viewer.addEventListener("click", (event) => {
+  if (event.target === viewer) viewer.close();  // a click on the backdrop
+});
+
+results.addEventListener("click", (event) => {
+  const open = event.target.closest(".stage__open");
+  if (open && !open.disabled) openViewer(open.closest(".result"));
+});
 
 function showError(card, message, code) {
   card.classList.remove("is-pending");
@@ -228,18 +255,18 @@ function addFiles(fileList) {
   const batch = document.createDocumentFragment();
   for (const file of files) {
     const card = createCard(file, batch);
-    if (file.type.startsWith("image/")) {
-      const img = card.querySelector(".stage__img");
-      const url = URL.createObjectURL(file);
-      img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
-      img.addEventListener("error", () => {
-        URL.revokeObjectURL(url);
-        card.querySelector(".stage").classList.add("stage--broken");
-      }, { once: true });
-      img.src = url;
-    } else {
+    // The browser's own decoding when it can (transparency shows on the page's matte,
+    // the grey the model saw it on); otherwise the server's rendering, once detected.
+    const img = card.querySelector(".stage__img");
+    // Kept while the page lives: the large view shows the same URL.
+    const url = URL.createObjectURL(file);
+    img.addEventListener("error", () => {
+      URL.revokeObjectURL(url);
       card.querySelector(".stage").classList.add("stage--broken");
-    }
+      card.dataset.preview = "server";
+      if (card.record) showServerPreview(card, card.record, card.querySelector(".stage__boxes"));
+    }, { once: true });
+    img.src = url;
     queue.push({ file, card });
     pending += 1;
   }

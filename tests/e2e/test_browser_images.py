@@ -1,0 +1,228 @@
+"""The upload page in a real browser (Debian's Chromium, as tests/e2e/test_browser.py):
+every accepted format, a transparent PNG shown on the grey the model saw, a refused file
+with its sentence, labels that never cover each other, and the large view.
+
+Test images are made here with Pillow (and pillow-heif for HEIC). ``SCREENSHOT_DIR``
+keeps screenshots of what was checked.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from main import init_app
+from model.formats import FORMATS, NOT_AN_IMAGE
+from model.preprocess import PAD_COLOR
+from service.web import keys
+from tests.e2e.test_browser import (BUS, browser, chromium_executable,  # noqa: F401 (fixtures)
+                                    page_factory, screenshot)
+from tests.paths import shared
+
+PAGE_DONE = "n => document.querySelectorAll('#results .result:not(.is-pending)').length === n"
+
+
+def _photo(width: int = 160, height: int = 120) -> Image.Image:
+    """A small picture with structure: a gradient and a few blocks."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(xx * 255 // width), (yy * 255 // height), np.full_like(xx, 90)], axis=2)
+    rgb[20:60, 30:70] = (230, 40, 40)
+    rgb[70:110, 90:150] = (40, 200, 60)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def _write(folder: Path, name: str, image: Image.Image, fmt: str, **params: Any) -> Path:
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    path = folder / name
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+async def _label_rects(page: Any, scope: str) -> list[dict[str, Any]]:
+    """The shown labels' and their stage's rectangles, from the DOM, per stage."""
+    return await page.evaluate("""(scope) => [...document.querySelectorAll(scope)].map((stage) => {
+        const frame = stage.querySelector('.stage__boxes').getBoundingClientRect();
+        const labels = [...stage.querySelectorAll('.box__label')].filter((l) => !l.hidden)
+          .map((l) => { const r = l.getBoundingClientRect();
+                        return {left: r.left, top: r.top, right: r.right, bottom: r.bottom,
+                                text: l.textContent}; });
+        return {frame: {left: frame.left, top: frame.top, right: frame.right,
+                        bottom: frame.bottom}, labels, boxes: stage.querySelectorAll('.box').length};
+    })""", scope)
+
+
+def _assert_apart_and_inside(stages: list[dict[str, Any]]) -> int:
+    shown = 0
+    for stage in stages:
+        frame = stage["frame"]
+        for label in stage["labels"]:
+            assert label["left"] >= frame["left"] - 0.5 and label["right"] <= frame["right"] + 0.5, label
+            assert label["top"] >= frame["top"] - 0.5 and label["bottom"] <= frame["bottom"] + 0.5, label
+        for a, b in itertools.combinations(stage["labels"], 2):
+            overlap_x = min(a["right"], b["right"]) - max(a["left"], b["left"])
+            overlap_y = min(a["bottom"], b["bottom"]) - max(a["top"], b["top"])
+            assert overlap_x <= 0.5 or overlap_y <= 0.5, (a, b)
+        shown += len(stage["labels"])
+    return shown
+
+
+async def test_every_accepted_format_uploads(client: Any, page_factory: Any,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    photo = _photo()
+    params = {"JPEG": {"quality": 92}, "HEIF": {"quality": 90}, "AVIF": {"quality": 90}}
+    files = [_write(tmp_path, f"photo{fmt.extensions[0]}", photo, fmt.pillow[0],
+                    **params.get(fmt.pillow[0], {})) for fmt in FORMATS]
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    hint = await page.locator("#accepted-formats").inner_text()
+    assert hint.startswith("JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF and AVIF")
+    await page.set_input_files("#image-input", [str(f) for f in files])
+    await page.wait_for_function(PAGE_DONE, arg=len(files))
+    cards = page.locator("#results .result")
+    for index, path in enumerate(files):
+        card = cards.nth(index)
+        assert await card.locator(".result__name").inner_text() == path.name
+        assert "is-done" in await card.get_attribute("class"), await card.inner_text()
+        # A preview for each: the browser's own, or (TIFF, HEIC) the server's rendering.
+        img = card.locator(".stage__img")
+        await page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                     arg=await img.element_handle())
+        record = await (await client.get(
+            f"/api/detections/{await card.get_attribute('data-record-id')}")).json()
+        assert (record["width"], record["height"]) == photo.size
+    sources = await page.locator("#results .stage__img").evaluate_all(
+        "imgs => imgs.map((img) => img.src.startsWith('blob:') ? 'browser' : 'server')")
+    assert sources.count("server") >= 1  # Chromium shows no TIFF: the server renders it
+    assert sources[0] == "browser"  # JPEG
+    await screenshot(page, "look-formats")
+
+
+async def test_transparent_png_shows_the_grey_the_model_saw(client: Any,  # noqa: F811
+                                                            page_factory: Any,
+                                                            tmp_path: Path) -> None:
+    rgba = np.zeros((120, 160, 4), np.uint8)
+    rgba[..., :3] = (20, 60, 220)
+    rgba[:, 80:, 3] = 255  # the left half transparent
+    path = _write(tmp_path, "transparent.png", Image.fromarray(rgba), "PNG")
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    await page.set_input_files("#image-input", str(path))
+    await page.wait_for_function(PAGE_DONE, arg=1)
+    stage = page.locator("#results .result .stage__img").first
+    shot = Image.open(io.BytesIO(await stage.screenshot())).convert("RGB")
+    width, height = shot.size
+    left = np.asarray(shot)[height // 4: 3 * height // 4, width // 8: 3 * width // 8]
+    right = np.asarray(shot)[height // 4: 3 * height // 4, 5 * width // 8: 7 * width // 8]
+    assert np.abs(left.astype(int) - PAD_COLOR).max() <= 3  # the transparent half: grey 114
+    assert np.abs(right.astype(int) - (20, 60, 220)).max() <= 3
+    await screenshot(page, "look-transparent")
+
+
+async def test_a_refused_file_says_why(client: Any, page_factory: Any,  # noqa: F811
+                                       tmp_path: Path) -> None:
+    pdf = tmp_path / "scan.pdf"
+    pdf.write_bytes(b"%PDF-1.7\n" + b"0" * 400)
+    fake = tmp_path / "renamed.jpg"  # named like a photo, and the browser sends image/jpeg
+    fake.write_bytes(b"just some text, not a photo\n" * 10)
+    ico = _write(tmp_path, "icon.ico", _photo(32, 32), "ICO")
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    await page.set_input_files("#image-input", [str(pdf), str(fake), str(ico)])
+    await page.wait_for_function(PAGE_DONE, arg=3)
+    for index, name in enumerate(("scan.pdf", "renamed.jpg", "icon.ico")):
+        card = page.locator("#results .result").nth(index)
+        assert "is-error" in await card.get_attribute("class")
+        alert = card.locator(".result__error[role=alert]")
+        text = await alert.inner_text()
+        assert f"{name}: {NOT_AN_IMAGE}" in text and "(415 unsupported_media_type)" in text
+    await screenshot(page, "look-refused")
+
+
+async def test_labels_never_cover_each_other(client: Any, page_factory: Any) -> None:  # noqa: F811
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    # The random test model scores many boxes near 0.25: a low threshold gives crowds.
+    await page.fill("#conf-input", "0.05")
+    await page.set_input_files("#image-input", [str(BUS), str(BUS)])
+    await page.wait_for_function(PAGE_DONE, arg=2)
+    stages = await _label_rects(page, "#results .stage")
+    assert all(stage["boxes"] > 3 for stage in stages)
+    assert _assert_apart_and_inside(stages) > 3
+    await screenshot(page, "look-labels-grid")
+
+    # The large view: keyboard, labels laid out again for the size, Esc closes.
+    opener = page.locator("#results .stage__open").first
+    await opener.focus()
+    await page.keyboard.press("Enter")
+    viewer = page.locator("#viewer")
+    await viewer.wait_for(state="visible")
+    await page.wait_for_timeout(200)  # the resize observer's layout
+    large = await _label_rects(page, "#viewer .stage")
+    assert large[0]["frame"]["right"] - large[0]["frame"]["left"] > 1.5 * (
+        stages[0]["frame"]["right"] - stages[0]["frame"]["left"])
+    assert _assert_apart_and_inside(large) >= len(stages[0]["labels"])
+    fonts = await page.evaluate("""() => [document.querySelector('#results .box__label'),
+        document.querySelector('#viewer .box__label')].map((l) => parseFloat(getComputedStyle(l).fontSize))""")
+    assert fonts[1] > fonts[0]  # legible large, not only scaled
+    await screenshot(page, "look-lightbox")
+    await page.keyboard.press("Escape")
+    await viewer.wait_for(state="hidden")
+    assert await page.evaluate("() => document.activeElement.classList.contains('stage__open')")
+
+
+async def test_coco_classes_on_real_photos(make_config: Any, aiohttp_client: Any,
+                                           page_factory: Any) -> None:  # noqa: F811
+    """zidane.jpg and bus.jpg with the real COCO model: crowded labels, all readable."""
+    source = shared("models", "yolov3-tiny-coco")
+    photos = [shared("images", name) for name in ("zidane.jpg", "bus.jpg")]
+    config = make_config({"workers": {"model_path": None}, "models": {"coco": {
+        "cfg": str(source / "yolov3-tiny.cfg"), "weights": str(source / "yolov3-tiny.weights"),
+        "names": str(source / "coco.names"), "img_size": 416, "conf_thres": 0.1,
+        "iou_thres": 0.45}}})
+    client = await aiohttp_client(await init_app(config))
+    await client.server.app[keys.warmup_task_key]
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    await page.set_input_files("#image-input", [str(p) for p in photos])
+    await page.wait_for_function(PAGE_DONE, arg=2)
+    stages = await _label_rects(page, "#results .stage")
+    texts = [label["text"] for stage in stages for label in stage["labels"]]
+    assert any(t.startswith("person ") for t in texts) and any(t.startswith("bus ") for t in texts)
+    _assert_apart_and_inside(stages)
+    await screenshot(page, "look-coco")
+    await page.locator("#results .stage__open").nth(1).click()  # bus.jpg, large
+    await page.locator("#viewer").wait_for(state="visible")
+    await page.wait_for_timeout(200)
+    _assert_apart_and_inside(await _label_rects(page, "#viewer .stage"))
+    await screenshot(page, "look-coco-large")
+
+
+@pytest.mark.parametrize("name", ["street-red.jpg", "closeup-yellow.jpg"])
+async def test_traffic_lights_in_their_colours(client: Any, page_factory: Any,  # noqa: F811
+                                               name: str) -> None:
+    """The shipped CINTA photos through the page: each label's colour is its light's."""
+    from model.draw import label_style
+    from settings import BASE_DIR
+
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    await page.set_input_files("#image-input", str(BASE_DIR / "system/static/examples" / name))
+    await page.wait_for_function(PAGE_DONE, arg=1)
+    pairs = await page.evaluate("""() => [...document.querySelectorAll('#results .box__label')]
+        .map((l) => [l.textContent, getComputedStyle(l).backgroundColor])""")
+    for text, color in pairs:
+        label = text.removeprefix("← ").rsplit(" ", 1)[0]
+        red, green, blue = label_style(label, 0).rgb
+        assert color == f"rgb({red}, {green}, {blue})", (text, color)
+    await screenshot(page, f"look-{name.removesuffix('.jpg')}")
