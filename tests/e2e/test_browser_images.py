@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from main import init_app
+from settings import BASE_DIR
 from model.formats import FORMATS, NOT_AN_IMAGE
 from model.preprocess import PAD_COLOR
 from service.web import keys
@@ -208,21 +210,123 @@ async def test_coco_classes_on_real_photos(make_config: Any, aiohttp_client: Any
     await screenshot(page, "look-coco-large")
 
 
-@pytest.mark.parametrize("name", ["street-red.jpg", "closeup-yellow.jpg"])
-async def test_traffic_lights_in_their_colours(client: Any, page_factory: Any,  # noqa: F811
-                                               name: str) -> None:
-    """The shipped CINTA photos through the page: each label's colour is its light's."""
+async def test_traffic_lights_in_their_colours(make_config: Any, aiohttp_client: Any,
+                                               page_factory: Any) -> None:  # noqa: F811
+    """The shipped model on the shipped CINTA photos, through the page: each label has
+    its light's colour (red for stop, amber for warning, green for go)."""
     from model.draw import label_style
-    from settings import BASE_DIR
 
+    data = BASE_DIR / "model" / "data"
+    config = make_config({"workers": {"model_path": None}, "models": {"traffic-lights": {
+        "cfg": str(data / "traffic-lights-yolov3-tiny.cfg"),
+        "weights": str(data / "traffic-lights-yolov3-tiny.pt"),
+        "names": str(data / "traffic_light.names"), "agnostic_nms": True,
+        "img_size": 512, "conf_thres": 0.25}}})
+    client = await aiohttp_client(await init_app(config))
+    await client.server.app[keys.warmup_task_key]
     page = await page_factory()
     await page.goto(str(client.make_url("/")))
-    await page.set_input_files("#image-input", str(BASE_DIR / "system/static/examples" / name))
-    await page.wait_for_function(PAGE_DONE, arg=1)
-    pairs = await page.evaluate("""() => [...document.querySelectorAll('#results .box__label')]
-        .map((l) => [l.textContent, getComputedStyle(l).backgroundColor])""")
-    for text, color in pairs:
-        label = text.removeprefix("← ").rsplit(" ", 1)[0]
-        red, green, blue = label_style(label, 0).rgb
+    photos = ("street-green.jpg", "street-red.jpg", "closeup-yellow.jpg")
+    await page.set_input_files("#image-input",
+                               [str(BASE_DIR / "system/static/examples" / p) for p in photos])
+    await page.wait_for_function(PAGE_DONE, arg=3)
+    labels = await page.evaluate("""() => [...document.querySelectorAll('#results .stage')]
+        .map((stage) => [...stage.querySelectorAll('.box__label')]
+          .map((l) => [l.textContent, getComputedStyle(l).backgroundColor]))""")
+    assert [{text.split(" ")[0] for text, _ in stage} for stage in labels] == [
+        {"go"}, {"stop"}, {"warning"}], labels
+    for text, color in (pair for stage in labels for pair in stage):
+        red, green, blue = label_style(text.removeprefix("← ").rsplit(" ", 1)[0], 0).rgb
         assert color == f"rgb({red}, {green}, {blue})", (text, color)
-    await screenshot(page, f"look-{name.removesuffix('.jpg')}")
+    _assert_apart_and_inside(await _label_rects(page, "#results .stage"))
+    await screenshot(page, "look-traffic-lights")
+
+
+async def test_page_and_server_place_labels_alike(client: Any, page_factory: Any) -> None:  # noqa: F811
+    """boxes.js and model/draw.py are two implementations of one rule: given the same
+    boxes and label sizes, they put every label in the same place."""
+    from model.draw import place_labels
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for _ in range(60):
+        width, height = int(rng.integers(200, 1400)), int(rng.integers(150, 1000))
+        n = int(rng.integers(1, 30))
+        x1, y1 = rng.uniform(0, width - 5, n), rng.uniform(0, height - 5, n)
+        x2 = np.minimum(width, x1 + rng.uniform(3, width / 2, n))
+        y2 = np.minimum(height, y1 + rng.uniform(3, height / 2, n))
+        boxes = np.stack([x1, y1, x2, y2], axis=1).round(2).tolist()
+        sizes = [[float(w), 16.0] for w in rng.integers(30, 140, n)]
+        cases.append({"width": width, "height": height, "boxes": boxes, "sizes": sizes})
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    in_page = await page.evaluate("""async (cases) => {
+        const { placeLabels } = await import('/static/js/boxes.js');
+        return cases.map((c) => placeLabels(c.boxes, c.sizes, c.width, c.height));
+    }""", cases)
+    for case, js in zip(cases, in_page, strict=True):
+        py = place_labels([tuple(b) for b in case["boxes"]], [tuple(s) for s in case["sizes"]],
+                          case["width"], case["height"])
+        assert [None if r is None else (r.left, r.top, r.right, r.bottom) for r in py] == [
+            None if r is None else (r["left"], r["top"], r["right"], r["bottom"]) for r in js]
+
+
+async def test_arrows_are_marked_on_the_page_and_the_record_image(
+        client: Any, page_factory: Any) -> None:  # noqa: F811
+    """goLeft, stopLeft and warningLeft: their light's colour, a dashed outline and an
+    arrow, on the upload page (boxes.js) and in the annotated JPEG (model/draw.py)."""
+    import hashlib
+    import uuid
+    from datetime import datetime, timezone
+
+    import db
+    from model.detection import Detection
+
+    photo = BASE_DIR / "system/static/examples/street-red.jpg"
+    data = photo.read_bytes()
+    detections = [Detection("stop", 1, 0.94, 362, 89, 383, 127),
+                  Detection("stopLeft", 2, 0.61, 360, 92, 386, 125),
+                  Detection("goLeft", 3, 0.55, 62, 94, 80, 132),
+                  Detection("go", 0, 0.52, 60, 96, 82, 130),
+                  Detection("warningLeft", 5, 0.40, 150, 200, 260, 330)]
+    sha = hashlib.sha256(data).hexdigest()
+    rec = db.Record(id=uuid.uuid4(), created_at=datetime.now(timezone.utc),
+                    filename=photo.name, sha256=sha, width=416, height=416,
+                    model="test-model", inference_ms=9.0, detections=detections)
+    await db.save_records(client.server.app[keys.db_key], [rec],
+                          [db.StoredImage(sha, "image/jpeg", data)])
+    page = await page_factory()
+    await page.goto(str(client.make_url("/")))
+    # The page's own drawing of this record, in a stage like a result's.
+    found = await page.evaluate("""async (record) => {
+        const { drawBoxes, readPalette } = await import('/static/js/boxes.js');
+        const results = document.getElementById('results');
+        results.insertAdjacentHTML('beforeend', '<li class="result card"><div class="stage">'
+          + '<div class="stage__open"><img class="stage__img" src="/static/examples/street-red.jpg">'
+          + '<span class="stage__boxes"></span></div></div></li>');
+        const img = results.querySelector('.stage__img');
+        await img.decode();
+        const overlay = results.querySelector('.stage__boxes');
+        drawBoxes(overlay, record, readPalette(results));
+        return [...overlay.querySelectorAll('.box')].map((box, i) => [
+          overlay.querySelectorAll('.box__label')[i].textContent,
+          getComputedStyle(box).borderTopStyle]);
+    }""", {"width": 416, "height": 416, "detections": [
+        {"label": d.label, "class_id": d.class_id, "confidence": d.confidence,
+         "box": {"x1": d.x1, "y1": d.y1, "x2": d.x2, "y2": d.y2}} for d in detections]})
+    assert found == [["stop 94%", "solid"], ["← stopLeft 61%", "dashed"],
+                     ["← goLeft 55%", "dashed"], ["go 52%", "solid"],
+                     ["← warningLeft 40%", "dashed"]]
+    _assert_apart_and_inside(await _label_rects(page, "#results .stage"))
+    await page.locator("#results .result").last.screenshot(
+        path=str(Path(os.environ.get("SCREENSHOT_DIR", "/tmp")) / "look-arrows-page.png"))
+    # The record page's image is drawn by the server with the same rules.
+    await page.goto(str(client.make_url(f"/detections/{rec.id}")))
+    shown = page.locator(".record-image img")
+    await page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                 arg=await shown.element_handle())
+    colours = await page.locator("#detections tbody tr").evaluate_all(
+        "rows => rows.map((r) => getComputedStyle(r).getPropertyValue('--c').trim())")
+    from model.draw import label_style
+    assert colours == [label_style(d.label, d.class_id).color for d in detections]
+    await screenshot(page, "look-arrows-record")

@@ -224,6 +224,8 @@ async function detect(file, card) {
     const response = await fetch(detectUrl(), { method: "POST", body, headers: { Accept: "application/json" } });
     if (!response.ok) {
       const { message, code } = await readError(response);
+      // Not an image we read: the browser's preview of it would only mislead.
+      if (response.status === 415) card.querySelector(".result__figure").hidden = true;
       showError(card, message, code);
       return;
     }
