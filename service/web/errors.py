@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 import db
-from model.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+from model.errors import (
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 from service.detect import ClientGone, DetectTimeout
 from service.recorder import StorageUnavailable
 from service.workers.models import UnknownModel

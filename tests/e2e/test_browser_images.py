@@ -15,17 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from main import init_app
-from settings import BASE_DIR
 from model.formats import FORMATS, NOT_AN_IMAGE
 from model.preprocess import PAD_COLOR
 from service.web import keys
-from tests.e2e.test_browser import (BUS, browser, chromium_executable,  # noqa: F401 (fixtures)
-                                    page_factory, screenshot)
+from settings import BASE_DIR
+from tests.e2e import test_browser
 from tests.paths import shared
+
+# The browser fixtures of test_browser.py (Debian's Chromium through Playwright), shared.
+chromium_executable = test_browser.chromium_executable
+browser = test_browser.browser
+page_factory = test_browser.page_factory
+screenshot = test_browser.screenshot
+BUS = test_browser.BUS
 
 PAGE_DONE = "n => document.querySelectorAll('#results .result:not(.is-pending)').length === n"
 
@@ -79,7 +84,7 @@ def _assert_apart_and_inside(stages: list[dict[str, Any]]) -> int:
     return shown
 
 
-async def test_every_accepted_format_uploads(client: Any, page_factory: Any,  # noqa: F811
+async def test_every_accepted_format_uploads(client: Any, page_factory: Any,
                                              tmp_path: Path) -> None:
     photo = _photo()
     params = {"JPEG": {"quality": 92}, "HEIF": {"quality": 90}, "AVIF": {"quality": 90}}
@@ -110,7 +115,7 @@ async def test_every_accepted_format_uploads(client: Any, page_factory: Any,  # 
     await screenshot(page, "look-formats")
 
 
-async def test_transparent_png_shows_the_grey_the_model_saw(client: Any,  # noqa: F811
+async def test_transparent_png_shows_the_grey_the_model_saw(client: Any,
                                                             page_factory: Any,
                                                             tmp_path: Path) -> None:
     rgba = np.zeros((120, 160, 4), np.uint8)
@@ -131,7 +136,7 @@ async def test_transparent_png_shows_the_grey_the_model_saw(client: Any,  # noqa
     await screenshot(page, "look-transparent")
 
 
-async def test_a_refused_file_says_why(client: Any, page_factory: Any,  # noqa: F811
+async def test_a_refused_file_says_why(client: Any, page_factory: Any,
                                        tmp_path: Path) -> None:
     pdf = tmp_path / "scan.pdf"
     pdf.write_bytes(b"%PDF-1.7\n" + b"0" * 400)
@@ -151,7 +156,7 @@ async def test_a_refused_file_says_why(client: Any, page_factory: Any,  # noqa: 
     await screenshot(page, "look-refused")
 
 
-async def test_labels_never_cover_each_other(client: Any, page_factory: Any) -> None:  # noqa: F811
+async def test_labels_never_cover_each_other(client: Any, page_factory: Any) -> None:
     page = await page_factory()
     await page.goto(str(client.make_url("/")))
     # The random test model scores many boxes near 0.25: a low threshold gives crowds.
@@ -184,7 +189,7 @@ async def test_labels_never_cover_each_other(client: Any, page_factory: Any) -> 
 
 
 async def test_coco_classes_on_real_photos(make_config: Any, aiohttp_client: Any,
-                                           page_factory: Any) -> None:  # noqa: F811
+                                           page_factory: Any) -> None:
     """zidane.jpg and bus.jpg with the real COCO model: crowded labels, all readable."""
     source = shared("models", "yolov3-tiny-coco")
     photos = [shared("images", name) for name in ("zidane.jpg", "bus.jpg")]
@@ -211,7 +216,7 @@ async def test_coco_classes_on_real_photos(make_config: Any, aiohttp_client: Any
 
 
 async def test_traffic_lights_in_their_colours(make_config: Any, aiohttp_client: Any,
-                                               page_factory: Any) -> None:  # noqa: F811
+                                               page_factory: Any) -> None:
     """The shipped model on the shipped CINTA photos, through the page: each label has
     its light's colour (red for stop, amber for warning, green for go)."""
     from model.draw import label_style
@@ -242,7 +247,7 @@ async def test_traffic_lights_in_their_colours(make_config: Any, aiohttp_client:
     await screenshot(page, "look-traffic-lights")
 
 
-async def test_page_and_server_place_labels_alike(client: Any, page_factory: Any) -> None:  # noqa: F811
+async def test_page_and_server_place_labels_alike(client: Any, page_factory: Any) -> None:
     """boxes.js and model/draw.py are two implementations of one rule: given the same
     boxes and label sizes, they put every label in the same place."""
     from model.draw import place_labels
@@ -272,12 +277,12 @@ async def test_page_and_server_place_labels_alike(client: Any, page_factory: Any
 
 
 async def test_arrows_are_marked_on_the_page_and_the_record_image(
-        client: Any, page_factory: Any) -> None:  # noqa: F811
+        client: Any, page_factory: Any) -> None:
     """goLeft, stopLeft and warningLeft: their light's colour, a dashed outline and an
     arrow, on the upload page (boxes.js) and in the annotated JPEG (model/draw.py)."""
     import hashlib
     import uuid
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     import db
     from model.detection import Detection
@@ -290,7 +295,7 @@ async def test_arrows_are_marked_on_the_page_and_the_record_image(
                   Detection("go", 0, 0.52, 60, 96, 82, 130),
                   Detection("warningLeft", 5, 0.40, 150, 200, 260, 330)]
     sha = hashlib.sha256(data).hexdigest()
-    rec = db.Record(id=uuid.uuid4(), created_at=datetime.now(timezone.utc),
+    rec = db.Record(id=uuid.uuid4(), created_at=datetime.now(UTC),
                     filename=photo.name, sha256=sha, width=416, height=416,
                     model="test-model", inference_ms=9.0, detections=detections)
     await db.save_records(client.server.app[keys.db_key], [rec],

@@ -9,8 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.detection import Detection
-from model.draw import (CATEGORICAL, LIGHT_COLORS, Rect, class_color, draw_detections,
-                        label_font_px, label_style, palette, place_labels)
+from model.draw import (
+    CATEGORICAL,
+    LIGHT_COLORS,
+    Rect,
+    class_color,
+    draw_detections,
+    label_font_px,
+    label_style,
+    palette,
+    place_labels,
+)
 
 
 def _det(class_id: int, x1: float, y1: float, x2: float, y2: float,

@@ -26,7 +26,7 @@ def test_the_refusal_names_every_format() -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
-def test_sniffs_what_pillow_writes(fmt) -> None:  # noqa: ANN001
+def test_sniffs_what_pillow_writes(fmt) -> None:
     if fmt.pillow[0] == "HEIF":
         import pillow_heif
 

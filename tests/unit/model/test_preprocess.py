@@ -12,9 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from model.errors import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+from model.errors import (
+    ImageDecodeError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 from model.formats import FORMATS, sniff_content_type
-from model.preprocess import PAD_COLOR, decode_for_network, decode_image, letterbox, to_tensor
+from model.preprocess import (
+    PAD_COLOR,
+    decode_for_network,
+    decode_image,
+    letterbox,
+    to_tensor,
+)
 
 
 def _rgb_pattern(height: int = 48, width: int = 64) -> np.ndarray:
