@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps, TiffImagePlugin
 
 from model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
-from model.formats import NOT_AN_IMAGE, PILLOW_FORMATS
+from model.formats import NOT_AN_IMAGE, PILLOW_FORMATS, sniff_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,17 @@ def decode_for_network(data: bytes, max_pixels: int | None = None,
 
 
 @functools.cache
-def _register_plugins() -> None:
-    """Teach Pillow HEIF (pillow-heif); once per process, on first use, not on import."""
+def _pillow_formats() -> tuple[str, ...]:
+    """Teach Pillow HEIF (pillow-heif), once per process, on first use, not on import;
+    the accepted formats this Pillow reads (one built without AVIF reads the others)."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
+    Image.init()
+    available = tuple(name for name in PILLOW_FORMATS if name in Image.OPEN)
+    if available != PILLOW_FORMATS:
+        logger.warning("this Pillow cannot read %s", sorted(set(PILLOW_FORMATS) - set(available)))
+    return available
 
 
 def _read_header(data: bytes) -> tuple[str, int, int, bool]:
@@ -141,9 +147,8 @@ def _read_header(data: bytes) -> tuple[str, int, int, bool]:
         if len(data) < 8 + riff_size:
             raise ImageDecodeError(
                 f"truncated WebP: {len(data)} bytes, the header announces {8 + riff_size}")
-    _register_plugins()
     try:
-        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=_pillow_formats()) as im:
             fmt, (width, height) = str(im.format), im.size
             fmt = "JPEG" if fmt == "MPO" else fmt  # a JPEG with more pictures after it
             needs_pillow = _has_transparency(im) or (fmt != "JPEG" and _rotated(im))
@@ -151,7 +156,12 @@ def _read_header(data: bytes) -> tuple[str, int, int, bool]:
         # The warning only arrives as an exception where warnings are errors.
         raise ImageTooLargeError(f"image is too large: {exc}") from exc
     except Image.UnidentifiedImageError as exc:
-        raise UnsupportedImageError(NOT_AN_IMAGE) from exc
+        sniffed = sniff_content_type(data)
+        if sniffed is None:
+            raise UnsupportedImageError(NOT_AN_IMAGE) from exc
+        # It starts like an accepted format: a damaged file, not a foreign one.
+        raise ImageDecodeError(f"cannot read the image header: the {sniffed} file is "
+                               "damaged or truncated") from exc
     except _PILLOW_ERRORS as exc:
         raise ImageDecodeError(f"cannot read the image header: {exc}") from exc
     if width <= 0 or height <= 0:
@@ -180,7 +190,7 @@ def _decode_with_pillow(data: bytes, fmt: str) -> DecodedImage:
     """Formats OpenCV does not read (GIF, TIFF, HEIF, AVIF), and any image with
     transparency: the first frame, upright, composited onto :data:`PAD_COLOR`."""
     try:
-        with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
+        with Image.open(io.BytesIO(data), formats=_pillow_formats()) as im:
             im.load()
             upright = ImageOps.exif_transpose(im)
             if _has_transparency(upright):

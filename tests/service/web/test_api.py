@@ -264,7 +264,7 @@ async def test_bad_input_errors_and_the_worker_survives(client: Any, portrait_jp
         ({"data": form(("a.txt", b"hello", "text/plain"))}, 415, "unsupported_media_type"),
         ({"data": form(*[("a.jpg", b"\xff\xd8\xff" * 9, "image/jpeg")] * 5)}, 400, "too_many_files"),
         ({"data": b"--xyz\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc",
-          "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 415, None),
+          "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, None),
         ({"data": b"abc", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_multipart"),
         ({"data": b"abc", "headers": {"Content-Type": "multipart/form-data; boundary=zz"}}, 400,
          "bad_multipart"),

@@ -42,3 +42,11 @@ def test_sniffs_what_pillow_writes(fmt) -> None:
 ])
 def test_refuses_what_is_not_an_accepted_image(data: bytes) -> None:
     assert sniff_content_type(data) is None
+
+
+def test_the_api_document_lists_every_format() -> None:
+    import yaml
+
+    spec = yaml.safe_load((BASE_DIR / "service/web/openapi.yaml").read_text(encoding="utf-8"))
+    body = spec["paths"]["/detect"]["post"]["requestBody"]["content"]
+    assert set(body) - {"multipart/form-data"} == {f.content_type for f in FORMATS}
