@@ -110,8 +110,9 @@ async def test_every_accepted_format_uploads(client: Any, page_factory: Any,
         assert (record["width"], record["height"]) == photo.size
     sources = await page.locator("#results .stage__img").evaluate_all(
         "imgs => imgs.map((img) => img.src.startsWith('blob:') ? 'browser' : 'server')")
-    assert sources.count("server") >= 1  # Chromium shows no TIFF: the server renders it
-    assert sources[0] == "browser"  # JPEG
+    shown = dict(zip([f.suffix for f in files], sources, strict=True))
+    assert shown[".tif"] == "server"  # Chromium shows no TIFF (nor HEIC): the server's JPEG
+    assert {shown[s] for s in (".jpg", ".png", ".webp", ".gif", ".bmp", ".avif")} == {"browser"}
     await screenshot(page, "look-formats")
 
 
@@ -335,3 +336,23 @@ async def test_arrows_are_marked_on_the_page_and_the_record_image(
     from model.draw import label_style
     assert colours == [label_style(d.label, d.class_id).color for d in detections]
     await screenshot(page, "look-arrows-record")
+
+
+async def test_large_view_on_a_phone_in_dark_mode(client: Any, page_factory: Any) -> None:
+    page = await page_factory(width=360, height=740)
+    await page.emulate_media(color_scheme="dark")
+    await page.goto(str(client.make_url("/")))
+    await page.fill("#conf-input", "0.27")
+    await page.set_input_files("#image-input", str(BUS))
+    await page.wait_for_function(PAGE_DONE, arg=1)
+    await page.locator("#results .stage__open").first.click()
+    viewer = page.locator("#viewer")
+    await viewer.wait_for(state="visible")
+    await page.wait_for_timeout(200)
+    frame = await viewer.bounding_box()
+    assert frame["x"] >= 0 and frame["x"] + frame["width"] <= 360
+    _assert_apart_and_inside(await _label_rects(page, "#viewer .stage"))
+    await page.screenshot(path=str(Path(os.environ.get("SCREENSHOT_DIR", "/tmp"))
+                                   / "look-phone-dark-large.png"))
+    await page.locator("#viewer .viewer__close").click()
+    await viewer.wait_for(state="hidden")
