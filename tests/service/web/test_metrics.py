@@ -95,7 +95,7 @@ async def test_detect_is_counted_once_with_its_duration(client: Any, portrait_jp
 
 async def test_errors_are_counted_with_the_status_sent(client: Any) -> None:
     record_id = uuid.uuid4()
-    assert (await client.post("/detect", data=b"not an image", headers=JPEG)).status == 400
+    assert (await client.post("/detect", data=b"not an image", headers=JPEG)).status == 415
     assert (await client.get(f"/detections/{record_id}")).status == 404
     assert (await client.get(f"/detections/{record_id}/image")).status == 404
     assert (await client.get(f"/api/detections/{record_id}")).status == 404
@@ -107,7 +107,7 @@ async def test_errors_are_counted_with_the_status_sent(client: Any) -> None:
     text = await response.text()
     samples = parse(text)[0]
     for endpoint, method, status in [
-            ("/detect", "POST", "400"),
+            ("/detect", "POST", "415"),
             ("/detections/{id}", "GET", "404"),
             ("/detections/{id}/image", "GET", "404"),
             ("/api/detections/{id}", "GET", "404"),
