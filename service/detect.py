@@ -1,10 +1,10 @@
 """The work of ``POST /detect``, without HTTP: images in, durable records out.
 
 :func:`detect_images` takes uploaded images (already read and hashed) and, in order:
-checks each is, by its bytes, an image type the engine decodes; starts writing the originals to the
-database (:meth:`RecordWriter.images_ahead`) while every image runs through the worker
-pool at once; turns the results into records; and returns once the records are durable
-(database or spool). Whatever goes wrong is raised as the domain error that says so
+checks each is, by its bytes, an image type the engine decodes; starts writing the
+originals to the database (:meth:`RecordWriter.images_ahead`) while every image runs
+through the worker pool at once; turns the results into records; and returns once the
+records are durable (database or spool). Whatever goes wrong is raised as the domain error that says so
 (``model.errors.ImageError``, ``PoolUnavailable``, ``ImageKilledWorker``,
 ``StorageUnavailable``, :class:`DetectTimeout`, :class:`ClientGone`); the web layer's
 error table turns it into a status. Every handler that detects (ours, and other APIs'
