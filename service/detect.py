@@ -4,10 +4,10 @@
 checks each is, by its bytes, an image type the engine decodes; starts writing the
 originals to the database (:meth:`RecordWriter.images_ahead`) while every image runs
 through the worker pool at once; turns the results into records; and returns once the
-records are durable (database or spool). Whatever goes wrong is raised as the domain error that says so
-(``model.errors.ImageError``, ``PoolUnavailable``, ``ImageKilledWorker``,
-``StorageUnavailable``, :class:`DetectTimeout`, :class:`ClientGone`); the web layer's
-error table turns it into a status. Every handler that detects (ours, and other APIs'
+records are durable (database or spool). Whatever goes wrong is raised as the domain
+error that says so (``model.errors.ImageError``, ``PoolUnavailable``,
+``ImageKilledWorker``, ``StorageUnavailable``, :class:`DetectTimeout`,
+:class:`ClientGone`); the web layer's error table turns it into a status. Every handler that detects (ours, and other APIs'
 routes) calls this.
 """
 
