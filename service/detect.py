@@ -7,8 +7,8 @@ through the worker pool at once; turns the results into records; and returns onc
 records are durable (database or spool). Whatever goes wrong is raised as the domain
 error that says so (``model.errors.ImageError``, ``PoolUnavailable``,
 ``ImageKilledWorker``, ``StorageUnavailable``, :class:`DetectTimeout`,
-:class:`ClientGone`); the web layer's error table turns it into a status. Every handler that detects (ours, and other APIs'
-routes) calls this.
+:class:`ClientGone`); the web layer's error table turns it into a status. Every handler
+that detects (ours, and other APIs' routes) calls this.
 """
 
 from __future__ import annotations
