@@ -255,7 +255,8 @@ def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, font_px: int,
 
 @lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled font (Aileron, by dotcolon.net, CC0) at ``size`` px: no system font needed."""
+    """Pillow's bundled font (Aileron, by dotcolon.net, CC0) at ``size`` px: no system
+    font needed."""
     return ImageFont.load_default(size=size)
 
 

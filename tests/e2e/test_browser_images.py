@@ -65,7 +65,8 @@ async def _label_rects(page: Any, scope: str) -> list[dict[str, Any]]:
                         return {left: r.left, top: r.top, right: r.right, bottom: r.bottom,
                                 text: l.textContent}; });
         return {frame: {left: frame.left, top: frame.top, right: frame.right,
-                        bottom: frame.bottom}, labels, boxes: stage.querySelectorAll('.box').length};
+                        bottom: frame.bottom},
+                labels, boxes: stage.querySelectorAll('.box').length};
     })""", scope)
 
 
@@ -74,8 +75,8 @@ def _assert_apart_and_inside(stages: list[dict[str, Any]]) -> int:
     for stage in stages:
         frame = stage["frame"]
         for label in stage["labels"]:
-            assert label["left"] >= frame["left"] - 0.5 and label["right"] <= frame["right"] + 0.5, label
-            assert label["top"] >= frame["top"] - 0.5 and label["bottom"] <= frame["bottom"] + 0.5, label
+            assert frame["left"] - 0.5 <= label["left"] < label["right"] <= frame["right"] + 0.5
+            assert frame["top"] - 0.5 <= label["top"] < label["bottom"] <= frame["bottom"] + 0.5
         for a, b in itertools.combinations(stage["labels"], 2):
             overlap_x = min(a["right"], b["right"]) - max(a["left"], b["left"])
             overlap_y = min(a["bottom"], b["bottom"]) - max(a["top"], b["top"])
@@ -181,7 +182,8 @@ async def test_labels_never_cover_each_other(client: Any, page_factory: Any) -> 
         stages[0]["frame"]["right"] - stages[0]["frame"]["left"])
     assert _assert_apart_and_inside(large) >= len(stages[0]["labels"])
     fonts = await page.evaluate("""() => [document.querySelector('#results .box__label'),
-        document.querySelector('#viewer .box__label')].map((l) => parseFloat(getComputedStyle(l).fontSize))""")
+        document.querySelector('#viewer .box__label')]
+        .map((l) => parseFloat(getComputedStyle(l).fontSize))""")
     assert fonts[1] > fonts[0]  # legible large, not only scaled
     await screenshot(page, "look-lightbox")
     await page.keyboard.press("Escape")
@@ -308,7 +310,8 @@ async def test_arrows_are_marked_on_the_page_and_the_record_image(
         const { drawBoxes, readPalette } = await import('/static/js/boxes.js');
         const results = document.getElementById('results');
         results.insertAdjacentHTML('beforeend', '<li class="result card"><div class="stage">'
-          + '<div class="stage__open"><img class="stage__img" src="/static/examples/street-red.jpg">'
+          + '<div class="stage__open">'
+          + '<img class="stage__img" src="/static/examples/street-red.jpg">'
           + '<span class="stage__boxes"></span></div></div></li>');
         const img = results.querySelector('.stage__img');
         await img.decode();

@@ -37,7 +37,8 @@ def test_sniffs_what_pillow_writes(fmt) -> None:
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"GIF8", b"%PDF-1.7\n", b"hello world", b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",
+    b"", b"GIF8", b"%PDF-1.7\n", b"hello world",
+    b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom",  # a video, not an image
     b"\x00\x00\x00\xffftypheic",  # box larger than the data
 ])
 def test_refuses_what_is_not_an_accepted_image(data: bytes) -> None:
