@@ -474,6 +474,30 @@ async def get_image(pool: asyncpg.Pool, detection_id: UUID) -> tuple[Record, Sto
     return record, StoredImage(record.sha256, row["content_type"], bytes(row["data"]))
 
 
+async def get_image_data(pool: asyncpg.Pool, sha256: str) -> StoredImage:
+    """A stored original by its SHA-256; raises RecordNotFound."""
+    row = await pool.fetchrow("SELECT content_type, data FROM images WHERE sha256 = $1", sha256)
+    if row is None:
+        raise RecordNotFound(f"the image {sha256} is not stored")
+    return StoredImage(sha256, row["content_type"], bytes(row["data"]))
+
+
+async def get_rendition(pool: asyncpg.Pool, key: str) -> tuple[str, bytes] | None:
+    """A stored rendition (content type, bytes), or None."""
+    row = await pool.fetchrow("SELECT content_type, data FROM renditions WHERE key = $1", key)
+    return None if row is None else (row["content_type"], bytes(row["data"]))
+
+
+async def store_rendition(pool: asyncpg.Pool, key: str, sha256: str, content_type: str,
+                          data: bytes) -> None:
+    """Keep a rendition of a stored image (a second one with the same key is dropped;
+    none is kept when the image is gone meanwhile)."""
+    await pool.execute(
+        "INSERT INTO renditions (key, sha256, content_type, data) "
+        "SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM images WHERE sha256 = $2) "
+        "ON CONFLICT (key) DO NOTHING", key, sha256, content_type, data)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 

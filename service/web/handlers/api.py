@@ -9,9 +9,9 @@ from uuid import UUID
 from aiohttp import web
 
 import db
-from model.draw import annotate
 from service.detect import DetectOptions, Timing, Upload, detect_images
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.renditions import SIZES
 from service.web import keys, params
 from service.web.labels import check_label
 from service.web.errors import RETRY_AFTER_S, ApiError
@@ -135,14 +135,23 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def detection_image(request: web.Request) -> web.Response:
-    """GET /detections/{id}/image: the stored original, or ?annotated=1 with boxes drawn."""
-    annotated = params.flag(request.query, "annotated")
-    record, image = await db.get_image(request.app[keys.db_key], _record_id(request))
+    """GET /detections/{id}/image: the stored original; with ``?annotated=1`` a JPEG with
+    the boxes drawn, at most 1280 px on its long side; with ``?size=thumb`` at most
+    320 px (boxes drawn only with annotated=1). Sized images are made once and stored
+    (``service.renditions``)."""
+    query = request.query
+    annotated = params.flag(query, "annotated")
+    size = params.choice(query, "size", tuple(SIZES), "display")
+    pool = request.app[keys.db_key]
     headers = {"Cache-Control": "private, max-age=86400"}  # records never change
-    if not annotated:
+    if not annotated and "size" not in query:
+        _, image = await db.get_image(pool, _record_id(request))
         return web.Response(body=image.data, content_type=image.content_type, headers=headers)
-    body = await asyncio.to_thread(annotate, image.data, record.detections)
-    return web.Response(body=body, content_type="image/jpeg", headers=headers)
+    record = await db.get_detection(pool, _record_id(request))
+    rendition = await request.app[keys.renditions_key].get(record, SIZES[size],
+                                                           annotated=annotated)
+    return web.Response(body=rendition.data, content_type=rendition.content_type,
+                        headers=headers)
 
 
 # ---------------------------------------------------------------- health
