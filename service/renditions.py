@@ -11,12 +11,14 @@ three ways:
   reduced to at most :data:`THUMB_SIDE` or :data:`DISPLAY_SIDE` pixels on its long side
   before the boxes are drawn (``model.draw.annotate``);
 - **concurrency**: at most ``threads`` renditions at once, on a thread pool of their own
-  (not the default executor, which the spool uses), and a request waits for its place
-  *before* it reads the original from the database, so waiting requests hold nothing;
+  (not the default executor, which the spool uses), and together at most
+  :data:`RENDER_BUDGET_BYTES` of decoded pixels (from the record's width and height); a
+  request waits for its place *before* it reads the original from the database, so
+  waiting requests hold nothing;
 - **repetition**: concurrent requests for the same rendition share one render.
 
-So the memory a burst of requests for huge originals can take is about ``threads``
-decoded originals (a 7000x7000 PNG: 147 MB each), whatever the number of requests.
+So the memory a burst of requests for huge originals can take is about the budget (or one
+decoded original larger than it), whatever the number of requests.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ DISPLAY_SIDE = 1280  # the record page
 SIZES = {"thumb": THUMB_SIDE, "display": DISPLAY_SIDE}
 QUALITY = {THUMB_SIDE: 80, DISPLAY_SIDE: 88}
 RENDER_THREADS = 2
+# Decoded bytes (RGB) of the originals being rendered at once: two 12-megapixel photos
+# fit, one 7000x7000 PNG (147 MB) at a time. One image over the budget still runs, alone.
+RENDER_BUDGET_BYTES = 256 * 2**20
 FORMAT_VERSION = 1  # bump when the way renditions are made changes
 BACKGROUND = (114, 114, 114)  # under transparent pixels (the letterbox grey of model/)
 
@@ -73,7 +78,12 @@ def render(data: bytes, detections: Sequence[Detection], width: int, height: int
                 and image.mode in ("RGB", "L") and image.format == "JPEG":
             return annotate(data, detections, quality)  # small already: as it is
         image.draft("RGB", (side, side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-        upright = ImageOps.exif_transpose(image)
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):  # palette, 16-bit: resize in RGB(A)
+            image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        # Reduce first (no full-size copies: a 7000x7000 RGB image is 147 MB), then
+        # turn upright and flatten.
+        image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        upright = ImageOps.exif_transpose(image) or image
         flat = _flatten(upright)
         flat.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=2.0)
         scale_x, scale_y = flat.width / width, flat.height / height
@@ -83,13 +93,17 @@ def render(data: bytes, detections: Sequence[Detection], width: int, height: int
     return annotate(buffer.getvalue(), scaled, quality)
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
 def _flatten(image: Image.Image) -> Image.Image:
     """RGB, with transparent pixels over :data:`BACKGROUND`."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if _has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _drawing_version() -> str:
@@ -99,13 +113,42 @@ def _drawing_version() -> str:
     return f"{FORMAT_VERSION}:{hashlib.sha256(source).hexdigest()[:16]}"
 
 
+class _Budget:
+    """A semaphore of weights: holders together at most ``capacity`` (one alone may hold
+    more), and at most ``places`` of them."""
+
+    def __init__(self, capacity: int, places: int) -> None:
+        self._capacity = capacity
+        self._places = places
+        self._used = 0
+        self._holders = 0
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, weight: int) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._holders == 0 or (self._holders < self._places
+                                               and self._used + weight <= self._capacity))
+            self._used += weight
+            self._holders += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._used -= weight
+                self._holders -= 1
+                self._changed.notify_all()
+
+
 class Renditions:
     """Makes, stores and serves renditions (one per application)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, threads: int = RENDER_THREADS) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, threads: int = RENDER_THREADS,
+                 budget_bytes: int = RENDER_BUDGET_BYTES) -> None:
         self._pool = pool
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="rendition")
-        self._places = asyncio.Semaphore(threads)
+        self._places = _Budget(budget_bytes, threads)
         self._making: dict[str, asyncio.Future[Rendition]] = {}
         self._version = _drawing_version()
         self.made = 0  # renders run (for tests and logs)
@@ -131,7 +174,8 @@ class Renditions:
         return await asyncio.shield(making)
 
     async def _make(self, key: str, record: db.Record, side: int, annotated: bool) -> Rendition:
-        async with self._places:  # before the original is read: waiting costs no memory
+        weight = 3 * record.width * record.height  # RGB, decoded
+        async with self._places.hold(weight):  # before the original is read: waiting is free
             image = await db.get_image_data(self._pool, record.sha256)
             detections = record.detections if annotated else []
             data = await asyncio.get_running_loop().run_in_executor(
