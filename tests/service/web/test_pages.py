@@ -412,6 +412,13 @@ def test_parse_filters_keeps_the_good_values() -> None:
     assert len(errors) == 1 and errors[0].startswith("until:")
 
 
+def test_model_names_are_shown_once() -> None:
+    assert pages.model_text("traffic-lights-tiny-spp:traffic-lights-tiny-spp") \
+        == "traffic-lights-tiny-spp"
+    assert pages.model_text("yolov3-spp:best_model_12") == "yolov3-spp · best_model_12"
+    assert pages.model_text("traffic-lights") == "traffic-lights"
+
+
 def test_class_id_for_unknown_labels_is_stable() -> None:
     names = ("go", "stop")
     assert pages.class_id_for("stop", names) == 1
