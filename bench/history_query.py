@@ -14,7 +14,10 @@ label filters are measured.
 Then the whole ``GET /history`` page (records, per-label and per-day counts of what the
 filters select, the chart, the template), served by the real handler over HTTP: its
 server time is read from the page's ``Server-Timing`` header (p50/p95 per filter set).
-Last, what a history thumbnail costs: made from a real 350 KB photo, and read back.
+Then what a history thumbnail costs: made from a real photo, and read back. Last, what
+the ``history_counts`` trigger adds to the write path: ``db.save_records`` of one record
+at a time, at concurrency 1 and 4, with the trigger on and off in alternating rounds (the
+records are deleted again afterwards, the counts left as they were).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -155,6 +159,7 @@ async def run(dsn: str, n: int, limit: int, repeat: int) -> None:
         print(f"{'stats (all labels, all days)':48} {'':>10} {median:10.2f} {p95:8.2f}")
         await history_pages(pool, end, repeat)
         await thumbnails(pool)
+        await write_cost(pool, end)
     finally:
         await db.close_pool(pool, 10)
 
@@ -222,6 +227,55 @@ async def history_pages(pool: asyncpg.Pool, end: datetime, repeat: int) -> None:
             print(f"{name:48} {statistics.median(totals):8.2f} "
                   f"{totals[int(0.95 * (len(totals) - 1))]:8.2f} "
                   f"{statistics.median(dbs):8.2f} {size / 1024:8.1f}")
+
+
+_TRIGGERS = ("detections_history_counts_insert", "detections_history_counts_delete")
+
+
+async def _triggers(pool: asyncpg.Pool, on: bool) -> None:
+    verb = "ENABLE" if on else "DISABLE"
+    async with pool.acquire() as conn:
+        for name in _TRIGGERS:
+            await conn.execute(f"ALTER TABLE detections {verb} TRIGGER {name}")
+
+
+async def write_cost(pool: asyncpg.Pool, end: datetime, rounds: int = 4,
+                     per_round: int = 100) -> None:
+    """save_records of single records, trigger on vs off, at concurrency 1 and 4."""
+    rng = random.Random(7)
+    written: dict[bool, list[uuid.UUID]] = {True: [], False: []}
+    times: dict[tuple[bool, int], list[float]] = {}
+
+    async def one(record: db.Record, out: list[float]) -> None:
+        started = time.perf_counter()
+        await db.save_records(pool, [record])
+        out.append((time.perf_counter() - started) * 1000)
+
+    try:
+        for _ in range(rounds):
+            for on in (True, False):
+                await _triggers(pool, on)
+                for concurrency in (1, 4):
+                    out = times.setdefault((on, concurrency), [])
+                    records = make_records(per_round, end, rng)
+                    records = [replace(r, model="bench-writes", id=uuid.uuid4())
+                               for r in records]
+                    written[on].extend(r.id for r in records)
+                    for start in range(0, len(records), concurrency):
+                        await asyncio.gather(*(one(r, out)
+                                               for r in records[start:start + concurrency]))
+    finally:
+        for on in (True, False):  # each deleted as it was counted: the counts stay right
+            await _triggers(pool, on)
+            await pool.execute("DELETE FROM detections WHERE id = ANY($1::uuid[])", written[on])
+        await _triggers(pool, True)
+    print(f"\nsave_records, one record per call ({rounds} alternating rounds of {per_round})")
+    for concurrency in (1, 4):
+        on, off = sorted(times[(True, concurrency)]), sorted(times[(False, concurrency)])
+        print(f"  c={concurrency}: trigger on p50 {statistics.median(on):5.2f} ms "
+              f"p95 {on[int(0.95 * (len(on) - 1))]:5.2f} | off p50 {statistics.median(off):5.2f} "
+              f"ms p95 {off[int(0.95 * (len(off) - 1))]:5.2f} | "
+              f"added p50 {statistics.median(on) - statistics.median(off):+.2f} ms")
 
 
 async def thumbnails(pool: asyncpg.Pool) -> None:
