@@ -618,7 +618,7 @@ async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
     and what occurs beside it).
 
     Label, model and whole-day ranges are read from ``history_counts`` (a few rows per
-    day, kept by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
+    day, appended by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
     at the edges of a range, and the ``min_confidence`` and ``filename`` filters, which
     that table cannot answer, are counted from the records themselves.
     """
@@ -646,7 +646,8 @@ async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
 
 async def _count_days(pool: asyncpg.Pool, filters: HistoryFilter, first: datetime | None,
                       end: datetime | None, tally: _Tally) -> None:
-    """Whole UTC days [first, end) from ``history_counts``."""
+    """Whole UTC days [first, end) from ``history_counts`` and its deltas not folded in
+    yet."""
     args, arg = _args()
     where = [f"having_label = {arg(filters.label or '')}"]
     if filters.model is not None:
@@ -655,9 +656,12 @@ async def _count_days(pool: asyncpg.Pool, filters: HistoryFilter, first: datetim
         where.append(f"day >= {arg(first.date())}")
     if end is not None:
         where.append(f"day < {arg(end.date())}")
+    condition = " AND ".join(where)
     rows = await pool.fetch(
-        "SELECT day, label, sum(records) AS records, sum(boxes) AS boxes "
-        f"FROM history_counts WHERE {' AND '.join(where)} GROUP BY day, label", *args)
+        "SELECT day, label, sum(records) AS records, sum(boxes) AS boxes FROM ("
+        f"SELECT day, label, records, boxes FROM history_counts WHERE {condition} UNION ALL "
+        f"SELECT day, label, records, boxes FROM history_count_deltas WHERE {condition}"
+        ") c GROUP BY day, label", *args)
     for row in rows:
         if row["label"] == "":
             tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
@@ -691,7 +695,15 @@ async def _stats_from_records(pool: asyncpg.Pool, filters: HistoryFilter) -> Sta
 
 async def list_labels(pool: asyncpg.Pool) -> list[str]:
     """Every label that occurs in the history, sorted."""
-    rows = await pool.fetch("SELECT DISTINCT label FROM history_counts "
-                            "WHERE having_label = '' AND label <> '' AND records > 0 "
-                            "ORDER BY label")
+    rows = await pool.fetch(
+        "SELECT label FROM (SELECT label, records FROM history_counts "
+        "WHERE having_label = '' AND label <> '' UNION ALL SELECT label, records "
+        "FROM history_count_deltas WHERE having_label = '' AND label <> '') c "
+        "GROUP BY label HAVING sum(records) > 0 ORDER BY label")
     return [row["label"] for row in rows]
+
+
+async def compact_history_counts(pool: asyncpg.Pool) -> int:
+    """Fold the counts that inserts appended into ``history_counts``; returns how many
+    delta rows were folded (``migrations/0005_history_counts.sql``)."""
+    return int(await pool.fetchval("SELECT history_counts_compact()"))

@@ -29,6 +29,7 @@ from aiohttp import web
 import db
 from routes import setup_routes
 from service.metrics import MetricSources, ServiceMetrics
+from service.counts import counts_context
 from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
@@ -65,6 +66,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _records(app: web.Application) -> AsyncIterator[None]:
     async with records_context(app[keys.config_key], app[keys.db_key]) as writer:
         app[keys.records_key] = writer
+        yield
+
+
+async def _counts(app: web.Application) -> AsyncIterator[None]:
+    async with counts_context(app[keys.db_key]):
         yield
 
 
@@ -114,7 +120,8 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
-    app.cleanup_ctx.extend([_database, _records, _renditions, _workers(model_pools)])
+    app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
+                            _workers(model_pools)])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).
     app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])

@@ -78,7 +78,9 @@ async def seed(pool: asyncpg.Pool, n: int, end: datetime) -> float:
     started = time.perf_counter()
     for offset in range(0, n, BATCH):
         await db.save_records(pool, make_records(min(BATCH, n - offset), end, rng))
-    # Steady state: what autovacuum does soon after a bulk load (statistics, visibility map).
+    # Steady state: what the service's compaction task (service/counts.py) and autovacuum
+    # do soon after a bulk load (counts folded, statistics, visibility map).
+    await db.compact_history_counts(pool)
     async with pool.acquire() as conn:
         await conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - started
@@ -127,6 +129,7 @@ async def run(dsn: str, n: int, limit: int, repeat: int) -> None:
             seconds = await seed(pool, n - existing, end)
             print(f"seeded {n - existing:,} records in {seconds:.1f} s "
                   f"({(n - existing) / seconds:,.0f} records/s)")
+        await db.compact_history_counts(pool)
         total = await pool.fetchval("SELECT count(*) FROM detections")
         boxes = await pool.fetchval("SELECT count(*) FROM detection_labels")
         print(f"{total:,} records, {boxes:,} (record, label) index rows\n")
@@ -269,6 +272,7 @@ async def write_cost(pool: asyncpg.Pool, end: datetime, rounds: int = 4,
             await _triggers(pool, on)
             await pool.execute("DELETE FROM detections WHERE id = ANY($1::uuid[])", written[on])
         await _triggers(pool, True)
+        await db.compact_history_counts(pool)
     print(f"\nsave_records, one record per call ({rounds} alternating rounds of {per_round})")
     for concurrency in (1, 4):
         on, off = sorted(times[(True, concurrency)]), sorted(times[(False, concurrency)])
