@@ -171,7 +171,7 @@ async def test_upload_draws_boxes_and_links_to_record_and_history(
         f"/detections/{record_id}/image?annotated=1&size=thumb"
     await page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                  arg=await thumb.element_handle())
-    assert await page.locator("#per-day svg rect.chart__bar").count() == 1
+    assert await page.locator("#per-day svg.chart--wide rect.chart__bar").count() == 1
     await screenshot(page, "history")
 
 

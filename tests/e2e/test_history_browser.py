@@ -62,16 +62,16 @@ async def test_chart_with_one_day_is_one_narrow_bar(client: Any, page_factory: A
     await save(client, [0, 0, 0], [["go"], ["stop"], ["go", "stop"]])
     page = await page_factory()
     await page.goto(str(client.make_url("/history")))
-    chart = await page.locator("#per-day svg.chart").bounding_box()
-    bars = await boxes(page, "#per-day .chart__bar")
+    chart = await page.locator("#per-day svg.chart--wide").bounding_box()
+    bars = await boxes(page, "#per-day .chart--wide .chart__bar")
     assert len(bars) == 1
     assert bars[0]["width"] < chart["width"] / 20, (bars[0], chart)
-    assert await page.locator("#per-day .chart__bar").get_attribute("data-count") == "3"
+    assert await page.locator("#per-day .chart--wide .chart__bar").get_attribute("data-count") == "3"
     # The axis is labelled with days, the last one being the day of the data.
     days = [await t.get_attribute("data-day")
-            for t in await page.locator("#per-day .chart__tick-label").all()]
+            for t in await page.locator("#per-day .chart--wide .chart__tick-label").all()]
     assert len(days) >= 3 and days[-1] == NOW.date().isoformat()
-    await no_overlap(page, "#per-day .chart__tick-label")
+    await no_overlap(page, "#per-day .chart--wide .chart__tick-label")
     await check_spacing(page)
     # Thumbnails are small JPEGs, not the originals.
     thumb = page.locator(".record-card__thumb").first
@@ -92,12 +92,12 @@ async def test_chart_with_many_days_is_a_time_axis(client: Any, page_factory: An
     await save(client, days_ago, [["go"]] * len(days_ago))
     page = await page_factory()
     await page.goto(str(client.make_url("/history")))
-    bars = page.locator("#per-day .chart__bar")
+    bars = page.locator("#per-day .chart--wide .chart__bar")
     days = [await bar.get_attribute("data-day") for bar in await bars.all()]
     expected = sorted({(NOW - timedelta(days=d)).date().isoformat() for d in days_ago})
     assert days == expected
     # Bars sit where their day is: x grows with the date, by the same step per day.
-    xs = [b["x"] for b in await boxes(page, "#per-day .chart__bar")]
+    xs = [b["x"] for b in await boxes(page, "#per-day .chart--wide .chart__bar")]
     dates = [datetime.fromisoformat(d) for d in days]
     per_day = (xs[-1] - xs[0]) / (dates[-1] - dates[0]).days
     for x, day in zip(xs, dates):
@@ -106,15 +106,15 @@ async def test_chart_with_many_days_is_a_time_axis(client: Any, page_factory: An
     heights = {await bar.get_attribute("data-count"): (await bar.bounding_box())["height"]
                for bar in await bars.all()}
     assert heights["3"] == max(heights.values())
-    ticks = page.locator("#per-day .chart__tick-label")
+    ticks = page.locator("#per-day .chart--wide .chart__tick-label")
     assert 3 <= await ticks.count() <= 7
-    await no_overlap(page, "#per-day .chart__tick-label")
+    await no_overlap(page, "#per-day .chart--wide .chart__tick-label")
     await screenshot(page, "history-many-days")
 
     # A selected range is the axis: 60 days, the data in its second half.
     since = (NOW - timedelta(days=59)).date().isoformat()
     await page.goto(str(client.make_url(f"/history?since={since}&until={NOW.date()}")))
-    svg = page.locator("#per-day svg.chart")
+    svg = page.locator("#per-day svg.chart--wide")
     assert await svg.get_attribute("data-first") == since
     assert await svg.get_attribute("data-last") == NOW.date().isoformat()
     await screenshot(page, "history-range-60-days")
@@ -142,7 +142,7 @@ async def test_counts_follow_the_filters(client: Any, page_factory: Any) -> None
     assert await page.locator("#records > li").count() == 2
     assert await counts() == {"stop": "2", "go": "1"}
     assert await totals() == "2 images · 3 objects match these filters"
-    assert await page.locator("#per-day .chart__bar").count() == 1
+    assert await page.locator("#per-day .chart--wide .chart__bar").count() == 1
     await screenshot(page, "history-filtered-stop")
 
     # A file-name filter too.
@@ -159,6 +159,23 @@ async def test_counts_follow_the_filters(client: Any, page_factory: Any) -> None
     await page.locator("#error-links a", has_text=re.compile("^goLeft$")).click()
     await page.wait_for_url(re.compile(r"label=goLeft"))
     assert await counts() == {"goLeft": "1"}
+
+
+async def test_chart_on_a_phone_has_fewer_larger_ticks(client: Any, page_factory: Any) -> None:
+    days_ago = [0, 2, 5, 9, 16, 30, 44]
+    await save(client, days_ago, [["go"]] * len(days_ago))
+    page = await page_factory(width=360, height=800)
+    await page.goto(str(client.make_url("/history")))
+    assert not await page.locator("#per-day svg.chart--wide").is_visible()
+    assert await page.locator("#per-day svg.chart--narrow").is_visible()
+    labels = "#per-day .chart--narrow .chart__tick-label"
+    assert 2 <= await page.locator(labels).count() <= 4
+    await no_overlap(page, labels)
+    heights = [b["height"] for b in await boxes(page, labels)]
+    assert min(heights) >= 9, heights  # rendered text height in CSS px
+    assert await page.locator("#per-day .chart--narrow .chart__bar").count() == len(days_ago)
+    await page.locator("#per-day").scroll_into_view_if_needed()
+    await screenshot(page, "history-phone")
 
 
 async def test_record_opens_large(client: Any, page_factory: Any) -> None:

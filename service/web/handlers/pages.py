@@ -102,6 +102,9 @@ async def history(request: web.Request) -> web.Response:
         "first_url": str(base.with_query(kept)) if cursor is not None else None,
         "label_counts": label_counts(stats.labels, names, kept),
         "chart": day_chart(stats.days, since=filters.since, until=filters.until),
+        # Phones: fewer, larger ticks (SVG text scales with the drawing).
+        "chart_narrow": day_chart(stats.days, since=filters.since, until=filters.until,
+                                  width=360, height=210, max_ticks=4),
         "totals": {"records": stats.records, "boxes": stats.boxes},
     }, status=400 if errors else 200)
     done = time.perf_counter()
@@ -273,14 +276,14 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 def day_chart(days: Sequence[db.DayCount], *, since: datetime | None = None,
               until: datetime | None = None, width: int = 640, height: int = 200,
-              max_days: int = CHART_MAX_DAYS) -> dict[str, Any]:
+              max_days: int = CHART_MAX_DAYS, max_ticks: int = 7) -> dict[str, Any]:
     """Geometry of an SVG bar chart of images per day, on a time axis.
 
     The axis spans the selected range (``since`` .. ``until``, either taken from the data
     when not given), at least :data:`CHART_MIN_DAYS` days (a shorter range is widened
     towards the past), at most the last ``max_days`` days. Each day has one slot, and its
     bar is at most :data:`MAX_BAR_WIDTH` wide; days without records are empty slots.
-    Ticks fall on whole days, weeks (Mondays) or months, at most about seven of them.
+    Ticks fall on whole days, weeks (Mondays) or months, at most ``max_ticks`` of them.
     """
     chart: dict[str, Any] = {"width": width, "height": height, "bars": [], "ticks": [],
                              "grid": [], "clipped": False}
@@ -318,7 +321,7 @@ def day_chart(days: Sequence[db.DayCount], *, since: datetime | None = None,
     chart.update(
         bars=bars, left=left, right=width - right, top=top, baseline=baseline, max=peak,
         grid=grid, clipped=clipped, first=span[0].isoformat(), last=span[-1].isoformat(),
-        ticks=_ticks(span, left, slot),
+        ticks=_ticks(span, left, slot, max_ticks),
         description=_chart_description(span, per_day),
     )
     return chart
@@ -336,13 +339,15 @@ def _nice_scale(peak: int) -> tuple[int, int]:
         step *= 10
 
 
-def _ticks(span: Sequence[date], left: float, slot: float) -> list[dict[str, Any]]:
-    """Day labels under the slots: every day, every 2 days, every Monday, every second
-    Monday, or the first of each (or every 2nd, 3rd, 6th) month; at most about seven."""
+def _ticks(span: Sequence[date], left: float, slot: float,
+           max_ticks: int = 7) -> list[dict[str, Any]]:
+    """Day labels under the slots: every day, every 2 or 4 days, every Monday, every
+    second or fourth Monday, or the first of each (or every 2nd, 3rd, 6th, 12th) month;
+    the finest of these that gives at most ``max_ticks``."""
     n = len(span)
-    choices: list[tuple[str, int]] = [("day", 1), ("day", 2), ("week", 1), ("week", 2),
-                                      ("month", 1), ("month", 2), ("month", 3),
-                                      ("month", 6), ("month", 12)]
+    choices: list[tuple[str, int]] = [("day", 1), ("day", 2), ("day", 4), ("week", 1),
+                                      ("week", 2), ("week", 4), ("month", 1), ("month", 2),
+                                      ("month", 3), ("month", 6), ("month", 12)]
     picked: list[tuple[int, date]] = []
     for unit, every in choices:
         if unit == "day":
@@ -353,7 +358,7 @@ def _ticks(span: Sequence[date], left: float, slot: float) -> list[dict[str, Any
         else:
             picked = [(i, d) for i, d in enumerate(span)
                       if d.day == 1 and (d.month - 1) % every == 0]
-        if len(picked) <= 7 and (picked or n <= 7):
+        if len(picked) <= max_ticks and (picked or n <= max_ticks):
             break
     ticks = []
     previous_year = None

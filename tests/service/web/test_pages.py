@@ -136,12 +136,15 @@ async def test_history_lists_records_with_thumbnails_counts_and_chart(client: An
 
     # Per day: 1 May (1 image), nothing on 2 May, 3 May (2 images), on a time axis of
     # at least two weeks that ends on the last day.
+    wide = html[html.index('class="chart chart--wide"'):]
+    wide = wide[:wide.index("</svg>")]
     bars = re.findall(r'<rect class="chart__bar" data-day="([\d-]+)" data-count="(\d+)" '
-                      r'x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="([\d.]+)"', html)
+                      r'x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="([\d.]+)"', wide)
     assert [(day, int(n)) for day, n, _, _, _ in bars] == [("2024-05-01", 1), ("2024-05-03", 2)]
     heights = [float(h) for *_, h in bars]
     assert heights[1] == pytest.approx(2 * heights[0], rel=0.05)
-    assert 'data-first="2024-04-20" data-last="2024-05-03"' in html
+    assert 'data-first="2024-04-20" data-last="2024-05-03"' in wide
+    assert html.count('class="chart__bar"') == 4  # the same bars on the phone's chart
     xs, widths = [float(x) for _, _, x, _, _ in bars], [float(w) for *_, w, _ in bars]
     slot = (640 - 40 - 8) / 14
     assert xs[1] - xs[0] == pytest.approx(2 * slot, abs=0.05)  # two days apart
