@@ -31,8 +31,10 @@ async def compact_forever(pool: asyncpg.Pool, interval: float) -> None:
             moved = await db.compact_history_counts(pool)
             if moved:
                 log.debug("history counts: %d delta rows folded", moved)
-        except db.UNAVAILABLE_ERRORS as exc:
-            log.info("history counts not compacted: %s: %s", type(exc).__name__, exc)
+        except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            # Away, or refusing (a statement timeout): the deltas wait for the next run,
+            # and the counts read them all the same.
+            log.warning("history counts not compacted: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval)
 
 
