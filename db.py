@@ -14,8 +14,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -474,24 +474,41 @@ async def get_image(pool: asyncpg.Pool, detection_id: UUID) -> tuple[Record, Sto
     return record, StoredImage(record.sha256, row["content_type"], bytes(row["data"]))
 
 
+async def get_image_data(pool: asyncpg.Pool, sha256: str) -> StoredImage:
+    """A stored original by its SHA-256; raises RecordNotFound."""
+    row = await pool.fetchrow("SELECT content_type, data FROM images WHERE sha256 = $1", sha256)
+    if row is None:
+        raise RecordNotFound(f"the image {sha256} is not stored")
+    return StoredImage(sha256, row["content_type"], bytes(row["data"]))
+
+
+async def get_rendition(pool: asyncpg.Pool, key: str) -> tuple[str, bytes] | None:
+    """A stored rendition (content type, bytes), or None."""
+    row = await pool.fetchrow("SELECT content_type, data FROM renditions WHERE key = $1", key)
+    return None if row is None else (row["content_type"], bytes(row["data"]))
+
+
+async def store_rendition(pool: asyncpg.Pool, key: str, sha256: str, content_type: str,
+                          data: bytes) -> None:
+    """Keep a rendition of a stored image (a second one with the same key is dropped;
+    none is kept when the image is gone meanwhile)."""
+    await pool.execute(
+        "INSERT INTO renditions (key, sha256, content_type, data) "
+        "SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM images WHERE sha256 = $2) "
+        "ON CONFLICT (key) DO NOTHING", key, sha256, content_type, data)
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def history_query(filters: HistoryFilter, *, limit: int,
-                  cursor: Cursor | None = None) -> tuple[str, list[Any]]:
-    """The SQL and arguments of one history page (``limit + 1`` rows, to see if more exist).
+def _filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str, list[str], str, str]:
+    """The FROM clause, the WHERE conditions and the keyset columns (time, id) of the
+    records ``filters`` select.
 
-    With a label, rows are read in order from the ``detection_labels`` index on
-    (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
-    of ``detections``. Either way a page costs about ``limit`` index entries.
+    With a label, records are found through the ``detection_labels`` index on
+    (label, created_at DESC, detection_id DESC); without, through ``detections``.
     """
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
     if filters.label is not None:
         source = "detection_labels t JOIN detections d ON d.id = t.detection_id"
         where = [f"t.label = {arg(filters.label)}"]
@@ -510,6 +527,29 @@ def history_query(filters: HistoryFilter, *, limit: int,
         where.append(f"d.filename ILIKE {arg('%' + _escape_like(filters.filename) + '%')}")
     if filters.model is not None:
         where.append(f"d.model = {arg(filters.model)}")
+    return source, where, order_at, order_id
+
+
+def _args() -> tuple[list[Any], Callable[[Any], str]]:
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    return args, arg
+
+
+def history_query(filters: HistoryFilter, *, limit: int,
+                  cursor: Cursor | None = None) -> tuple[str, list[Any]]:
+    """The SQL and arguments of one history page (``limit + 1`` rows, to see if more exist).
+
+    With a label, rows are read in order from the ``detection_labels`` index on
+    (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
+    of ``detections``. Either way a page costs about ``limit`` index entries.
+    """
+    args, arg = _args()
+    source, where, order_at, order_id = _filter_sql(filters, arg)
     if cursor is not None:
         where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
     sql = (f"SELECT {_COLUMNS} FROM {source}"
@@ -533,52 +573,137 @@ async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFi
     return Page(items, next_cursor)
 
 
-def _where(column: str, since: datetime | None, until: datetime | None, model: str | None,
-           args: list[Any], model_column: str = "model") -> str:
-    where = []
-    if since is not None:
-        args.append(since)
-        where.append(f"{column} >= ${len(args)}")
-    if until is not None:
-        args.append(until)
-        where.append(f"{column} < ${len(args)}")
-    if model is not None:
-        args.append(model)
-        where.append(f"{model_column} = ${len(args)}")
-    return f" WHERE {' AND '.join(where)}" if where else ""
+def _utc_midnight(moment: datetime) -> datetime:
+    return datetime.combine(moment.astimezone(timezone.utc).date(), time(), tzinfo=timezone.utc)
 
 
-async def stats(pool: asyncpg.Pool, *, since: datetime | None = None,
-                until: datetime | None = None, model: str | None = None) -> Stats:
-    """Record and box counts: in total, per label and per UTC day, within [since, until),
-    of one model's records when ``model`` is given."""
-    args: list[Any] = []
-    where = _where("created_at", since, until, model, args)
-    labels_args: list[Any] = []
-    if model is None:
-        labels_from = "detection_labels" + _where("created_at", since, until, None, labels_args)
-    else:
-        labels_from = ("detection_labels t JOIN detections d ON d.id = t.detection_id"
-                       + _where("t.created_at", since, until, model, labels_args, "d.model"))
-    # Three independent aggregates: run them side by side on separate connections.
-    total, labels, days = await asyncio.gather(
-        pool.fetchrow(
-            f"SELECT count(*) AS records, coalesce(sum(num_detections), 0) AS boxes "
-            f"FROM detections{where}", *args),
-        pool.fetch(
-            f"SELECT label, count(*) AS records, sum(boxes) AS boxes FROM {labels_from} "
-            f"GROUP BY label ORDER BY records DESC, label", *labels_args),
-        pool.fetch(
-            f"SELECT created_day AS day, count(*) AS records, "
-            f"coalesce(sum(num_detections), 0) AS boxes FROM detections{where} "
-            f"GROUP BY created_day ORDER BY created_day", *args))
-    return Stats(
-        records=total["records"], boxes=int(total["boxes"]),
-        labels=[LabelCount(r["label"], r["records"], int(r["boxes"])) for r in labels],
-        days=[DayCount(r["day"], r["records"], int(r["boxes"])) for r in days])
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+@dataclass
+class _Tally:
+    """Counts being summed from several sources (whole days, partial days)."""
+
+    days: dict[date, list[int]] = field(default_factory=dict)
+    labels: dict[str, list[int]] = field(default_factory=dict)
+
+    def add_day(self, day: date, records: int, boxes: int) -> None:
+        entry = self.days.setdefault(day, [0, 0])
+        entry[0] += records
+        entry[1] += boxes
+
+    def add_label(self, label: str, records: int, boxes: int) -> None:
+        entry = self.labels.setdefault(label, [0, 0])
+        entry[0] += records
+        entry[1] += boxes
+
+    def stats(self) -> Stats:
+        days = [DayCount(day, r, b) for day, (r, b) in sorted(self.days.items()) if r > 0]
+        labels = [LabelCount(label, r, b) for label, (r, b) in self.labels.items() if r > 0]
+        labels.sort(key=lambda c: (-c.records, c.label))
+        return Stats(records=sum(d.records for d in days), boxes=sum(d.boxes for d in days),
+                     labels=labels, days=days)
+
+
+async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
+                since: datetime | None = None, until: datetime | None = None,
+                model: str | None = None) -> Stats:
+    """Counts of the records ``filters`` select (or ``since``/``until``/``model``): in
+    total, per label and per UTC day.
+
+    ``records`` is how many records; ``boxes`` all their boxes; per label, how many of
+    them have a box of that label and how many such boxes. With a label filter the
+    per-label counts are those of the records that have that label (the label itself
+    and what occurs beside it).
+
+    Label, model and whole-day ranges are read from ``history_counts`` (a few rows per
+    day, appended by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
+    at the edges of a range, and the ``min_confidence`` and ``filename`` filters, which
+    that table cannot answer, are counted from the records themselves.
+    """
+    if filters is None:
+        filters = HistoryFilter(since=since, until=until, model=model)
+    if filters.min_confidence is not None or filters.filename:
+        return await _stats_from_records(pool, filters)
+    first = None
+    if filters.since is not None:
+        first = _utc_midnight(filters.since)
+        if first < filters.since:
+            first = _day_start(first.date() + timedelta(days=1))
+    end = None if filters.until is None else _utc_midnight(filters.until)
+    if first is not None and end is not None and first >= end:  # within one day
+        return await _stats_from_records(pool, filters)
+    tally = _Tally()
+    parts: list[Awaitable[None]] = [_count_days(pool, filters, first, end, tally)]
+    if filters.since is not None and first is not None and first > filters.since:
+        parts.append(_count_records(pool, replace(filters, until=first), tally))
+    if filters.until is not None and end is not None and end < filters.until:
+        parts.append(_count_records(pool, replace(filters, since=end), tally))
+    await asyncio.gather(*parts)
+    return tally.stats()
+
+
+async def _count_days(pool: asyncpg.Pool, filters: HistoryFilter, first: datetime | None,
+                      end: datetime | None, tally: _Tally) -> None:
+    """Whole UTC days [first, end) from ``history_counts`` and its deltas not folded in
+    yet."""
+    args, arg = _args()
+    where = [f"having_label = {arg(filters.label or '')}"]
+    if filters.model is not None:
+        where.append(f"model = {arg(filters.model)}")
+    if first is not None:
+        where.append(f"day >= {arg(first.date())}")
+    if end is not None:
+        where.append(f"day < {arg(end.date())}")
+    condition = " AND ".join(where)
+    rows = await pool.fetch(
+        "SELECT day, label, sum(records) AS records, sum(boxes) AS boxes FROM ("
+        f"SELECT day, label, records, boxes FROM history_counts WHERE {condition} UNION ALL "
+        f"SELECT day, label, records, boxes FROM history_count_deltas WHERE {condition}"
+        ") c GROUP BY day, label", *args)
+    for row in rows:
+        if row["label"] == "":
+            tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
+        else:
+            tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+
+
+async def _count_records(pool: asyncpg.Pool, filters: HistoryFilter, tally: _Tally) -> None:
+    """Counts from the records themselves (two aggregates, side by side)."""
+    args, arg = _args()
+    source, where, _, _ = _filter_sql(filters, arg)
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    days, labels = await asyncio.gather(
+        pool.fetch(f"SELECT d.created_day AS day, count(*) AS records, "
+                   f"coalesce(sum(d.num_detections), 0) AS boxes FROM {source}{condition} "
+                   f"GROUP BY d.created_day", *args),
+        pool.fetch(f"SELECT l.label, count(*) AS records, sum(l.boxes) AS boxes "
+                   f"FROM {source} JOIN detection_labels l ON l.detection_id = d.id"
+                   f"{condition} GROUP BY l.label", *args))
+    for row in days:
+        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
+    for row in labels:
+        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+
+
+async def _stats_from_records(pool: asyncpg.Pool, filters: HistoryFilter) -> Stats:
+    tally = _Tally()
+    await _count_records(pool, filters, tally)
+    return tally.stats()
 
 
 async def list_labels(pool: asyncpg.Pool) -> list[str]:
     """Every label that occurs in the history, sorted."""
-    rows = await pool.fetch("SELECT DISTINCT label FROM detection_labels ORDER BY label")
+    rows = await pool.fetch(
+        "SELECT label FROM (SELECT label, records FROM history_counts "
+        "WHERE having_label = '' AND label <> '' UNION ALL SELECT label, records "
+        "FROM history_count_deltas WHERE having_label = '' AND label <> '') c "
+        "GROUP BY label HAVING sum(records) > 0 ORDER BY label")
     return [row["label"] for row in rows]
+
+
+async def compact_history_counts(pool: asyncpg.Pool) -> int:
+    """Fold the counts that inserts appended into ``history_counts``; returns how many
+    delta rows were folded (``migrations/0005_history_counts.sql``)."""
+    return int(await pool.fetchval("SELECT history_counts_compact()"))

@@ -29,7 +29,9 @@ from aiohttp import web
 import db
 from routes import setup_routes
 from service.metrics import MetricSources, ServiceMetrics
+from service.counts import counts_context
 from service.recorder import records_context
+from service.renditions import renditions_context
 from service.web import keys
 from service.web.auth import Auth
 from service.web.handlers import pages
@@ -64,6 +66,17 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _records(app: web.Application) -> AsyncIterator[None]:
     async with records_context(app[keys.config_key], app[keys.db_key]) as writer:
         app[keys.records_key] = writer
+        yield
+
+
+async def _counts(app: web.Application) -> AsyncIterator[None]:
+    async with counts_context(app[keys.db_key]):
+        yield
+
+
+async def _renditions(app: web.Application) -> AsyncIterator[None]:
+    async with renditions_context(app[keys.db_key]) as renditions:
+        app[keys.renditions_key] = renditions
         yield
 
 
@@ -107,7 +120,8 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
-    app.cleanup_ctx.extend([_database, _records, _workers(model_pools)])
+    app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
+                            _workers(model_pools)])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).
     app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])

@@ -54,12 +54,14 @@ class ApiError(Exception):
     """An HTTP error with a machine-readable code, rendered as JSON by the middleware."""
 
     def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 details: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}  # more fields of the error object (known_labels)
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,12 @@ def for_exception(exc: BaseException) -> ApiError | None:
 
 
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, *, path: str = "") -> web.Response:
+                   headers: dict[str, str] | None = None, *, path: str = "",
+                   details: dict[str, object] | None = None) -> web.Response:
     """The JSON error body: ours, or DeepStack's under :data:`DEEPSTACK_PREFIX` (its
     clients read ``success`` and ``error``; ``code`` is the status, as CodeProject.AI)."""
     if path.startswith(DEEPSTACK_PREFIX):
         return web.json_response({"success": False, "error": message, "code": status},
                                  status=status, headers=headers)
-    return web.json_response({"error": {"code": code, "message": message}}, status=status,
-                             headers=headers)
+    return web.json_response({"error": {"code": code, "message": message, **(details or {})}},
+                             status=status, headers=headers)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
+from service.renditions import Renditions
 from service.web.auth import Auth
 from service.workers.models import ModelPools
 from service.workers.pool import DetectorPool
@@ -23,6 +24,7 @@ models_key = web.AppKey("models", ModelPools)  # every model's pool, by name
 detector_pool_key = web.AppKey("detector_pool", DetectorPool)  # the default model's
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
 records_key = web.AppKey("records", RecordWriter)
+renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 admission_key = web.AppKey("admission", Admission)
 metrics_key = web.AppKey("metrics", ServiceMetrics)

@@ -118,7 +118,7 @@ def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
                 log.warning("%s %s: database unavailable: %s: %s", request.method,
                             request.path, type(exc).__name__, exc)
             return error_response(error.status, error.code, error.message, error.headers,
-                                  path=request.path)
+                                  path=request.path, details=error.details)
 
     return errors
 

@@ -129,6 +129,16 @@ def positive_int(query: Mapping[str, str], name: str, default: int, maximum: int
     return int(raw)
 
 
+def choice(query: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices``; ``default`` when absent."""
+    raw = _text(query, name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise ParamError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def optional_flag(query: Mapping[str, str], name: str, default: bool) -> bool:
     """``flag``, with ``default`` when absent."""
     if not (query.get(name) or "").strip():

@@ -166,10 +166,11 @@ async def test_upload_draws_boxes_and_links_to_record_and_history(
     item = page.locator(f'.record-card[data-record-id="{record_id}"]')
     assert await item.count() == 1
     thumb = item.locator("img")
-    assert await thumb.get_attribute("src") == f"/detections/{record_id}/image?annotated=1"
+    assert await thumb.get_attribute("src") == \
+        f"/detections/{record_id}/image?annotated=1&size=thumb"
     await page.wait_for_function("img => img.complete && img.naturalWidth > 0",
                                  arg=await thumb.element_handle())
-    assert await page.locator("#per-day svg rect.chart__bar").count() == 1
+    assert await page.locator("#per-day svg.chart--wide rect.chart__bar").count() == 1
     await screenshot(page, "history")
 
 

@@ -9,10 +9,11 @@ from uuid import UUID
 from aiohttp import web
 
 import db
-from model.draw import annotate
 from service.detect import DetectOptions, Timing, Upload, detect_images
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.renditions import SIZES
 from service.web import keys, params
+from service.web.labels import check_label
 from service.web.errors import RETRY_AFTER_S, ApiError
 from service.web.uploads import read_form
 from service.workers.pool import PoolUnavailable
@@ -104,8 +105,9 @@ async def list_detections(request: web.Request) -> web.Response:
     query = request.query
     filters = params.history_filter(query)
     limit = params.limit(query, maximum=db.MAX_PAGE_SIZE)
-    page = await db.list_detections(request.app[keys.db_key], filters, limit=limit,
-                                    cursor=params.cursor(query))
+    pool = request.app[keys.db_key]
+    await check_label(request.app[keys.config_key], pool, filters.label)
+    page = await db.list_detections(pool, filters, limit=limit, cursor=params.cursor(query))
     next_cursor = page.next_cursor.encode() if page.next_cursor else None
     next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
     return web.json_response({
@@ -123,23 +125,33 @@ async def get_detection(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """GET /api/stats: counts per label and per day, optionally within since/until."""
-    since = params.timestamp(request.query, "since")
-    until = params.timestamp(request.query, "until", end_of_day=True)
-    result = await db.stats(request.app[keys.db_key], since=since, until=until,
-                            model=params.text(request.query, "model"))
+    """GET /api/stats: counts of the records the history filters select (the same
+    parameters as /api/detections): in total, per label and per day."""
+    filters = params.history_filter(request.query)
+    pool = request.app[keys.db_key]
+    await check_label(request.app[keys.config_key], pool, filters.label)
+    result = await db.stats(pool, filters)
     return web.json_response(result.to_json())
 
 
 async def detection_image(request: web.Request) -> web.Response:
-    """GET /detections/{id}/image: the stored original, or ?annotated=1 with boxes drawn."""
-    annotated = params.flag(request.query, "annotated")
-    record, image = await db.get_image(request.app[keys.db_key], _record_id(request))
+    """GET /detections/{id}/image: the stored original; with ``?annotated=1`` a JPEG with
+    the boxes drawn, at most 1280 px on its long side; with ``?size=thumb`` at most
+    320 px (boxes drawn only with annotated=1). Sized images are made once and stored
+    (``service.renditions``)."""
+    query = request.query
+    annotated = params.flag(query, "annotated")
+    size = params.choice(query, "size", tuple(SIZES), "display")
+    pool = request.app[keys.db_key]
     headers = {"Cache-Control": "private, max-age=86400"}  # records never change
-    if not annotated:
+    if not annotated and "size" not in query:
+        _, image = await db.get_image(pool, _record_id(request))
         return web.Response(body=image.data, content_type=image.content_type, headers=headers)
-    body = await asyncio.to_thread(annotate, image.data, record.detections)
-    return web.Response(body=body, content_type="image/jpeg", headers=headers)
+    record = await db.get_detection(pool, _record_id(request))
+    rendition = await request.app[keys.renditions_key].get(record, SIZES[size],
+                                                           annotated=annotated)
+    return web.Response(body=rendition.data, content_type=rendition.content_type,
+                        headers=headers)
 
 
 # ---------------------------------------------------------------- health

@@ -22,7 +22,7 @@ from model.formats import NOT_AN_IMAGE
 from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool
-from settings import Config
+from settings import BASE_DIR, Config
 from tests.conftest import alive, encode, form, webp_bytes
 
 CONF = 0.2  # random weights: low enough to get boxes, high enough to keep the list short
@@ -33,7 +33,8 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str 
     assert response.content_type == "application/json"
     body = await response.json()
     assert set(body) >= {"error"}
-    assert set(body["error"]) == {"code", "message"}
+    extra = {"known_labels"} if body["error"]["code"] == "unknown_label" else set()
+    assert set(body["error"]) == {"code", "message"} | extra
     assert body["error"]["message"]
     if code is not None:
         assert body["error"]["code"] == code
@@ -375,7 +376,23 @@ async def test_stats(client: Any) -> None:
     assert [d["records"] for d in body["days"]] == [1, 2, 2, 2, 2]  # 12:00, then every 12 h
     body = await (await client.get("/api/stats?since=2024-05-03&until=2024-05-03")).json()
     assert body["records"] == 2
+    # Every history filter applies; a time inside a day counts that part of the day.
+    body = await (await client.get("/api/stats?label=go")).json()
+    assert body["records"] == 3 and [c["label"] for c in body["labels"]] == ["go"]
+    body = await (await client.get("/api/stats?since=2024-05-03T12:00:00Z")).json()
+    assert body["records"] == sum(d["records"] for d in body["days"]) == 5
     await assert_error(await client.get("/api/stats?since=nope"), 400, "bad_parameter")
+
+
+@pytest.mark.parametrize("path", ["/api/detections", "/api/stats"])
+async def test_unknown_label_is_400_with_the_known_labels(client: Any, path: str) -> None:
+    await seed(client.server.app[keys.db_key], 3)
+    response = await client.get(f"{path}?label=nosuch")
+    await assert_error(response, 400, "unknown_label")
+    error = (await response.json())["error"]
+    served = (BASE_DIR / "tests/data/service-6cls.names").read_text().split()
+    assert error["known_labels"][:len(served)] == served
+    assert "nosuch" in error["message"] and "go, stop" in error["message"]
 
 
 async def test_unknown_ids_are_404(client: Any) -> None:

@@ -122,7 +122,7 @@ async def test_history_lists_records_with_thumbnails_counts_and_chart(client: An
     html = await get_html(client, "/history")
 
     assert record_ids(html) == [str(empty.id), str(newer.id), str(older.id)]  # newest first
-    thumb = f'src="/detections/{newer.id}/image?annotated=1" loading="lazy"'
+    thumb = f'src="/detections/{newer.id}/image?annotated=1&amp;size=thumb" loading="lazy"'
     assert thumb in html
     assert 'width="800" height="600"' in html
     assert f'href="/detections/{older.id}"' in html
@@ -136,14 +136,22 @@ async def test_history_lists_records_with_thumbnails_counts_and_chart(client: An
                         r'<span class="count" title="(\d+) images?">(\d+)</span>', html)
     assert sorted(counts) == [("go", "2", "2"), ("stop", "1", "2")]
 
-    # Per day: 1 May (1 image), an empty 2 May, 3 May (2 images).
-    bars = re.findall(r'<rect class="chart__bar"[^>]*height="([\d.]+)"[^>]*>'
-                      r'<title>([\d-]+): (\d+)</title>', html)
-    assert [(day, int(n)) for _, day, n in bars] == [
-        ("2024-05-01", 1), ("2024-05-02", 0), ("2024-05-03", 2)]
-    heights = [float(h) for h, _, _ in bars]
-    assert heights[1] == 0 and heights[2] == pytest.approx(2 * heights[0])
-    assert "3 images from 2024-05-01 to 2024-05-03" in html
+    # Per day: 1 May (1 image), nothing on 2 May, 3 May (2 images), on a time axis of
+    # at least two weeks that ends on the last day.
+    wide = html[html.index('class="chart chart--wide"'):]
+    wide = wide[:wide.index("</svg>")]
+    bars = re.findall(r'<rect class="chart__bar" data-day="([\d-]+)" data-count="(\d+)" '
+                      r'x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="([\d.]+)"', wide)
+    assert [(day, int(n)) for day, n, _, _, _ in bars] == [("2024-05-01", 1), ("2024-05-03", 2)]
+    heights = [float(h) for *_, h in bars]
+    assert heights[1] == pytest.approx(2 * heights[0], rel=0.05)
+    assert 'data-first="2024-04-20" data-last="2024-05-03"' in wide
+    assert html.count('class="chart__bar"') == 4  # the same bars on the phone's chart
+    xs, widths = [float(x) for _, _, x, _, _ in bars], [float(w) for *_, w, _ in bars]
+    slot = (640 - 40 - 8) / 14
+    assert xs[1] - xs[0] == pytest.approx(2 * slot, abs=0.05)  # two days apart
+    assert max(widths) <= pages.MAX_BAR_WIDTH
+    assert "3 images from 2024-04-20 to 2024-05-03" in html
     totals = re.sub(r"\s+", " ", re.search(r'id="totals">(.*?)</p>', html, re.S).group(1))
     assert totals.strip() == "3 images · 4 objects"
     no_external_assets(html)
@@ -167,9 +175,16 @@ async def test_history_filters_reflect_in_the_form_and_the_results(client: Any) 
     assert 'value="0.5"' in html
     assert 'value="NORTH"' in html
     assert '<a class="button button--ghost" href="/history">Reset</a>' in html
-    # The per-label links keep the date range.
-    assert 'href="/history?label=go&amp;since=2024-05-01&amp;until=2024-05-02" >go' in html
+    # The counts are those of the records the filters select: one image, one stop box.
     assert 'until=2024-05-02" aria-current="true">stop</a>' in html
+    counts = re.findall(r'<a href="/history\?label=(\w+)[^"]*"[^>]*>\w+</a>\s*'
+                        r'<span class="count" title="(\d+) images?">(\d+)</span>', html)
+    assert counts == [("stop", "1", "1")]
+    totals = re.sub(r"\s+", " ", re.search(r'id="totals">(.*?)</p>', html, re.S).group(1))
+    assert totals.strip() == "1 image · 1 object match these filters"
+    # Without the label the per-label links keep the date range.
+    html = await get_html(client, "/history?since=2024-05-01&until=2024-05-02")
+    assert 'href="/history?label=go&amp;since=2024-05-01&amp;until=2024-05-02" >go' in html
 
     # "until" is a whole day: records of 2 May are in, 3 May out.
     html = await get_html(client, "/history?until=2024-05-01")
@@ -229,18 +244,56 @@ async def test_hostile_filename_and_label_are_escaped(client: Any) -> None:
 
 async def test_hostile_query_parameters_are_escaped(client: Any) -> None:
     payload = '"><script>alert(1)</script>'
-    response = await client.get("/history", params={"label": payload, "filename": payload})
+    response = await client.get("/history", params={"filename": payload})
     html = await response.text()
     assert response.status == 200
     assert "<script>alert(1)</script>" not in html
     assert 'value="&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' in html
-    # An unknown label is still shown as the selected option, escaped.
-    assert ('<option value="&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" selected>'
-            in html)
+    # An unknown label: the error page names it, escaped.
+    response = await client.get("/history", params={"label": payload, "filename": payload},
+                                headers={"Accept": "text/html"})
+    html = await response.text()
+    assert response.status == 400
+    assert "<script>alert(1)</script>" not in html
+    assert "&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
     html = await get_html(client, "/detections/<img src=x onerror=alert(1)>", status=404)
     assert "<img src=x" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+async def test_unknown_label_is_a_400_page_with_the_known_labels(client: Any) -> None:
+    # "bicycle" is no class of the served model, but a record has it: known.
+    await save(client, record(T0, [det("bicycle", 9, 0.9)]))
+    html = await get_html(client, "/history?label=nosuch&since=2024-05-01", status=400)
+    assert "Unknown label" in html and "nosuch" in html
+    links = re.findall(r'<li><a href="([^"]+)">(\w+)</a></li>', html)
+    served = (BASE_DIR / "tests/data/service-6cls.names").read_text().split()
+    assert [text for _, text in links] == [*served, "bicycle"]
+    assert unescape(links[0][0]) == f"/history?since=2024-05-01&label={served[0]}"
+    html = await get_html(client, "/history?label=bicycle")  # known: a page
+    assert "Unknown label" not in html
+
+
+async def test_counts_follow_the_label_filter(client: Any) -> None:
+    await save(client,
+               record(T0, [det("stop", 1, 0.9), det("go", 0, 0.8), det("go", 0, 0.7)]),
+               record(T0 + timedelta(days=1), [det("stop", 1, 0.9)]),
+               record(T0 + timedelta(days=1), [det("go", 0, 0.9)]),
+               record(T0 + timedelta(days=1), []))
+    for url, images, boxes, per_label in (
+            ("/history", 4, 5, [("go", "2", "3"), ("stop", "2", "2")]),
+            ("/history?label=stop", 2, 4, [("go", "1", "2"), ("stop", "2", "2")]),
+            ("/history?label=go&since=2024-05-02", 1, 1, [("go", "1", "1")])):
+        html = await get_html(client, url)
+        counts = re.findall(r'<a href="/history\?label=(\w+)[^"]*"[^>]*>\w+</a>\s*'
+                            r'<span class="count" title="(\d+) images?">(\d+)</span>', html)
+        assert sorted(counts) == per_label, url
+        totals = re.sub(r"\s+", " ", re.search(r'id="totals">(.*?)</p>', html, re.S).group(1))
+        assert totals.strip().startswith(f"{images} image{'s' if images > 1 else ''} · "
+                                         f"{boxes} object{'s' if boxes > 1 else ''}"), url
+        stats = await (await client.get("/api/stats" + url[len("/history"):])).json()
+        assert (stats["records"], stats["boxes"]) == (images, boxes), url
 
 
 # ---------------------------------------------------------------- record page
@@ -303,17 +356,40 @@ async def test_detect_then_record_and_history_pages(client: Any, portrait_jpeg: 
 
 # ---------------------------------------------------------------- view helpers
 
-def test_day_chart_fills_gaps_and_scales_to_the_busiest_day() -> None:
+def test_day_chart_one_bar_per_day_on_a_time_axis() -> None:
     days = [db.DayCount(date(2024, 5, 1), 2, 5), db.DayCount(date(2024, 5, 4), 4, 1)]
     chart = pages.day_chart(days, width=400, height=100)
-    assert [(b.day, b.count) for b in chart["bars"]] == [
-        ("2024-05-01", 2), ("2024-05-02", 0), ("2024-05-03", 0), ("2024-05-04", 4)]
+    assert [(b.day, b.count) for b in chart["bars"]] == [("2024-05-01", 2), ("2024-05-04", 4)]
+    assert (chart["first"], chart["last"]) == ("2024-04-21", "2024-05-04")  # 14 days
+    slot = (400 - chart["left"] - 8) / 14
+    first, last = chart["bars"]
+    assert (last.x - first.x) == pytest.approx(3 * slot, abs=0.01)  # three days apart
     plot_height = chart["baseline"] - chart["top"]
-    assert [b.h for b in chart["bars"]] == [plot_height / 2, 0, 0, plot_height]
+    assert last.h == pytest.approx(plot_height) and first.h == pytest.approx(plot_height / 2)
     assert all(b.y + b.h == pytest.approx(chart["baseline"]) for b in chart["bars"])
-    right_edge = chart["bars"][-1].x + chart["bars"][-1].w
-    assert chart["left"] < chart["bars"][0].x and right_edge <= 400
+    assert chart["left"] < first.x and last.x + last.w <= 400
     assert chart["max"] == 4
+    assert [g["text"] for g in chart["grid"]] == ["0", "1", "2", "3", "4"]
+
+
+def test_day_chart_spans_the_selected_range() -> None:
+    days = [db.DayCount(date(2024, 5, 10), 3, 3)]
+    since, until = T0.replace(day=1, hour=0), T0.replace(month=6, day=1, hour=0)
+    chart = pages.day_chart(days, since=since, until=until)
+    assert (chart["first"], chart["last"]) == ("2024-05-01", "2024-05-31")
+    bar, = chart["bars"]
+    assert bar.w <= pages.MAX_BAR_WIDTH
+    # Weekly ticks on Mondays (6, 13, 20, 27 May), the year under the first.
+    assert [t["day"] for t in chart["ticks"]] == ["2024-05-06", "2024-05-13", "2024-05-20",
+                                                  "2024-05-27"]
+    assert chart["ticks"][0]["sub"] == "2024" and chart["ticks"][1]["sub"] == ""
+
+
+def test_day_chart_single_day_is_one_narrow_bar() -> None:
+    chart = pages.day_chart([db.DayCount(date(2024, 5, 1), 7, 9)])
+    bar, = chart["bars"]
+    assert bar.w <= pages.MAX_BAR_WIDTH < chart["width"] / 10
+    assert chart["ticks"][-1]["day"] == "2024-05-01"  # the day itself is labelled
 
 
 def test_day_chart_shows_at_most_max_days() -> None:
@@ -321,10 +397,14 @@ def test_day_chart_shows_at_most_max_days() -> None:
     chart = pages.day_chart(days, max_days=30)
     assert len(chart["bars"]) == 30
     assert chart["bars"][-1].day == "2024-04-09"
-    assert len(chart["ticks"]) <= 6
+    assert len(chart["ticks"]) <= 7
     assert chart["clipped"] is True
     assert pages.day_chart(days[:30], max_days=30)["clipped"] is False
     assert pages.day_chart([])["bars"] == []
+    # A year: monthly ticks.
+    year = [db.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(366)]
+    ticks = pages.day_chart(year)["ticks"]
+    assert len(ticks) <= 7 and all(t["day"].endswith("-01") for t in ticks)
 
 
 def test_parse_filters_keeps_the_good_values() -> None:
@@ -335,6 +415,13 @@ def test_parse_filters_keeps_the_good_values() -> None:
     assert filters == db.HistoryFilter(label="stop", since=T0.replace(hour=0),
                                        min_confidence=0.25)
     assert len(errors) == 1 and errors[0].startswith("until:")
+
+
+def test_model_names_are_shown_once() -> None:
+    assert pages.model_text("traffic-lights-tiny-spp:traffic-lights-tiny-spp") \
+        == "traffic-lights-tiny-spp"
+    assert pages.model_text("yolov3-spp:best_model_12") == "yolov3-spp · best_model_12"
+    assert pages.model_text("traffic-lights") == "traffic-lights"
 
 
 def test_class_id_for_unknown_labels_is_stable() -> None:
