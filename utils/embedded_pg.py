@@ -106,6 +106,10 @@ class EmbeddedPostgres:
                 self._run(pkg, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER,
                           "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-instructions")
             socket_dir = self._socket_directory()
+            if restart and not self.alive():
+                # The dead postmaster may linger as a zombie that pg_ctl and PostgreSQL
+                # would take for a running server: its pid file goes (we hold the lock).
+                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
             if self._running():
                 log.warning("adopting a PostgreSQL server already running on %s", self.data_dir)
             else:

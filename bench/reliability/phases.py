@@ -400,21 +400,25 @@ async def hung_database(live: LiveInstance, images: Sequence[JpegImage], *, clie
     results = await task
     await _drained(live)
     in_progress = (await live.readyz())[1]["admission"]["in_progress"]
-    normal = [r.latency_s for r in results if r.status == 200 and r.started < stopped]
+    # Normal: answered before the hang began. Caught: in flight at some time in it.
+    normal = [r.latency_s for r in results
+              if r.status == 200 and r.started + r.latency_s < stopped]
+    caught = [r for r in results if r.started < resumed and r.started + r.latency_s > stopped]
     during = [r for r in results if stopped <= r.started < resumed]
     failed = [r for r in results if r.status != 200]
     # A request in the hang waits for two write deadlines at most (its images written
     # ahead, then its records), on top of its normal time.
     bound_s = 2 * write_timeout + (max(normal) if normal else 1.0)
-    worst = max((r.latency_s for r in during if r.status == 200), default=math.nan)
+    worst = max((r.latency_s for r in caught if r.status == 200), default=math.nan)
     report = PhaseReport(f"PostgreSQL hung (SIGSTOP) {hang:g} s")
     once = await _exactly_once(live, results)
     report.figures = {
         **summary(results), "server_processes_stopped": len(pids),
+        "requests_in_flight_during_hang": len(caught),
         "requests_started_during_hang": len(during),
         "answered_200_during_hang": sum(r.status == 200 for r in during),
-        "max_latency_during_hang_ms": round(worst * 1e3, 1),
-        "bound_ms (2 x write_timeout + normal max)": round(bound_s * 1e3, 1),
+        "max_latency_in_flight_during_hang_ms": round(worst * 1e3, 1),
+        "bound_ms (2 x write_timeout + max before the hang)": round(bound_s * 1e3, 1),
         "failures": dict(Counter(f"{r.status} {r.error or ''}".strip() for r in failed)),
         "readyz_during_hang": dict(readiness),
         "spool_drained_after_sigcont_s": round(drained_after, 2),

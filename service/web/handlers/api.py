@@ -178,7 +178,8 @@ async def readyz(request: web.Request) -> web.Response:
         # The watcher knows more: a dead embedded server being restarted.
         database = health.state if health.state in ("restarting", "recovering") \
             else "unavailable"
-        why = health.detail if database != "unavailable" else f"{type(exc).__name__}: {exc}"
+        why = health.detail if database != "unavailable" else \
+            f"{type(exc).__name__}: {exc}".rstrip(": ")
     else:
         database = "replaying spool" if writer.spool.pending_entries else "ok"
         why = None
