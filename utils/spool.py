@@ -149,6 +149,8 @@ class Spool:
                 if len(header) < HEADER.size:
                     break
                 length = HEADER.unpack(header)[1]
+                if offset + HEADER.size + length > size:  # torn: do not read (or allocate)
+                    break
                 frame = _decode_at(os.pread(handle.fileno(), HEADER.size + length, offset), 0)
                 if frame is None:
                     break
@@ -323,7 +325,8 @@ class Spool:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         header = os.pread(self._fd, HEADER.size, offset)
         length = HEADER.unpack(header)[1] if len(header) == HEADER.size else 0
-        data = os.pread(self._fd, HEADER.size + length, offset)
+        length = min(length, self._size - offset - HEADER.size)  # damage: read no further
+        data = os.pread(self._fd, HEADER.size + max(0, length), offset)
         frame = _decode_at(data, 0)
         if frame is None:  # only fsync'd bytes are read, so this is damage on disk
             raise SpoolError(errno.EIO, f"{self.path}: unreadable entry at offset {offset}")

@@ -207,8 +207,12 @@ def full_disk_scenario(directory: str) -> None:
 
 def _check_full_disk(root: Path) -> None:
     messages: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect()
     logging.getLogger("utils.spool").addHandler(handler)
     try:
         asyncio.run(_fill_and_reopen(root / "spool", messages))
