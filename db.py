@@ -353,9 +353,12 @@ async def restart(pool: asyncpg.Pool, health: DatabaseHealth,
             await pool.expire_connections()
             await ping(pool, WATCH_PING_TIMEOUT_S)
         except (EmbeddedPostgresError, *UNAVAILABLE_ERRORS) as exc:
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            # The first line says what failed; the server log's last FATAL line, why.
+            why = [line for line in lines[1:] if "FATAL" in line or "PANIC" in line][-1:]
             log.log(logging.WARNING if attempt < 3 else logging.ERROR,
                     "restart %d of the embedded PostgreSQL failed: %s", attempt,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    " ... ".join([lines[0], *why]))
             continue
         health.restarts += 1
         health.set("ok")

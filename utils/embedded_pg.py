@@ -100,16 +100,19 @@ class EmbeddedPostgres:
             self._acquire_lock()
         try:
             self.data_dir.mkdir(mode=0o700, exist_ok=True)
-            self._prepare_user(pkg)
+            if not restart:  # done once: it walks the wheel's files (seconds)
+                self._prepare_user(pkg)
             if not (self.data_dir / "PG_VERSION").exists():
                 log.info("creating a PostgreSQL cluster in %s", self.data_dir)
                 self._run(pkg, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER,
                           "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-instructions")
             socket_dir = self._socket_directory()
             if restart and not self.alive():
-                # The dead postmaster may linger as a zombie that pg_ctl and PostgreSQL
-                # would take for a running server: its pid file goes (we hold the lock).
+                # The dead postmaster may linger as a zombie (until its parent reaps it)
+                # that pg_ctl and PostgreSQL would take for a running server: its lock
+                # files go (we hold the data directory's lock; it is dead).
                 (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+                (socket_dir / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
             if self._running():
                 log.warning("adopting a PostgreSQL server already running on %s", self.data_dir)
             else:
