@@ -10,9 +10,10 @@ are on disk. It refuses (:class:`SpoolError`) an entry that would take the file 
 ``max_bytes`` or leave less than ``reserve_bytes`` free on the spool's filesystem (its
 real free space, ``os.statvfs``); a write the disk refuses half way is cut off again at
 once, so a failed append leaves nothing behind. ``open`` scans the file: an incomplete
-last frame (an append cut short by a crash, whose request was never answered) is
-truncated in place, without a copy, so that a full disk cannot stop a start; damage
-before the end (a complete frame that does not check) is moved to
+last frame (the file ends inside it and no valid frame follows: an append cut short by a
+crash, whose request was never answered) is truncated in place, without a copy, so that
+a full disk cannot stop a start; damage (a frame that does not check, followed by more)
+is moved to
 ``records.spool.bad-<time>-<offset>`` and logged, never silently dropped. Every file
 here is created 0600 (spooled records hold users' images), and files left by an older
 version with other modes are made so at ``open``.
@@ -174,8 +175,9 @@ class Spool:
         says so)."""
         dropped = size - offset
         with open(self.path, "r+b") as handle:
-            tail = os.pread(handle.fileno(), min(dropped, HEADER.size), offset)
-            incomplete = _incomplete_frame(tail, dropped)
+            head = os.pread(handle.fileno(), min(dropped, HEADER.size), offset)
+            incomplete = _incomplete_frame(head, dropped) and not _frame_inside(
+                handle.fileno(), offset + 1, size)
             aside: Path | None = None
             kept_error: OSError | None = None
             if not incomplete:
@@ -381,6 +383,23 @@ def _incomplete_frame(head: bytes, remaining: int) -> bool:
         return MAGIC.startswith(head[:len(MAGIC)])
     magic, length, _, _ = HEADER.unpack_from(head)
     return magic == MAGIC and HEADER.size + length > remaining
+
+
+TORN_SCAN_LIMIT = 64 << 20  # a tail longer than this is never taken for one torn append
+
+
+def _frame_inside(fd: int, start: int, end: int) -> bool:
+    """A complete, valid frame starts somewhere in ``[start, end)``: the bytes there are
+    not one torn append (whose header's length was damaged, say), but more frames."""
+    if end - start > TORN_SCAN_LIMIT:
+        return True
+    data = os.pread(fd, end - start, start)
+    at = data.find(MAGIC)
+    while at != -1:
+        if _decode_at(data, at) is not None:
+            return True
+        at = data.find(MAGIC, at + 1)
+    return False
 
 
 def _copy_range(fd: int, offset: int, count: int, target: Path) -> None:

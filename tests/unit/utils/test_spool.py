@@ -98,6 +98,25 @@ async def test_a_torn_last_append_is_truncated_in_place(
     spool.close()
 
 
+async def test_a_damaged_length_is_not_taken_for_a_torn_tail(tmp_path: Path) -> None:
+    """A header whose length was damaged to run past the end looks torn; the complete
+    frames after it show it is not, and they are kept aside, not cut off."""
+    spool = open_spool(tmp_path)
+    for payload in (b"one", b"two", b"three"):
+        await spool.append(payload, 1)
+    spool.close()
+    path = tmp_path / SPOOL_NAME
+    data = bytearray(path.read_bytes())
+    second = HEADER.size + len(b"one")
+    data[second + 4:second + 8] = struct.pack("<I", 1 << 20)  # its length: past the end
+    path.write_bytes(bytes(data))
+    spool = open_spool(tmp_path)
+    assert await read_all(spool) == [b"one"]
+    aside = list(tmp_path.glob(f"{SPOOL_NAME}.bad-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == bytes(data[second:])
+    spool.close()
+
+
 async def test_a_cut_inside_the_header_is_an_incomplete_frame_too(tmp_path: Path) -> None:
     spool = open_spool(tmp_path)
     await spool.append(b"complete", 1)
