@@ -141,8 +141,8 @@ class LiveInstance:
                     break
                 await asyncio.sleep(0.1)
         if self._mounted:
-            subprocess.run(["umount", "-l", str(self.spool_dir)], capture_output=True,
-                           check=False)
+            await asyncio.to_thread(subprocess.run, ["umount", "-l", str(self.spool_dir)],
+                                    capture_output=True, check=False)
 
     @property
     def dsn(self) -> str:

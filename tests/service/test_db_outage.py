@@ -28,8 +28,8 @@ import pytest_asyncio
 from main import init_app
 from service.workers.pool import DetectorPool
 from settings import Config, load_config
-from tests.paths import TEST_CONFIG
 from tests.conftest import form
+from tests.paths import TEST_CONFIG
 from tests.tmpfs import MountRefused, tmpfs
 from utils.embedded_pg import EmbeddedPostgres
 from utils.spool import SPOOL_NAME
@@ -169,20 +169,6 @@ async def test_spooled_records_survive_a_restart_and_are_stored_once(
     assert not spool_file.exists()
 
 
-def _server_processes(server: EmbeddedPostgres) -> list[int]:
-    """The postmaster (from its pid file) and every process it started."""
-    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended meanwhile
-            continue
-        if int(fields[1]) == postmaster:
-            children.append(int(stat.parent.name))
-    return [postmaster, *children]
-
-
 async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
         own_database: EmbeddedPostgres, start_app: Callable[[], Any], outage_config: Config,
         portrait_jpeg: bytes) -> None:
@@ -192,7 +178,7 @@ async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
     client = await start_app()
     first = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
     ids = [(await first.json())["id"]]
-    hung = _server_processes(own_database)
+    hung = own_database.processes()  # the postmaster and its children
     for pid in hung:
         os.kill(pid, signal.SIGSTOP)
     try:
