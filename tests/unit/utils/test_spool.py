@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -275,6 +276,25 @@ async def _fill_and_reopen(folder: Path, messages: list[str]) -> None:
                "dropped" in m for m in messages), messages
     assert await read_all(spool) == [entry] * stored
     assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o600}
+    spool.close()
+
+    # Damage (not a torn tail) on a full disk: the copy aside finds no room, so the
+    # bytes from the damaged frame on are dropped, and the log says so; the start goes on.
+    with open(folder.parent / "filler", "wb", buffering=0) as handle:
+        with contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+    damaged = 2 * frame_size
+    with open(folder / SPOOL_NAME, "r+b") as handle:  # in place: needs no new blocks
+        handle.seek(damaged + HEADER.size)
+        handle.write(bytes(b ^ 0xFF for b in entry[:8]))
+    messages.clear()
+    spool = Spool.open(folder, max_bytes=1 << 30, reserve_bytes=0)
+    assert spool.pending_entries == 2
+    assert (folder / SPOOL_NAME).stat().st_size == damaged
+    assert not list(folder.glob(f"{SPOOL_NAME}.bad-*"))
+    assert any(f"damaged frame at offset {damaged}: {(stored - 2) * frame_size} byte(s)"
+               in m and "dropped, not kept aside" in m for m in messages), messages
     spool.close()
 
 
