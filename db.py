@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -23,7 +25,7 @@ import asyncpg
 
 from model.detection import Detection
 from settings import PostgresConfig
-from utils.embedded_pg import EmbeddedPostgres
+from utils.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from utils.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -227,12 +229,53 @@ async def ensure_database(admin_dsn: str, database: str) -> None:
         await conn.close()
 
 
+WATCH_INTERVAL_S = 1.0  # how often the database is looked at
+WATCH_PING_TIMEOUT_S = 2.0
+RESTART_BACKOFF_S = (0.5, 8.0)  # first and longest wait between restarts of a dead server
+
+
+class DatabaseHealth:
+    """What the service knows of its database, for ``/readyz`` and the logs; kept by the
+    watcher of :func:`pg_context`.
+
+    ``state``: ``ok``; ``unavailable`` (it does not answer: stopped, hung, unreachable);
+    ``restarting`` (the embedded server died: it is being started again, with
+    back-off); ``recovering`` (it runs again: crash recovery, and the pool reconnects).
+    """
+
+    def __init__(self, *, embedded: bool) -> None:
+        self.embedded = embedded
+        self.state = "ok"
+        self.detail: str | None = None
+        self.restarts = 0  # of the embedded server, since start-up
+        self.changed_at = time.monotonic()
+
+    def set(self, state: str, detail: str | None = None) -> None:
+        if state != self.state:
+            self.changed_at = time.monotonic()
+        self.state, self.detail = state, detail
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "detail": self.detail,
+                "embedded": self.embedded, "restarts": self.restarts,
+                "for_s": round(time.monotonic() - self.changed_at, 1)}
+
+
+@dataclass(frozen=True)
+class Database:
+    """What :func:`pg_context` yields."""
+
+    pool: asyncpg.Pool
+    embedded: EmbeddedPostgres | None  # None: an external server
+    health: DatabaseHealth
+
+
 @asynccontextmanager
-async def pg_context(config: PostgresConfig) -> AsyncIterator[
-        tuple[asyncpg.Pool, EmbeddedPostgres | None]]:
+async def pg_context(config: PostgresConfig, *,
+                     watch_interval: float = WATCH_INTERVAL_S) -> AsyncIterator[Database]:
     """PostgreSQL for the service: the embedded server (when configured) started, the
-    database created, the pool opened and the schema migrated; all closed on exit.
-    Yields the pool and the embedded server (None for an external one)."""
+    database created, the pool opened and the schema migrated; a watcher that keeps
+    :class:`DatabaseHealth` and restarts a dead embedded server; all closed on exit."""
     embedded: EmbeddedPostgres | None = None
     if config.embedded:
         embedded = EmbeddedPostgres(config.data_dir)
@@ -247,12 +290,81 @@ async def pg_context(config: PostgresConfig) -> AsyncIterator[
         try:
             applied = await run(pool, migrate)
             log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
-            yield pool, embedded
+            health = DatabaseHealth(embedded=embedded is not None)
+            watcher = asyncio.create_task(watch(pool, health, embedded, watch_interval),
+                                          name="database-watch")
+            try:
+                yield Database(pool, embedded, health)
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
         finally:
             await close_pool(pool, config.close_timeout)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def watch(pool: asyncpg.Pool, health: DatabaseHealth, embedded: EmbeddedPostgres | None,
+                interval: float = WATCH_INTERVAL_S) -> None:
+    """Background task: every ``interval``, is the embedded server's postmaster alive,
+    and does the database answer? A dead embedded server is started again
+    (:func:`restart`); an external one, or one that is alive but does not answer (hung,
+    out of connections), is only reported (``unavailable``) until it answers."""
+    while True:
+        await asyncio.sleep(interval)
+        if embedded is not None and not await asyncio.to_thread(embedded.alive):
+            await restart(pool, health, embedded)
+            continue
+        try:
+            await ping(pool, WATCH_PING_TIMEOUT_S)
+        except UNAVAILABLE_ERRORS as exc:
+            if health.state == "ok":
+                log.error("database unavailable: %s: %s", type(exc).__name__, exc)
+            health.set("unavailable", f"{type(exc).__name__}: {exc}")
+        else:
+            if health.state != "ok":
+                log.info("database available again")
+                await pool.expire_connections()  # those opened before the outage are dead
+            health.set("ok")
+
+
+async def restart(pool: asyncpg.Pool, health: DatabaseHealth,
+                  embedded: EmbeddedPostgres) -> None:
+    """Start the dead embedded server again, with back-off, until the pool reaches it.
+
+    A start may fail while processes of the dead server still hold its shared memory
+    (they end once they notice), or for good (then it is retried at the longest
+    interval, and logged each time)."""
+    died = time.monotonic()
+    log.error("the embedded PostgreSQL (%s) is not running; restarting it",
+              embedded.data_dir)
+    attempt = 0
+    while True:
+        health.set("restarting", f"the embedded PostgreSQL died; start attempt {attempt + 1}")
+        first, longest = RESTART_BACKOFF_S
+        await asyncio.sleep(min(first * 2 ** attempt, longest))
+        attempt += 1
+        health.set("recovering", "the embedded PostgreSQL is starting: crash recovery, "
+                                 "then reconnecting")
+        try:
+            await asyncio.to_thread(embedded.start)
+            await pool.expire_connections()
+            await ping(pool, WATCH_PING_TIMEOUT_S)
+        except (EmbeddedPostgresError, *UNAVAILABLE_ERRORS) as exc:
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            # The first line says what failed; the server log's last FATAL line, why.
+            why = [line for line in lines[1:] if "FATAL" in line or "PANIC" in line][-1:]
+            log.log(logging.WARNING if attempt < 3 else logging.ERROR,
+                    "restart %d of the embedded PostgreSQL failed: %s", attempt,
+                    " ... ".join([lines[0], *why]))
+            continue
+        health.restarts += 1
+        health.set("ok")
+        log.warning("the embedded PostgreSQL was restarted and answers again, %.1f s after "
+                    "it was found dead (attempt %d)", time.monotonic() - died, attempt)
+        return
 
 
 async def run(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

@@ -56,10 +56,11 @@ TEMPLATES_DIR = BASE_DIR / "system" / "templates"
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    async with db.pg_context(app[keys.config_key].postgres) as (pool, embedded):
-        app[keys.db_key] = pool
-        if embedded is not None:
-            app[keys.embedded_pg_key] = embedded
+    async with db.pg_context(app[keys.config_key].postgres) as database:
+        app[keys.db_key] = database.pool
+        app[keys.db_health_key] = database.health
+        if database.embedded is not None:
+            app[keys.embedded_pg_key] = database.embedded
         yield
 
 

@@ -149,10 +149,15 @@ class StorageConfig:
     store_images: bool
     spool_dir: Path
     spool_max_mb: float
+    spool_reserve_mb: float = 64.0  # free space on the spool's disk that it leaves alone
 
     @property
     def spool_max_bytes(self) -> int:
         return int(self.spool_max_mb * 1024 * 1024)
+
+    @property
+    def spool_reserve_bytes(self) -> int:
+        return int(self.spool_reserve_mb * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -436,7 +441,8 @@ def _storage(raw: _Section) -> StorageConfig:
     s = raw.section("storage")
     config = StorageConfig(store_images=s.boolean("store_images", True),
                            spool_dir=s.path("spool_dir", "var/spool"),
-                           spool_max_mb=s.number("spool_max_mb", 1024.0))
+                           spool_max_mb=s.number("spool_max_mb", 1024.0),
+                           spool_reserve_mb=s.number("spool_reserve_mb", 64.0, low_inclusive=True))
     s.check_unknown()
     return config
 

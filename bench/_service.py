@@ -188,6 +188,18 @@ class ServiceProcess:
                 self._log.close()
                 self._log = None
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown at all) and wait for the exit."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -24,6 +24,7 @@ import base64
 import contextlib
 import json
 import logging
+import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,24 +50,67 @@ class StorageUnavailable(RuntimeError):
     """Neither the database nor the spool could take the records (-> 503)."""
 
 
+# A spool entry: a short JSON part (the records, and each image's sha256, content type and
+# size) then the images' raw bytes, back to back in that order::
+#
+#     b"YRE2" | u32 length of the JSON part | JSON | image 1 | image 2 | ...
+#
+# Entries written before this layout (one JSON document, images base64-encoded: a third
+# larger) start with "{" and are still read.
+ENTRY_MAGIC = b"YRE2"
+ENTRY_HEAD = struct.Struct("<4sI")
+
+
 def encode_entry(records: Sequence[db.Record], images: Sequence[db.StoredImage]) -> bytes:
-    return json.dumps({
+    """One spool entry (the layout above)."""
+    meta = json.dumps({
         "records": [record.to_json() for record in records],
         "images": [{"sha256": image.sha256, "content_type": image.content_type,
-                    "data": base64.b64encode(image.data).decode("ascii")} for image in images],
+                    "size": len(image.data)} for image in images],
     }, separators=(",", ":")).encode("utf-8")
+    return b"".join([ENTRY_HEAD.pack(ENTRY_MAGIC, len(meta)), meta,
+                     *(image.data for image in images)])
 
 
 def decode_entry(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]:
     """Records and images of a spool entry; raises ValueError when it is not one."""
     try:
-        data = json.loads(payload)
-        records = [db.Record.from_json(item) for item in data["records"]]
-        images = [db.StoredImage(str(item["sha256"]), str(item["content_type"]),
-                                 base64.b64decode(item["data"], validate=True))
-                  for item in data["images"]]
-    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
-        raise ValueError(f"not a spool entry: {exc}") from exc
+        if payload[:len(ENTRY_MAGIC)] == ENTRY_MAGIC:
+            return _decode_binary(payload)
+        if payload[:1] == b"{":
+            return _decode_json(payload)
+    except (KeyError, TypeError, ValueError, struct.error) as exc:
+        raise ValueError(f"not a spool entry: {exc}") from exc  # binascii.Error: ValueError
+    raise ValueError("not a spool entry: unknown layout")
+
+
+def _decode_binary(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]:
+    _, meta_size = ENTRY_HEAD.unpack_from(payload)
+    offset = ENTRY_HEAD.size + meta_size
+    if offset > len(payload):
+        raise ValueError("the JSON part runs past the entry")
+    data = json.loads(payload[ENTRY_HEAD.size:offset])
+    records = [db.Record.from_json(item) for item in data["records"]]
+    images = []
+    for item in data["images"]:
+        size = int(item["size"])
+        if size < 0 or offset + size > len(payload):
+            raise ValueError("an image runs past the entry")
+        images.append(db.StoredImage(str(item["sha256"]), str(item["content_type"]),
+                                     payload[offset:offset + size]))
+        offset += size
+    if offset != len(payload):
+        raise ValueError(f"{len(payload) - offset} byte(s) after the last image")
+    return records, images
+
+
+def _decode_json(payload: bytes) -> tuple[list[db.Record], list[db.StoredImage]]:
+    """The layout of earlier versions: one JSON document, images base64-encoded."""
+    data = json.loads(payload)
+    records = [db.Record.from_json(item) for item in data["records"]]
+    images = [db.StoredImage(str(item["sha256"]), str(item["content_type"]),
+                             base64.b64decode(item["data"], validate=True))
+              for item in data["images"]]
     return records, images
 
 
@@ -94,10 +138,18 @@ class RecordWriter:
         self._wake = asyncio.Event()
 
     def snapshot(self) -> dict[str, Any]:
-        """Spool depth and totals for /readyz."""
-        return {"records": self.spool.pending_items, "entries": self.spool.pending_entries,
-                "bytes": self.spool.pending_bytes, "spooled_total": self.spooled_total,
-                "replayed_total": self.replayed_total}
+        """Spool state, depth, room and totals for /readyz (``state``: see
+        :attr:`utils.spool.Spool.state`)."""
+        spool = self.spool
+        return {"state": spool.state, "records": spool.pending_items,
+                "entries": spool.pending_entries, "bytes": spool.pending_bytes,
+                "room_bytes": spool.room(), "error": spool.last_error,
+                "spooled_total": self.spooled_total, "replayed_total": self.replayed_total}
+
+    @property
+    def accepting(self) -> bool:
+        """The spool can take records now (neither full nor failing)."""
+        return self.spool.state == "ok"
 
     def collect(self) -> Iterator[Metric]:
         """The spool's figures as Prometheus metric families (read at each scrape)."""
@@ -109,6 +161,9 @@ class RecordWriter:
                                 value=spool.pending_bytes)
         yield GaugeMetricFamily("yolo_spool_capacity_bytes", "Spool size limit",
                                 value=spool.max_bytes)
+        yield GaugeMetricFamily("yolo_spool_room_bytes",
+                                "Bytes the spool may still take (its limit, or the free "
+                                "disk space above the reserve)", value=spool.room())
         yield CounterMetricFamily("yolo_spooled_records", "Records written to the spool",
                                   value=self.spooled_total)
         yield CounterMetricFamily("yolo_replayed_records",
@@ -315,7 +370,8 @@ async def records_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[R
     away images no record refers to. On exit the spool is emptied into the database if it
     answers, else kept for the next start."""
     spool = await asyncio.to_thread(Spool.open, config.storage.spool_dir,
-                                    max_bytes=config.storage.spool_max_bytes)
+                                    max_bytes=config.storage.spool_max_bytes,
+                                    reserve_bytes=config.storage.spool_reserve_bytes)
     try:
         writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout)
         # Long after any request that could still save a record for the image.

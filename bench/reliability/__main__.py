@@ -8,11 +8,24 @@ server), measures the capacity, then runs the phases:
   the dead worker's job is retried), time until /readyz is ready again;
 - ``postgres``: stop PostgreSQL for ``--outage-s`` during a stream, start it again: every
   answered id is in the database afterwards, no duplicates;
+- ``hung``: SIGSTOP every PostgreSQL process for ``--hang-s`` during a stream: requests
+  answered within the write deadlines, admission places released, every answered id
+  stored once after SIGCONT;
+- ``killed``: kill -9 the postmaster of the service's own (supervised) embedded
+  PostgreSQL during a stream: serving with the database again within 30 s, /readyz
+  shows the steps, nothing answered lost or doubled;
+- ``disk``: the spool on a small tmpfs (root only), filled while the database hangs:
+  503 ``storage_unavailable`` and /readyz 503; then a crash leaves a torn frame on the
+  full disk and the service starts again on it;
 - ``overload``: open-loop arrivals at ``--overload-factor`` x capacity for
   ``--overload-s``: only 200 or 503 + Retry-After, p99 of accepted requests, RSS;
 - ``hostile``: ``--hostile-count`` generated hostile requests: zero 5xx, zero worker
   deaths, no half records;
 - ``soak``: ``--soak-s`` at capacity: RSS growth under 5 %, zero errors.
+
+``killed`` and ``disk`` run on a second instance, started after the others, whose service
+owns its embedded PostgreSQL (as ``make run``) and whose spool is on a tmpfs of
+``--disk-tmpfs-mib``.
 
 Model: the base config's, else ``tests/data/service-6cls.cfg`` with random weights
 (as ``bench.load``). Requests go to 127.0.0.1 only. Exit status 0 when every target is
@@ -39,13 +52,14 @@ import yaml
 from bench._service import PROJECT_ROOT, ServiceError, parse_assignment, scratch_dir
 from bench.common import load_images, materialize_weights, resolve_model
 from bench.reliability import phases
-from bench.reliability.live import LiveInstance
+from bench.reliability.live import LiveInstance, LiveInstanceError
 
 log = logging.getLogger("bench.reliability")
 
-PHASES = ("kill", "postgres", "overload", "hostile", "soak")
+PHASES = ("kill", "postgres", "hung", "overload", "hostile", "soak", "killed", "disk")
+OWN_DATABASE_PHASES = ("killed", "disk")  # on the second instance
 QUICK = {"calibrate_s": 8.0, "kill_stream_s": 15.0, "outage_s": 10.0, "overload_s": 15.0,
-         "soak_s": 60.0, "soak_warmup_s": 15.0}
+         "soak_s": 60.0, "soak_warmup_s": 15.0, "hang_s": 10.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,6 +82,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill-stream-s", type=float, default=30.0)
     parser.add_argument("--kill-after-s", type=float, default=5.0)
     parser.add_argument("--outage-s", type=float, default=30.0)
+    parser.add_argument("--hang-s", type=float, default=30.0, help="SIGSTOP of PostgreSQL")
+    parser.add_argument("--disk-tmpfs-mib", type=int, default=64,
+                        help="size of the spool's tmpfs (phase disk)")
+    parser.add_argument("--disk-reserve-mib", type=float, default=8.0,
+                        help="storage.spool_reserve_mb on that instance")
     parser.add_argument("--overload-s", type=float, default=60.0)
     parser.add_argument("--overload-factor", type=float, default=10.0)
     parser.add_argument("--hostile-count", type=int, default=1000)
@@ -131,7 +150,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
         capacity.figures["admission_limit"] = limit
         rps = float(capacity.figures["capacity_rps"])
         log.info("capacity: %.2f requests/s", rps)
-        for name in args.phases:
+        for name in [p for p in args.phases if p not in OWN_DATABASE_PHASES]:
             log.info("phase %s", name)
             if name == "kill":
                 report = await phases.worker_kill(
@@ -141,6 +160,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
                 report = await phases.postgres_outage(
                     live, images, clients=clients, before=5.0, outage=args.outage_s,
                     after=10.0, timeout=args.timeout)
+            elif name == "hung":
+                report = await phases.hung_database(
+                    live, images, clients=clients, before=5.0, hang=args.hang_s, after=5.0,
+                    write_timeout=float(_section(live.settings, "postgres").get(
+                        "write_timeout", 5.0)), timeout=args.timeout)
             elif name == "overload":
                 report = await phases.overload(
                     live, images, capacity_rps=rps, factor=args.overload_factor,
@@ -159,11 +183,62 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
             print_report(report)
             await live.wait_ready(args.ready_timeout)  # the next phase starts ready
         del workers
+    own = [p for p in args.phases if p in OWN_DATABASE_PHASES]
+    if own:
+        reports += await _own_database_phases(args, own, workdir / "own-database",
+                                              overrides, images, clients)
     return reports
 
 
+async def _own_database_phases(args: argparse.Namespace, names: Sequence[str], workdir: Path,
+                               overrides: dict[str, Any], images: Sequence[Any],
+                               clients: int) -> list[phases.PhaseReport]:
+    """The phases that need the service to own its embedded PostgreSQL (and a spool on
+    a small tmpfs), on an instance of their own."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    reserve = int(args.disk_reserve_mib * (1 << 20))
+    tmpfs = args.disk_tmpfs_mib if "disk" in names else None
+    try:
+        live = LiveInstance(args.config, workdir,
+                            {**overrides, "storage.spool_reserve_mb": args.disk_reserve_mib},
+                            service_owns_database=True, spool_tmpfs_mib=tmpfs)
+        await live.__aenter__()
+    except LiveInstanceError as exc:
+        log.warning("phases %s skipped: %s", ", ".join(names), exc)
+        skipped = [phases.PhaseReport(name, {"skipped": str(exc)}) for name in names]
+        for report in skipped:
+            print_report(report)
+        return skipped
+    reports = []
+    try:
+        await live.wait_ready(args.ready_timeout)
+        for name in names:
+            log.info("phase %s (the service owns its PostgreSQL)", name)
+            if name == "killed":
+                report = await phases.killed_database(live, images, clients=clients,
+                                                      before=5.0, after=10.0,
+                                                      timeout=args.timeout)
+            else:
+                report = await phases.full_disk(live, images, clients=clients,
+                                                reserve_bytes=reserve,
+                                                ready_timeout=args.ready_timeout,
+                                                timeout=args.timeout)
+            reports.append(report)
+            print_report(report)
+            await live.wait_ready(args.ready_timeout)
+    finally:
+        await live.__aexit__(None, None, None)
+    return reports
+
+
+def _verdict(report: phases.PhaseReport) -> str:
+    if "skipped" in report.figures:
+        return "SKIP"
+    return "PASS" if report.passed else "FAIL"
+
+
 def print_report(report: phases.PhaseReport) -> None:
-    print(f"\n== {report.name}: {'PASS' if report.passed else 'FAIL'}")
+    print(f"\n== {report.name}: {_verdict(report)}")
     for key, value in report.figures.items():
         print(f"   {key}: {value}")
     for target, met in report.checks.items():
@@ -182,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print("\n== summary")
     for report in reports:
-        print(f"   {'PASS' if report.passed else 'FAIL'}  {report.name}")
+        print(f"   {_verdict(report)}  {report.name}")
     if args.json is not None:
         args.json.write_text(json.dumps(
             [{"phase": r.name, "passed": r.passed, "figures": r.figures, "checks": r.checks}

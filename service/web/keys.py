@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
+from db import DatabaseHealth
 from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
 from service.renditions import Renditions
@@ -19,6 +20,7 @@ from utils.embedded_pg import EmbeddedPostgres
 
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", asyncpg.Pool)
+db_health_key = web.AppKey("db_health", DatabaseHealth)  # kept by db.pg_context's watcher
 embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)  # only when embedded
 models_key = web.AppKey("models", ModelPools)  # every model's pool, by name
 detector_pool_key = web.AppKey("detector_pool", DetectorPool)  # the default model's

@@ -8,10 +8,13 @@ stopped and started again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import logging
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,8 +28,9 @@ import pytest_asyncio
 from main import init_app
 from service.workers.pool import DetectorPool
 from settings import Config, load_config
-from tests.paths import TEST_CONFIG
 from tests.conftest import form
+from tests.paths import TEST_CONFIG
+from tests.tmpfs import MountRefused, tmpfs
 from utils.embedded_pg import EmbeddedPostgres
 from utils.spool import SPOOL_NAME
 
@@ -165,20 +169,6 @@ async def test_spooled_records_survive_a_restart_and_are_stored_once(
     assert not spool_file.exists()
 
 
-def _server_processes(server: EmbeddedPostgres) -> list[int]:
-    """The postmaster (from its pid file) and every process it started."""
-    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended meanwhile
-            continue
-        if int(fields[1]) == postmaster:
-            children.append(int(stat.parent.name))
-    return [postmaster, *children]
-
-
 async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
         own_database: EmbeddedPostgres, start_app: Callable[[], Any], outage_config: Config,
         portrait_jpeg: bytes) -> None:
@@ -188,7 +178,7 @@ async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
     client = await start_app()
     first = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
     ids = [(await first.json())["id"]]
-    hung = _server_processes(own_database)
+    hung = own_database.processes()  # the postmaster and its children
     for pid in hung:
         os.kill(pid, signal.SIGSTOP)
     try:
@@ -209,3 +199,77 @@ async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
             os.kill(pid, signal.SIGCONT)
     await wait_for_empty_spool(client)
     assert await stored(own_database) == {record_id: 1 for record_id in ids}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs) for the spool."""
+    try:
+        with tmpfs(tmp_path / "spool", 4096) as folder:
+            yield folder
+    except MountRefused as exc:  # PostgreSQL refuses root, so no unshare -rm here
+        pytest.skip(f"needs a small real filesystem: {exc} (CI runs as root)")
+
+
+async def test_a_full_spool_disk_gives_503_not_ready_and_a_restart_on_it_recovers(
+        own_database: EmbeddedPostgres, model_weights: Path, detector_pool: DetectorPool,
+        aiohttp_client: Any, landscape_jpeg: bytes, small_disk: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The spool on a real 4 MiB filesystem, the database away: records spool until the
+    disk's reserve is reached, then 503 storage_unavailable and /readyz 503. A crash in
+    the middle of an append leaves a torn frame that fills the disk to the last byte;
+    the service starts on that full disk all the same, and every record answered is
+    stored exactly once."""
+    socket_dir = own_database.dsn.split("host=")[1].split("&")[0]
+    config = load_config(TEST_CONFIG, env={}, overrides={
+        "postgres": {"host": socket_dir, "port": own_database.port,
+                     "database": "postgres", "write_timeout": 2},
+        "workers": {"model_path": {"weights": str(model_weights)}},
+        "storage": {"spool_dir": str(small_disk), "spool_reserve_mb": 1}})
+
+    async def start() -> Any:
+        return await aiohttp_client(await init_app(config, detector_pool=detector_pool))
+
+    client = await start()
+    await asyncio.to_thread(own_database.stop)
+    ids: list[str] = []
+    for _ in range(40):
+        response = await client.post("/detect", data=landscape_jpeg, headers=JPEG)
+        if response.status != 200:
+            break
+        ids.append((await response.json())["id"])
+    assert response.status == 503 and response.headers["Retry-After"]
+    assert (await response.json())["error"]["code"] == "storage_unavailable"
+    assert len(ids) >= 5  # about (4 - 1 reserved) MiB / 217 kB
+    ready = await client.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 503 and body["status"] == "not_ready", body
+    assert body["checks"]["database"] == "unavailable" and body["checks"]["storage"] == "full"
+    assert "cannot be made durable" in body["error"]["message"]
+
+    spool_file = small_disk / SPOOL_NAME
+    good_size = spool_file.stat().st_size
+    with open(spool_file, "ab", buffering=0) as handle:  # the crash mid-append
+        try:
+            handle.write(b"YSP1" + b"\xff" * 12)
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    torn = spool_file.stat().st_size - good_size
+    assert os.statvfs(small_disk).f_bavail == 0
+    await client.close()  # the database is away: the spool stays
+
+    await asyncio.to_thread(own_database.start)
+    with caplog.at_level(logging.WARNING, "utils.spool"):
+        client = await start()  # on a disk full to the last byte
+    assert f"incomplete last frame at offset {good_size}: {torn} byte(s) dropped" \
+        in caplog.text
+    body = await wait_for_empty_spool(client)
+    assert body["status"] == "ready" and body["checks"]["storage"] == "ok"
+    assert await stored(own_database) == {record_id: 1 for record_id in ids}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in small_disk.iterdir()} \
+        == {".lock": 0o600}
+    response = await client.post("/detect", data=landscape_jpeg, headers=JPEG)
+    assert response.status == 200
+    await client.close()

@@ -3,17 +3,21 @@ answers; spooled entries replayed in batches; an entry it refuses set aside, not
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 import db
 from model.detection import Detection
 from service.recorder import RecordWriter, decode_entry, encode_entry
-from utils.spool import REJECTED_NAME, HEADER, Spool
+from utils.spool import HEADER, REJECTED_NAME, Spool
 
 
 def record(width: int = 64) -> db.Record:
@@ -25,8 +29,29 @@ def record(width: int = 64) -> db.Record:
 
 def test_entries_round_trip() -> None:
     records = [record(), record()]
-    images = [db.StoredImage("ab" * 32, "image/png", b"\x89PNG\x00\xff")]
+    images = [db.StoredImage("ab" * 32, "image/png", b"\x89PNG\x00\xff"),
+              db.StoredImage("cd" * 32, "image/jpeg", b"")]
     assert decode_entry(encode_entry(records, images)) == (records, images)
+
+
+def test_entries_hold_images_as_raw_bytes() -> None:
+    """Not base64: an entry is its image plus a few hundred bytes."""
+    image = db.StoredImage("ab" * 32, "image/jpeg", os.urandom(200_000))
+    entry = encode_entry([record()], [image])
+    assert image.data in entry and len(entry) < len(image.data) + 1000
+    for cut in (len(entry) - 1, 10, 3):  # damaged entries are refused, not misread
+        with pytest.raises(ValueError, match="not a spool entry"):
+            decode_entry(entry[:cut])
+
+
+def test_entries_of_the_earlier_base64_layout_are_still_read() -> None:
+    records = [record()]
+    image = db.StoredImage("ab" * 32, "image/png", b"\x89PNG\x00\xff")
+    old = json.dumps({"records": [r.to_json() for r in records],
+                      "images": [{"sha256": image.sha256, "content_type": image.content_type,
+                                  "data": base64.b64encode(image.data).decode("ascii")}]},
+                     separators=(",", ":")).encode()
+    assert decode_entry(old) == (records, [image])
 
 
 async def test_writes_go_to_the_database_when_it_answers(db_pool: asyncpg.Pool,

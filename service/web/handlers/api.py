@@ -165,34 +165,49 @@ async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 once the default model's workers are warm and records can be made
     durable.
 
-    With the database away the service still detects (records go to the spool): the
-    answer is 200 with ``"status": "degraded"``; so it is while another model is not
-    ready (``models`` says which, and why). 503 while the default model's workers warm up
-    or one is being replaced, or when neither the database nor the spool can take
-    records. The body shows the queue, fault counters and the spool depth either way.
+    ``checks.database``: ``ok``, ``replaying spool`` (it answers; spooled records are
+    going in), ``unavailable``, ``restarting`` or ``recovering`` (the embedded server
+    died and is being started again: ``db.DatabaseHealth``). ``checks.storage``: the
+    spool's ``ok``, ``full`` (its limit, or the disk's reserve, reached) or ``failing``.
+    Records are durable while the database answers with nothing spooled, or while the
+    spool takes them; when neither holds the answer is 503 (``not_ready``). So it is
+    while the default model's workers warm up or one is being replaced. With the
+    database away but the spool taking records, or with another model not ready
+    (``models`` says which, and why), the answer is 200 with ``"status": "degraded"``.
+    The body shows the queue, fault counters and the spool either way.
     """
     pools = request.app[keys.models_key]
     pool = pools.default
     writer = request.app[keys.records_key]
+    health = request.app[keys.db_health_key]
     checks: dict[str, str] = {"workers": pool.state}
     problems = []
-    degraded = False
     if not pool.ready:
         problems.append(pool.error or f"workers are {pool.state}")
     try:
         await db.ping(request.app[keys.db_key])
-        checks["database"] = "ok"
     except db.UNAVAILABLE_ERRORS as exc:
-        checks["database"] = "unavailable"
-        degraded = True
-        message = f"database: {type(exc).__name__}: {exc}"
-        if writer.spool.pending_bytes >= writer.spool.max_bytes:
-            problems.append(f"{message}; the spool is full")
+        # The watcher knows more: a dead embedded server being restarted.
+        database = health.state if health.state in ("restarting", "recovering") \
+            else "unavailable"
+        why = health.detail if database != "unavailable" else \
+            f"{type(exc).__name__}: {exc}".rstrip(": ")
+    else:
+        database = "replaying spool" if writer.spool.pending_entries else "ok"
+        why = None
+    checks["database"] = database
+    checks["storage"] = writer.spool.state
+    if database != "ok" and not writer.accepting:
+        problems.append(f"records cannot be made durable: database {database}"
+                        + (f" ({why})" if why else "") + f"; spool {writer.spool.state}"
+                        + (f" ({writer.spool.last_error})" if writer.spool.last_error else ""))
+    degraded = database != "ok" or checks["storage"] != "ok"
     models = {other.model.name: {"state": other.state, "ready": other.ready,
                                  "error": other.error} for other in pools}
     degraded = degraded or not all(other.ready for other in pools)
     body = {"checks": checks, "pool": pool.snapshot(), "models": models,
-            "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot()}
+            "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot(),
+            "database": health.snapshot()}
     if problems:
         return web.json_response(
             {"status": "not_ready", **body,

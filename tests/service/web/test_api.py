@@ -443,7 +443,8 @@ async def test_health_and_readiness(client: Any, detector_pool: DetectorPool) ->
     response = await client.get("/readyz")
     assert response.status == 200
     body = await response.json()
-    assert body["status"] == "ready" and body["checks"] == {"workers": "ready", "database": "ok"}
+    assert body["status"] == "ready"
+    assert body["checks"] == {"workers": "ready", "database": "ok", "storage": "ok"}
     assert [w["pid"] for w in body["workers"]] == [w.pid for w in detector_pool.workers]
 
 
@@ -453,7 +454,7 @@ async def test_not_ready_until_workers_are_warm(test_config: Config, portrait_jp
     client = await aiohttp_client(await init_app(test_config, detector_pool=cold))
     response = await client.get("/readyz")
     body = await assert_error(response, 503, "not_ready")
-    assert body["checks"] == {"workers": "new", "database": "ok"}
+    assert body["checks"] == {"workers": "new", "database": "ok", "storage": "ok"}
     assert response.headers["Retry-After"]
     response = await client.post("/detect", data=portrait_jpeg, headers={"Content-Type": "image/jpeg"})
     await assert_error(response, 503, "not_ready")

@@ -188,6 +188,8 @@ async def test_spool_depth_counts_records_and_bytes(db_pool: Any, tmp_path: Path
         assert value(samples, "yolo_spool_records") == 5
         assert value(samples, "yolo_spool_bytes") == 2 * (16 + len(payload))  # 16-byte headers
         assert value(samples, "yolo_spool_capacity_bytes") == 1 << 20
+        # The room left: its limit less what it holds (the disk has more free than that).
+        assert value(samples, "yolo_spool_room_bytes") == (1 << 20) - 2 * (16 + len(payload))
     finally:
         spool.close()
 
