@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from aiohttp import web
@@ -164,6 +167,30 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def details_for_signed_in(handler: Handler) -> Handler:
+    """With access control on, an anonymous caller gets only ``{"status": ...}`` and the
+    status code (and ``Retry-After``); a signed-in one (token or session) the whole body.
+    The service's internals (pids, queue, errors) are not for anyone who can reach it."""
+
+    @functools.wraps(handler)
+    async def summarised(request: web.Request) -> web.Response:
+        response = await handler(request)
+        auth = request.app.get(keys.auth_key)
+        if auth is None or auth.user(request) is not None or response.body is None:
+            return response
+        status = json.loads(response.body)["status"]
+        headers = {name: response.headers[name] for name in ("Retry-After",)
+                   if name in response.headers}
+        return web.json_response({"status": status}, status=response.status,
+                                 headers=headers)
+
+    return summarised
+
+
+@details_for_signed_in
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 once the default model's workers are warm and records can be made
     durable.
