@@ -137,6 +137,28 @@ async def test_normal_requests_are_served_while_16_uploads_trickle(
         await asyncio.sleep(0.05)
 
 
+async def test_uploads_beyond_max_uploads_are_refused_at_once(
+        serve: Callable[..., Any], portrait_jpeg: bytes) -> None:
+    client = await serve({"server": {"max_uploads": 2}})
+    admission = client.server.app[keys.admission_key]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(Trickler(client.host, client.port).run(stop))
+             for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while admission.receiving < 2:
+            assert time.monotonic() < deadline, "the tricklers never connected"
+            await asyncio.sleep(0.05)
+        response = await client.post("/detect", data=portrait_jpeg,
+                                     headers={"Content-Type": "image/jpeg"})
+        assert response.status == 503 and response.headers["Retry-After"] == "1"
+        assert (await response.json())["error"]["code"] == "overloaded"
+        assert admission.snapshot()["receive_limit"] == 2
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
 async def test_a_trickled_small_form_gets_408(serve: Callable[..., Any]) -> None:
     """request.post() (DeepStack's model list, the sign-in form) is paced too."""
     client = await serve({"server": {"upload_grace": 0.5}})
