@@ -17,7 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as day_time
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -686,11 +687,11 @@ async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFi
 
 
 def _utc_midnight(moment: datetime) -> datetime:
-    return datetime.combine(moment.astimezone(timezone.utc).date(), time(), tzinfo=timezone.utc)
+    return datetime.combine(moment.astimezone(timezone.utc).date(), day_time(), tzinfo=timezone.utc)
 
 
 def _day_start(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=timezone.utc)
+    return datetime.combine(day, day_time(), tzinfo=timezone.utc)
 
 
 @dataclass

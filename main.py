@@ -43,6 +43,7 @@ from service.web.middlewares import (
     security_headers,
 )
 from service.web.tokens import TokenError, TokenStore
+from service.web.uploads import max_parts
 from service.workers.models import ModelPools, models_context
 from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, ConfigError, load_config
@@ -112,9 +113,11 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     ``model_pools``."""
     if detector_pool is not None:
         model_pools = ModelPools({detector_pool.model.name: detector_pool})
-    app = web.Application(client_max_size=config.server.max_upload_bytes)
+    app = web.Application(client_max_size=config.server.max_upload_bytes,
+                          client_max_fields=max_parts(config.server.max_files))
     app[keys.config_key] = config
-    app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue)
+    app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue,
+                                        config.server.max_uploads)
     metrics = ServiceMetrics(partial(metric_sources, app))
     app[keys.metrics_key] = metrics
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -135,6 +138,16 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
         app.middlewares.append(auth_middleware(auth))
         log.info("access control on: tokens in %s", config.auth.tokens_file)
     return app
+
+
+def server_options(config: Config) -> dict[str, Any]:
+    """Connection options of the HTTP server (``web.run_app``, ``web.AppRunner``).
+
+    aiohttp's keep-alive timer runs from the connection's start and from the end of each
+    response until the next request head is complete, whatever bytes arrive: so
+    ``server.idle_timeout`` closes idle connections and half-sent (or trickled) request
+    heads alike."""
+    return {"keepalive_timeout": config.server.idle_timeout}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -168,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with socket.create_server((config.server.host, config.server.port)) as sock:
             web.run_app(init_app(config), sock=sock,
                         shutdown_timeout=config.server.shutdown_timeout,
+                        **server_options(config),
                         print=lambda text: log.info("%s", text.strip()))
     except (OSError, asyncpg.PostgresError, EmbeddedPostgresError, MigrationError,
             TokenError) as exc:

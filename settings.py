@@ -54,10 +54,19 @@ class ServerConfig:
     max_files: int
     shutdown_timeout: float
     request_timeout: float
+    upload_grace: float
+    upload_min_rate_kb: float
+    max_uploads: int
+    idle_timeout: float
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def upload_min_rate(self) -> float:
+        """Bytes per second a request body must average once ``upload_grace`` is over."""
+        return self.upload_min_rate_kb * 1024.0
 
 
 @dataclass(frozen=True)
@@ -308,6 +317,10 @@ def _server(raw: _Section) -> ServerConfig:
         max_files=s.integer("max_files", 16, maximum=1000),
         shutdown_timeout=s.number("shutdown_timeout", 30.0),
         request_timeout=s.number("request_timeout", 30.0),
+        upload_grace=s.number("upload_grace", 3.0),
+        upload_min_rate_kb=s.number("upload_min_rate_kb", 16.0),
+        max_uploads=s.integer("max_uploads", 64, maximum=100_000),
+        idle_timeout=s.number("idle_timeout", 15.0),
     )
     s.check_unknown()
     return config

@@ -21,7 +21,9 @@ server), measures the capacity, then runs the phases:
   ``--overload-s``: only 200 or 503 + Retry-After, p99 of accepted requests, RSS;
 - ``hostile``: ``--hostile-count`` generated hostile requests: zero 5xx, zero worker
   deaths, no half records;
-- ``soak``: ``--soak-s`` at capacity: RSS growth under 5 %, zero errors.
+- ``soak``: ``--soak-s`` at capacity: RSS growth under 5 %, zero errors;
+- ``slow``: ``--tricklers`` uploads at 1 byte/s for ``--slow-s`` while the closed loop
+  runs: every normal request 200, their p95 under 5 s, every trickler cut off with 408.
 
 ``killed`` and ``disk`` run on a second instance, started after the others, whose service
 owns its embedded PostgreSQL (as ``make run``) and whose spool is on a tmpfs of
@@ -51,15 +53,15 @@ import yaml
 
 from bench._service import PROJECT_ROOT, ServiceError, parse_assignment, scratch_dir
 from bench.common import load_images, materialize_weights, resolve_model
-from bench.reliability import phases
+from bench.reliability import phases, slow
 from bench.reliability.live import LiveInstance, LiveInstanceError
 
 log = logging.getLogger("bench.reliability")
 
-PHASES = ("kill", "postgres", "hung", "overload", "hostile", "soak", "killed", "disk")
+PHASES = ("kill", "postgres", "hung", "overload", "hostile", "soak", "slow", "killed", "disk")
 OWN_DATABASE_PHASES = ("killed", "disk")  # on the second instance
 QUICK = {"calibrate_s": 8.0, "kill_stream_s": 15.0, "outage_s": 10.0, "overload_s": 15.0,
-         "soak_s": 60.0, "soak_warmup_s": 15.0, "hang_s": 10.0}
+         "soak_s": 60.0, "soak_warmup_s": 15.0, "hang_s": 10.0, "slow_s": 15.0}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,6 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--hostile-concurrency", type=int, default=4)
     parser.add_argument("--soak-s", type=float, default=600.0)
     parser.add_argument("--soak-warmup-s", type=float, default=60.0)
+    parser.add_argument("--slow-s", type=float, default=30.0)
+    parser.add_argument("--tricklers", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=120.0, help="client timeout per request")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -175,6 +179,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
                 report = await phases.hostile(live, count=args.hostile_count,
                                               seed=args.hostile_seed,
                                               concurrency=args.hostile_concurrency)
+            elif name == "slow":
+                report = await slow.slow_clients(live, images, clients=clients,
+                                                 tricklers=args.tricklers,
+                                                 duration=args.slow_s, timeout=args.timeout)
             else:
                 report = await phases.soak(live, images, clients=clients,
                                            duration=args.soak_s, warmup=args.soak_warmup_s,

@@ -1,6 +1,7 @@
 """Access control (off unless ``auth.tokens_file`` is set).
 
-Every route except ``/healthz``, ``/readyz``, ``/login`` and static files (:func:`is_public`)
+Every route except ``/healthz``, ``/readyz`` (its details only to a signed-in caller:
+``handlers.api.details_for_signed_in``), ``/login`` and static files (:func:`is_public`)
 needs either
 ``Authorization: Bearer <token>`` or the session cookie that ``/login`` sets. A missing
 or wrong credential gets a JSON 401 with ``WWW-Authenticate: Bearer``; a browser asking

@@ -124,7 +124,8 @@ def positive_int(query: Mapping[str, str], name: str, default: int, maximum: int
     raw = _text(query, name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # ASCII digits only: "²" is a digit to str.isdigit() but not to int().
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise ParamError(name, f"must be an integer within 1..{maximum}, got {raw!r}")
     return int(raw)
 

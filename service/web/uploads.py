@@ -1,16 +1,21 @@
 """Reading uploaded images from a request: multipart field ``image`` or a raw body.
 
-Limits are enforced while reading: more than ``max_bytes`` -> 413, no image or an empty
-one -> 400 (all raised as ApiError). What a client says it sent (the part's or the
-body's Content-Type) is not trusted either way: the bytes decide, in
-``service.detect`` (415 with the same sentence, whatever the client, for anything that
-is not an accepted image).
+Limits are enforced while reading: more than ``max_bytes`` -> 413, more parts than
+``max_parts(max_files)`` -> 413 at the first part too many (before it is parsed), no image
+or an empty one -> 400 (all raised as ApiError). :func:`paced` bounds how slowly a body may
+arrive: 408 for a body that, after a grace period, averages less than a minimum rate, or is
+not in by a deadline. What a client says it sent (the part's or the body's Content-Type) is
+not trusted either way: the bytes decide, in ``service.detect`` (415 with the same
+sentence, whatever the client, for anything that is not an accepted image).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiohttp import BodyPartReader, web
 from aiohttp.hdrs import CONTENT_DISPOSITION
@@ -23,6 +28,7 @@ from service.web.errors import ApiError
 FIELD = "image"
 MAX_FILENAME = 255
 MAX_FIELDS = 16  # short text fields of a form that are kept (others are read and dropped)
+MAX_EXTRA_PARTS = 16  # parts of a form besides its images (text fields); more -> 413
 MAX_FIELD_BYTES = 1024
 CHUNK = 1 << 16
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -39,6 +45,54 @@ def clean_filename(raw: str | None, default: str = "upload") -> str:
     if name in ("", ".", ".."):
         return default
     return name[:MAX_FILENAME]
+
+
+def max_parts(max_files: int) -> int:
+    """The most parts a multipart form may have: its images and a few text fields."""
+    return max_files + MAX_EXTRA_PARTS
+
+
+@asynccontextmanager
+async def paced(request: web.Request, *, grace: float, min_rate: float,
+                deadline: float) -> AsyncIterator[None]:
+    """Read the request's body inside this block, or get a 408 ``request_timeout``.
+
+    The body must average at least ``min_rate`` bytes/s once ``grace`` seconds are over
+    (so by ``t`` seconds, ``min_rate * (t - grace)`` bytes), and be in by ``deadline``
+    (loop time). A client that trickles its body is cut off after about ``grace``
+    seconds. One timer, moved on only when it fires: no work per chunk."""
+    loop = asyncio.get_running_loop()
+    content = request.content
+    start, start_bytes = loop.time(), content.total_bytes
+    too_slow = False
+
+    def due() -> float:
+        """When the bytes received so far stop being enough."""
+        return start + grace + (content.total_bytes - start_bytes) / min_rate
+
+    try:
+        async with asyncio.timeout_at(deadline) as timeout:
+
+            def check() -> None:
+                nonlocal handle, too_slow
+                when = due()
+                if when <= loop.time():
+                    too_slow = True
+                    timeout.reschedule(loop.time())  # fires now
+                elif when < deadline:
+                    handle = loop.call_at(when, check)
+
+            handle = loop.call_at(min(due(), deadline), check)
+            try:
+                yield
+            finally:
+                handle.cancel()
+    except TimeoutError:
+        if too_slow:
+            raise ApiError(408, "request_timeout", "the request body arrived too slowly "
+                           f"(under {min_rate / 1024:g} KiB/s after {grace:g}s)") from None
+        raise ApiError(408, "request_timeout",
+                       "the request body was not received in time") from None
 
 
 def _too_large(max_bytes: int) -> ApiError:
@@ -92,8 +146,12 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from exc
     uploads: list[Upload] = []
     total = 0
+    parts, most = 0, max_parts(max_files)
     try:
         while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > most:  # before its body is read: the first part too many ends it
+                raise ApiError(413, "too_many_parts", f"the form has more than {most} parts")
             if not isinstance(part, BodyPartReader):
                 raise ApiError(400, "bad_multipart", "nested multipart bodies are not supported")
             chunks, digest = [], hashlib.sha256()  # hashed as it arrives

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 import db
 from service.detect import DetectOptions, Timing, Upload, detect_images
@@ -15,7 +19,7 @@ from service.renditions import SIZES
 from service.web import keys, params
 from service.web.labels import check_label
 from service.web.errors import RETRY_AFTER_S, ApiError
-from service.web.uploads import read_form
+from service.web.uploads import paced, read_form
 from service.workers.pool import PoolUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,13 +40,17 @@ def _record_id(request: web.Request) -> UUID:
 async def detect(request: web.Request) -> web.Response:
     """POST /detect: run the model on each uploaded image and store the records.
 
-    At most ``max_workers * max_batch_size + max_queue`` requests are in progress at
-    once; beyond that a request is refused at once (503, Retry-After) before its body is
-    read. Reading and detection share one deadline (``server.request_timeout``: 408
-    while reading, 504 after); a client that leaves while its images wait has them taken
-    off the queue. The work itself is :func:`service.detect.detect_images`; the response
-    is sent only once the records are durable. Its ``Server-Timing`` header gives the
-    phases (:class:`service.detect.Timing`).
+    The body is read first, holding no model place (``admission.receive()``: at most
+    ``server.max_uploads`` at once), and must keep up ``server.upload_min_rate_kb`` after
+    ``server.upload_grace`` seconds (else 408), so slow clients cannot take the workers'
+    capacity. Then at most ``max_workers * max_batch_size + max_queue`` requests are in
+    progress at once; beyond that a request is refused at once (503, Retry-After), before
+    its body is read when it arrives at capacity. Reading and detection share one
+    deadline (``server.request_timeout``: 408 while reading, 504 after); a client that
+    leaves while its images wait has them taken off the queue. The work itself is
+    :func:`service.detect.detect_images`; the response is sent only once the records are
+    durable. Its ``Server-Timing`` header gives the phases
+    (:class:`service.detect.Timing`).
     """
     app = request.app
     config = app[keys.config_key]
@@ -56,11 +64,13 @@ async def detect(request: web.Request) -> web.Response:
         iou_thres=params.unit_interval(query, "iou", None),
         agnostic=params.optional_flag(query, "agnostic", pool.model.agnostic_nms),
         max_det=params.positive_int(query, "max_det", pool.model.max_det, MAX_DET))
-    with app[keys.admission_key].enter():
-        timing = Timing()
-        deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+    admission = app[keys.admission_key]
+    timing = Timing()
+    deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+    with admission.receive():
         uploads = await receive_uploads(request, deadline)
-        timing.lap("upload")
+    timing.lap("upload")
+    with admission.enter():
         records = await detect_images(
             pool, app[keys.records_key], uploads, options=options,
             store_images=config.storage.store_images, deadline=deadline,
@@ -74,22 +84,30 @@ async def detect(request: web.Request) -> web.Response:
 
 async def receive_uploads(request: web.Request, deadline: float, *,
                           max_files: int | None = None) -> list[Upload]:
-    """The uploaded images (408 past the deadline)."""
+    """The uploaded images (408 past the deadline or too slow)."""
     uploads, _ = await receive_form(request, deadline, max_files=max_files)
     return uploads
 
 
 async def receive_form(request: web.Request, deadline: float, *,
                        max_files: int | None = None) -> tuple[list[Upload], dict[str, str]]:
-    """The uploaded images and the form's short text fields (408 past the deadline)."""
+    """The uploaded images and the form's short text fields (408 past the deadline, or
+    slower than ``server.upload_min_rate_kb`` after ``server.upload_grace``)."""
     server = request.app[keys.config_key].server
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await read_form(request, max_bytes=server.max_upload_bytes,
-                                   max_files=max_files or server.max_files)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", "the upload was not received within "
-                       f"{server.request_timeout:g}s") from None
+    async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
+                     deadline=deadline):
+        return await read_form(request, max_bytes=server.max_upload_bytes,
+                               max_files=max_files or server.max_files)
+
+
+async def receive_post(request: web.Request) -> MultiDictProxy[str | web.FileField]:
+    """``request.post()`` (a small form: sign-in, DeepStack's list), paced as uploads are
+    and bounded by ``server.request_timeout``; ``client_max_fields`` bounds its parts."""
+    server = request.app[keys.config_key].server
+    deadline = asyncio.get_running_loop().time() + server.request_timeout
+    async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
+                     deadline=deadline):
+        return await request.post()
 
 
 def client_gone(request: web.Request) -> bool:
@@ -161,6 +179,30 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def details_for_signed_in(handler: Handler) -> Handler:
+    """With access control on, an anonymous caller gets only ``{"status": ...}`` and the
+    status code (and ``Retry-After``); a signed-in one (token or session) the whole body.
+    The service's internals (pids, queue, errors) are not for anyone who can reach it."""
+
+    @functools.wraps(handler)
+    async def summarised(request: web.Request) -> web.Response:
+        response = await handler(request)
+        auth = request.app.get(keys.auth_key)
+        if auth is None or auth.user(request) is not None or response.body is None:
+            return response
+        status = json.loads(response.body)["status"]
+        headers = {name: response.headers[name] for name in ("Retry-After",)
+                   if name in response.headers}
+        return web.json_response({"status": status}, status=response.status,
+                                 headers=headers)
+
+    return summarised
+
+
+@details_for_signed_in
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 once the default model's workers are warm and records can be made
     durable.

@@ -30,7 +30,7 @@ from aiohttp import web
 from service.detect import DetectOptions, Timing, detect_images
 from service.web import keys
 from service.web.errors import ApiError
-from service.web.handlers.api import client_gone, receive_form
+from service.web.handlers.api import client_gone, receive_form, receive_post
 from service.workers.pool import PoolUnavailable
 
 MODULE_ID = "darknet-yolo"
@@ -65,13 +65,15 @@ async def _detect(request: web.Request, name: str | None, command: str) -> web.R
     if request.content_type.lower() in ("application/x-www-form-urlencoded", ""):
         # A form without a file (DeepStack answers this with 400 too).
         raise ApiError(400, "missing_field", "no file in multipart field 'image'")
-    with app[keys.admission_key].enter():
-        timing = Timing()
-        deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+    admission = app[keys.admission_key]
+    timing = Timing()
+    deadline = asyncio.get_running_loop().time() + config.server.request_timeout
+    with admission.receive():  # no model place while the body arrives (as POST /detect)
         uploads, fields = await receive_form(request, deadline, max_files=1)
-        timing.lap("upload")
-        await _check_key(request, fields)
-        options = DetectOptions(conf_thres=_min_confidence(fields))
+    timing.lap("upload")
+    await _check_key(request, fields)
+    options = DetectOptions(conf_thres=_min_confidence(fields))
+    with admission.enter():
         records = await detect_images(
             pool, app[keys.records_key], uploads, options=options,
             store_images=config.storage.store_images, deadline=deadline,
@@ -115,7 +117,7 @@ async def _form_fields(request: web.Request) -> dict[str, str]:
     if request.content_type.lower() not in ("multipart/form-data",
                                             "application/x-www-form-urlencoded"):
         return {}
-    form = await request.post()
+    form = await receive_post(request)
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 

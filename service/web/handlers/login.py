@@ -9,6 +9,7 @@ from yarl import URL
 from service.web import keys
 from service.web.auth import COOKIE_NAME, safe_next
 from service.web.errors import ApiError
+from service.web.handlers.api import receive_post
 
 MAX_TOKEN_LENGTH = 200
 
@@ -40,7 +41,7 @@ async def login(request: web.Request) -> web.Response:
     if auth is None:
         raise web.HTTPSeeOther("/")
     _same_origin(request)
-    form = await request.post()
+    form = await receive_post(request)
     target = safe_next(_text(form.get("next")))
     token = _text(form.get("token")).strip()
     session_id = auth.open_session(token) if 0 < len(token) <= MAX_TOKEN_LENGTH else None

@@ -515,3 +515,14 @@ async def test_cursors_at_the_edges_of_the_time_range_are_400(client: Any, stamp
     for path in ("/api/detections", "/history"):
         response = await client.get(f"{path}?cursor={token}")
         assert response.status == 400, await response.text()
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1_0", "0x10", "-1"])
+async def test_integers_are_ascii_digits_only(client: Any, value: str) -> None:
+    """"²" is a digit to str.isdigit() but not to int(): it was a 500 (found by fuzzing)."""
+    responses = [await client.get("/api/detections", params={"limit": value}),
+                 await client.post("/detect", params={"max_det": value}, data=b"x",
+                                   headers={"Content-Type": "image/jpeg"})]
+    for response in responses:
+        assert response.status == 400, await response.text()
+        assert (await response.json())["error"]["code"] == "bad_parameter"

@@ -49,6 +49,7 @@ async def secured(make_config: Any, detector_pool: DetectorPool, tokens_file: Pa
 async def test_off_by_default(client: Any, portrait_jpeg: bytes) -> None:
     for path in PROTECTED[:4]:
         assert (await client.get(path)).status == 200
+    assert {"pool", "workers", "admission"} <= set(await (await client.get("/readyz")).json())
     assert (await client.post("/detect", data=portrait_jpeg, headers=JPEG)).status == 200
     response = await client.get("/login", allow_redirects=False)
     assert response.status == 303 and response.headers["Location"] == "/"
@@ -79,6 +80,21 @@ async def test_every_endpoint_but_health_needs_a_token(secured: tuple[Any, str],
     record = await response.json()
     assert (await client.get(f"/api/detections/{record['id']}", headers=auth)).status == 200
     assert (await client.get(f"/detections/{record['id']}/image")).status == 401
+
+
+async def test_readyz_shows_details_only_to_a_signed_in_caller(
+        secured: tuple[Any, str]) -> None:
+    secured_client, token = secured
+    for headers in ({}, {"Authorization": f"Bearer {token}x"}):
+        response = await secured_client.get("/readyz", headers=headers)
+        assert response.status == 200
+        assert await response.json() == {"status": "ready"}, headers  # nothing else
+    full = await (await secured_client.get(
+        "/readyz", headers={"Authorization": f"Bearer {token}"})).json()
+    assert full["status"] == "ready" and {"pool", "workers", "admission", "spool"} <= set(full)
+    # A session (the sign-in form's cookie) counts as signed in.
+    await secured_client.post("/login", data={"token": token}, allow_redirects=False)
+    assert set(await (await secured_client.get("/readyz")).json()) == set(full)
 
 
 async def test_pages_sign_in_with_a_session_cookie(secured: tuple[Any, str]) -> None:
