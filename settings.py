@@ -72,6 +72,7 @@ class PostgresConfig:
     port: int
     minsize: int
     maxsize: int
+    group_commit: bool
     close_timeout: float
     write_timeout: float
 
@@ -325,6 +326,7 @@ def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
         port=s.integer("port", 5432, maximum=65535),
         minsize=s.integer("minsize", 1, minimum=0),
         maxsize=s.integer("maxsize", 10),
+        group_commit=s.boolean("group_commit", True),
         close_timeout=s.number("close_timeout", 10.0),
         write_timeout=s.number("write_timeout", 5.0),
     )
