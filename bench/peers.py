@@ -288,14 +288,16 @@ async def _load_levels(url: str, args: argparse.Namespace, images: Sequence[Jpeg
 
 
 def run_ours(args: argparse.Namespace, instance: Path, images: Sequence[JpegImage],
-             round_: int) -> Turn:
-    """One turn of our service (the same instance directory every round: its database
-    persists, as a deployment's does)."""
+             round_: int, name: str = OURS, overrides: dict[str, Any] | None = None) -> Turn:
+    """One turn of our service, with ``overrides`` (dotted config keys) on the config
+    (the same instance directory every round: its database persists, as a deployment's
+    does)."""
     config_path = instance / "service.yaml"
     if not config_path.exists():
-        write_config(args.config, config_path, instance, {"server.host": "127.0.0.1"})
+        write_config(args.config, config_path, instance,
+                     {"server.host": "127.0.0.1", **(overrides or {})})
     service = ServiceProcess(config_path, free_port(), instance / "service.log")
-    turn = Turn(OURS, round_)
+    turn = Turn(name, round_)
     service.start()
     try:
         async def ready(session: aiohttp.ClientSession) -> None:
@@ -362,26 +364,32 @@ def pooled(turns: Sequence[Turn], concurrency: int) -> Pooled:
 
 
 def format_report(turns: Sequence[Turn], levels: Sequence[int]) -> str:
-    ours = [t for t in turns if t.server == OURS]
-    theirs = [t for t in turns if t.server == THEIRS]
-    header = (f"{'c':>3} {'server':>9} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
+    """One table: per level, each server's pooled turns, then the ratio of the first
+    server (ours) to each other one."""
+    names = list(dict.fromkeys(t.server for t in turns))
+    width = max(9, *(len(n) for n in names))
+    header = (f"{'c':>3} {'server':>{width}} {'images/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
               f"{'p99 ms':>8} {'ok':>6} {'errors':>6}  per turn images/s")
     lines = [header]
     ratios = []
     for concurrency in levels:
-        a, b = pooled(ours, concurrency), pooled(theirs, concurrency)
-        for name, p in ((OURS, a), (THEIRS, b)):
-            lines.append(f"{concurrency:>3} {name:>9} {p.images_per_s:>9.2f} {p.p50_ms:>8.1f} "
-                         f"{p.p95_ms:>8.1f} {p.p99_ms:>8.1f} {p.ok:>6} {p.errors:>6}  "
-                         + " ".join(f"{x:.2f}" for x in p.per_turn))
-        ratios.append(f"{concurrency:>3} {'ours/lit':>9} {a.images_per_s / b.images_per_s:>9.3f} "
-                      f"{a.p50_ms / b.p50_ms:>8.3f} {a.p95_ms / b.p95_ms:>8.3f} "
-                      f"{a.p99_ms / b.p99_ms:>8.3f}")
-    lines += ["ratio (images/s: > 1 ours faster; latency: < 1 ours faster)", *ratios]
+        stats = {n: pooled([t for t in turns if t.server == n], concurrency) for n in names}
+        for name, p in stats.items():
+            lines.append(f"{concurrency:>3} {name:>{width}} {p.images_per_s:>9.2f} "
+                         f"{p.p50_ms:>8.1f} {p.p95_ms:>8.1f} {p.p99_ms:>8.1f} {p.ok:>6} "
+                         f"{p.errors:>6}  " + " ".join(f"{x:.2f}" for x in p.per_turn))
+        a = stats[names[0]]
+        for name in names[1:]:
+            b = stats[name]
+            ratios.append(f"{concurrency:>3} {names[0] + '/' + name:>{2 * width}} "
+                          f"{a.images_per_s / b.images_per_s:>9.3f} {a.p50_ms / b.p50_ms:>8.3f} "
+                          f"{a.p95_ms / b.p95_ms:>8.3f} {a.p99_ms / b.p99_ms:>8.3f}")
+    lines += [f"ratios {'':>{2 * width - 7}} images/s   p50      p95      p99   "
+              "(images/s > 1: the first faster; latency < 1: the first faster)", *ratios]
     lines.append("idle CPU over the idle window, % of one core (each turn):")
     for turn in turns:
-        parts = ", ".join(f"{name} {pct:.1f}" for name, pct in turn.idle_cpu_pct.items())
-        lines.append(f"  {turn.server:>9} round {turn.round}: {parts} "
+        parts = ", ".join(f"{name} {pct:.2f}" for name, pct in turn.idle_cpu_pct.items())
+        lines.append(f"  {turn.server:>{width}} round {turn.round}: {parts} "
                      f"({turn.processes} processes)")
     return "\n".join(lines)
 
