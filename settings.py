@@ -296,7 +296,7 @@ def _device(section: _Section) -> str:
 
 
 def _event_loop(section: _Section) -> str:
-    value = section.string("event_loop", "auto").strip().lower()
+    value = section.string("event_loop", "asyncio").strip().lower()
     if value not in EVENT_LOOPS:
         raise ConfigError(section.key("event_loop"),
                           f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")

@@ -8,8 +8,7 @@ The table pools each variant's turns and gives the ratio shipped/variant.
 
 Variants (``--variants``, comma-separated; default: all):
 
-- ``asyncio``: ``server.event_loop: asyncio`` (the shipped ``auto`` takes uvloop when it
-  is installed);
+- ``uvloop``: ``server.event_loop: uvloop`` (the shipped loop is asyncio's own);
 - ``no-group-commit``: ``postgres.group_commit: false``, one commit per request;
 - ``no-images``: ``storage.store_images: false``, what storing every original costs.
 
@@ -47,7 +46,7 @@ log = logging.getLogger("bench.levers")
 
 SHIPPED = "shipped"
 VARIANTS: dict[str, dict[str, Any]] = {
-    "asyncio": {"server.event_loop": "asyncio"},
+    "uvloop": {"server.event_loop": "uvloop"},
     "no-group-commit": {"postgres.group_commit": False},
     "no-images": {"storage.store_images": False},
 }

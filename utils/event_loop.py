@@ -1,5 +1,6 @@
-"""The event loop the server runs on: asyncio's own, or uvloop's (libuv) when asked for
-or, with ``auto``, when it is installed. A leaf helper: imports nothing from the project."""
+"""The event loop the server runs on (``server.event_loop``): asyncio's own (the
+default: the one the test suite runs on), or uvloop's (libuv) when asked for or, with
+``auto``, when it is installed. A leaf helper: imports nothing from the project."""
 
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ def config(**server: Any) -> Any:
 
 
 def test_event_loop_setting_is_validated() -> None:
-    assert config().server.event_loop == "auto"
-    assert config(event_loop="AsyncIO").server.event_loop == "asyncio"
+    assert config().server.event_loop == "asyncio"
+    assert config(event_loop="AUTO").server.event_loop == "auto"
     with pytest.raises(ConfigError, match="server.event_loop: must be one of auto, asyncio, uvloop"):
         config(event_loop="trio")
 
