@@ -14,11 +14,15 @@ Variants (``--variants``, comma-separated; default: all):
 
 Micro-measurements that need no server (``--micro``): JSON encoding of a detection
 answer with the standard library against orjson, and the worker pipe (a JPEG sent to a
-process and its answer back) against pickling alone.
+process and its answer back) against pickling alone. ``--micro-store``: storing one
+image in a throw-away embedded PostgreSQL, each write its own durable commit, in turns:
+``INSERT`` (what ``db.store_images`` sends) against binary ``COPY``, with the column's
+``STORAGE EXTERNAL`` (shipped: no compression) against ``EXTENDED`` (pglz).
 
     python -m bench.levers                          # 2 rounds, c=1,4,8, 20 s each
     python -m bench.levers --variants no-group-commit --levels 8 --rounds 3
     python -m bench.levers --micro
+    python -m bench.levers --micro-store
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     parser.add_argument("--micro", action="store_true",
                         help="only the micro-measurements (JSON encoders, worker pipe)")
+    parser.add_argument("--micro-store", action="store_true",
+                        help="only the image store measurement (INSERT vs COPY, TOAST)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.idle <= 0:
@@ -159,6 +165,69 @@ async def _round_trips(conn: Connection, message: Any, *, threaded: bool,
     return trips
 
 
+STORE_WRITES = 40  # per method, storage mode and image
+
+
+def micro_store(workdir: Path) -> None:
+    from utils.embedded_pg import EmbeddedPostgres
+
+    server = EmbeddedPostgres(workdir / "pgdata", port=5499)
+    server.start()
+    try:
+        asyncio.run(_store_turns(server.dsn))
+    finally:
+        server.stop()
+
+
+async def _store_turns(dsn: str) -> None:
+    import hashlib
+    import os
+
+    import asyncpg
+
+    import db
+    from utils.migrate import migrate
+
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        photos = [min(load_images(sorted(EXAMPLES_DIR.glob("*.jpg"))), key=lambda i: len(i.data)),
+                  max(load_images(None), key=lambda i: len(i.data))]
+
+        async def insert(image: db.StoredImage) -> None:
+            await db.store_images(pool, [image])
+
+        async def copy(image: db.StoredImage) -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(
+                    "images", records=[(image.sha256, image.content_type, len(image.data),
+                                        image.data)],
+                    columns=["sha256", "content_type", "size_bytes", "data"])
+
+        methods = {"INSERT": insert, "COPY": copy}
+        for photo in photos:
+            times: dict[str, list[float]] = {}
+            for n in range(STORE_WRITES):
+                for storage in ("EXTERNAL", "EXTENDED"):
+                    await pool.execute(f"ALTER TABLE images ALTER COLUMN data SET STORAGE {storage}")
+                    for name, write in methods.items():
+                        data = photo.data + os.urandom(16)  # a new image each time
+                        image = db.StoredImage(hashlib.sha256(data).hexdigest(), "image/jpeg",
+                                               data)
+                        started = time.perf_counter()
+                        await write(image)
+                        if n:  # the first of each is a warm-up
+                            times.setdefault(f"{name} {storage}", []).append(
+                                (time.perf_counter() - started) * 1e3)
+            print(f"storing {photo.name} ({len(photo.data) // 1024} KiB), one durable commit "
+                  "each, median ms: " + ", ".join(f"{k} {percentile(v, 50):.2f}"
+                                                 for k, v in times.items()))
+        await pool.execute("ALTER TABLE images ALTER COLUMN data SET STORAGE EXTERNAL")
+    finally:
+        await pool.close()
+
+
 # ---------------------------------------------------------------- main
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
@@ -186,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.micro:
         micro()
+        return 0
+    if args.micro_store:
+        with scratch_dir("yolo-store-", args.keep) as workdir:
+            micro_store(workdir)
         return 0
     try:
         with scratch_dir("yolo-levers-", args.keep) as workdir:
