@@ -131,7 +131,7 @@ def service_rows(model: ModelChoice, device: str, seconds: float, timeout: float
                    "--engine-duration", str(max(seconds / 2, 2.0)), "--json", str(out)]
         log.info("service: %s", " ".join(command))
         try:
-            completed = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout,
+            completed = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout, check=False,
                                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
         except subprocess.TimeoutExpired:
             return [Row("service", "bench.load", note=f"did not finish in {timeout:.0f} s")]
@@ -168,7 +168,7 @@ def parity_rows(timeout: float) -> list[Row]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                "tests/unit/model/test_inference.py", "-k", "gpu or cuda", "-rs"]
     try:
-        completed = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout,
+        completed = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout, check=False,
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         return [Row("parity", "pytest -k 'gpu or cuda'", note=f"timed out ({timeout:.0f} s)")]

@@ -384,8 +384,8 @@ def format_report(turns: Sequence[Turn], levels: Sequence[int]) -> str:
             ratios.append(f"{concurrency:>3} {names[0] + '/' + name:>{2 * width}} "
                           f"{a.images_per_s / b.images_per_s:>9.3f} {a.p50_ms / b.p50_ms:>8.3f} "
                           f"{a.p95_ms / b.p95_ms:>8.3f} {a.p99_ms / b.p99_ms:>8.3f}")
-    lines += [f"ratios {'':>{2 * width - 7}} images/s   p50      p95      p99   "
-              "(images/s > 1: the first faster; latency < 1: the first faster)", *ratios]
+    lines += [(f"{'ratio':>{2 * width + 4}} {'images/s':>9} {'p50':>8} {'p95':>8} {'p99':>8}"
+               "  (images/s > 1: the first faster; latency < 1: the first faster)"), *ratios]
     lines.append("idle CPU over the idle window, % of one core (each turn):")
     for turn in turns:
         parts = ", ".join(f"{name} {pct:.2f}" for name, pct in turn.idle_cpu_pct.items())
