@@ -49,6 +49,7 @@ from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, ConfigError, load_config
 from utils.admission import Admission
 from utils.embedded_pg import EmbeddedPostgresError
+from utils.event_loop import new_event_loop
 from utils.migrate import MigrationError
 
 log = logging.getLogger("yolo_service")
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # start (seconds); the server then listens on this very socket.
         with socket.create_server((config.server.host, config.server.port)) as sock:
             web.run_app(init_app(config), sock=sock,
+                        loop=new_event_loop(config.server.event_loop),
                         shutdown_timeout=config.server.shutdown_timeout,
                         **server_options(config),
                         print=lambda text: log.info("%s", text.strip()))

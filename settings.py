@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from utils.event_loop import EVENT_LOOPS, uvloop_available
+
 BASE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_PATH = BASE_DIR / "config" / "config.yaml"
 CONFIG_ENV = "YOLO_CONFIG"
@@ -49,6 +51,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str
     port: int
+    event_loop: str  # utils.event_loop.EVENT_LOOPS
     max_upload_mb: float
     max_pixels: int
     max_files: int
@@ -81,6 +84,7 @@ class PostgresConfig:
     port: int
     minsize: int
     maxsize: int
+    group_commit: bool
     close_timeout: float
     write_timeout: float
 
@@ -305,6 +309,16 @@ def _device(section: _Section) -> str:
     raise ConfigError(section.key("device"), f"must be auto, cpu or cuda:N, got {value!r}")
 
 
+def _event_loop(section: _Section) -> str:
+    value = section.string("event_loop", "asyncio").strip().lower()
+    if value not in EVENT_LOOPS:
+        raise ConfigError(section.key("event_loop"),
+                          f"must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    if value == "uvloop" and not uvloop_available():
+        raise ConfigError(section.key("event_loop"), "uvloop is not installed")
+    return value
+
+
 # ---------------------------------------------------------------- sections
 
 def _server(raw: _Section) -> ServerConfig:
@@ -312,6 +326,7 @@ def _server(raw: _Section) -> ServerConfig:
     config = ServerConfig(
         host=s.string("host", "127.0.0.1"),
         port=s.integer("port", 8080, minimum=0, maximum=65535),
+        event_loop=_event_loop(s),
         max_upload_mb=s.number("max_upload_mb", 20.0, high=4096.0),
         max_pixels=s.integer("max_pixels", 50_000_000),
         max_files=s.integer("max_files", 16, maximum=1000),
@@ -343,6 +358,7 @@ def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
         port=s.integer("port", 5432, maximum=65535),
         minsize=s.integer("minsize", 1, minimum=0),
         maxsize=s.integer("maxsize", 10),
+        group_commit=s.boolean("group_commit", True),
         close_timeout=s.number("close_timeout", 10.0),
         write_timeout=s.number("write_timeout", 5.0),
     )

@@ -1,7 +1,9 @@
 """Making detection records durable: in PostgreSQL, or in the local spool while it is away.
 
 :meth:`RecordWriter.save` returns only once the records of a request are durable:
-committed to PostgreSQL, or — when the database is unreachable, or records are already
+committed to PostgreSQL (with group commit, ``postgres.group_commit``, together with
+the records of the requests saving at the same time, in one statement and one
+transaction; each request waits for the end of the commit that holds its records), or — when the database is unreachable, or records are already
 waiting in the spool (so that order is kept) — appended to the fsync'd spool
 (:mod:`utils.spool`). :func:`records_context` opens the writer with its spool and
 background tasks, and closes them. :meth:`RecordWriter.replay_forever` runs as a background task and
@@ -42,6 +44,8 @@ REPLAY_INTERVAL_S = 1.0  # how often the spool is looked at while it is empty
 REPLAY_BACKOFF_S = (0.5, 2.0)  # first and longest wait between tries while the database is away
 REPLAY_BATCH_ENTRIES = 64  # spool entries per replay transaction
 REPLAY_BATCH_BYTES = 16 << 20
+GROUP_MAX_RECORDS = 64  # records per group commit at most
+GROUP_GATHER_TURNS = 4  # event-loop turns a group waits for the rest of a worker batch
 SWEEP_INTERVAL_S = 3600.0  # how often images that no record refers to are looked for
 SWEEP_GRACE_S = 3600.0  # the least age of an image the sweep may delete
 
@@ -125,17 +129,40 @@ class ImagesAhead:
         return [] if self._task is None else await self._task
 
 
+class _Waiting:
+    """A request's records waiting for their group commit, and how it ended: True
+    (committed), False (the database is away: spool them) or the error to raise."""
+
+    def __init__(self, records: Sequence[db.Record], images: Sequence[db.StoredImage],
+                 outcome: asyncio.Future[bool]) -> None:
+        self.records, self.images, self.outcome = records, images, outcome
+
+    def resolve(self, outcome: bool | BaseException) -> None:
+        if self.outcome.done():  # its request was cancelled
+            return
+        if isinstance(outcome, BaseException):
+            self.outcome.set_exception(outcome)
+        else:
+            self.outcome.set_result(outcome)
+
+
 class RecordWriter:
     """The one way records are stored by the service."""
 
-    def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float,
+                 group_commit: bool = True) -> None:
         self.pool = pool
         self.spool = spool
         self.write_timeout = write_timeout
+        self.group_commit = group_commit
         self.database_up = True  # as last seen by a write
         self.spooled_total = 0
         self.replayed_total = 0
+        self.commits_total = 0  # commits of requests' records (not replays)
+        self.committed_records_total = 0
         self._wake = asyncio.Event()
+        self._group_queue: list[_Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """Spool state, depth, room and totals for /readyz (``state``: see
@@ -166,25 +193,31 @@ class RecordWriter:
                                 "disk space above the reserve)", value=spool.room())
         yield CounterMetricFamily("yolo_spooled_records", "Records written to the spool",
                                   value=self.spooled_total)
+        yield CounterMetricFamily("yolo_record_commits",
+                                  "Commits of requests' records (a group commit is one)",
+                                  value=self.commits_total)
+        yield CounterMetricFamily("yolo_committed_records",
+                                  "Requests' records committed to the database",
+                                  value=self.committed_records_total)
         yield CounterMetricFamily("yolo_replayed_records",
                                   "Spooled records replayed into the database",
                                   value=self.replayed_total)
 
     async def save(self, records: Sequence[db.Record],
                    images: Sequence[db.StoredImage] = ()) -> str:
-        """Make the records durable; return where: ``"database"`` or ``"spool"``."""
+        """Make the records durable; return where: ``"database"`` or ``"spool"``.
+
+        With group commit, the records join those of the requests saving at the same time
+        (one worker batch, typically) and are committed with them in one statement; this
+        returns once that commit has ended. When the database is away the records are
+        spooled as if they had been saved alone.
+        """
         if self.spool.pending_entries == 0:
-            try:
-                async with asyncio.timeout(self.write_timeout):
-                    await db.save_records(self.pool, records, images)
-            except db.UNAVAILABLE_ERRORS as exc:
-                if self.database_up:
-                    log.error("database unavailable (%s: %s); spooling records to %s",
-                              type(exc).__name__, exc, self.spool.path)
-                self.database_up = False
-                await self._forget_connections()
+            if self.group_commit:
+                stored = await self._commit_in_group(records, images)
             else:
-                self.database_up = True
+                stored = await self._commit_alone(records, images)
+            if stored:
                 return "database"
         try:
             await self.spool.append(encode_entry(records, images), len(records))
@@ -195,6 +228,95 @@ class RecordWriter:
         self.spooled_total += len(records)
         self._wake.set()
         return "spool"
+
+    async def _commit_alone(self, records: Sequence[db.Record],
+                            images: Sequence[db.StoredImage]) -> bool:
+        """One request's records in their own commit; False when the database is away."""
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await db.save_records(self.pool, records, images)
+        except db.UNAVAILABLE_ERRORS as exc:
+            await self._database_lost(exc)
+            return False
+        self.database_up = True
+        self.commits_total += 1
+        self.committed_records_total += len(records)
+        return True
+
+    async def _commit_in_group(self, records: Sequence[db.Record],
+                               images: Sequence[db.StoredImage]) -> bool:
+        """Queue the records for the next group commit and wait for its end: True once
+        committed, False when the database is away (the caller spools them). An error
+        the database raises about these records (not an outage) is raised here."""
+        waiting = _Waiting(records, images, asyncio.get_running_loop().create_future())
+        self._group_queue.append(waiting)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_groups(), name="group-commit")
+        return await waiting.outcome
+
+    async def _commit_groups(self) -> None:
+        """Task: while records are queued, commit them in groups, one group at a time.
+
+        A group is what queued up while the last commit ran, plus what joins within a few
+        turns of the event loop (the other requests of the worker batch that woke the
+        first one), up to ``GROUP_MAX_RECORDS`` records. Nothing waits for a timer: a
+        lone request is committed at once.
+        """
+        group: list[_Waiting] = []
+        try:
+            while self._group_queue:
+                for _ in range(GROUP_GATHER_TURNS):
+                    await asyncio.sleep(0)
+                group = self._take_group()
+                outcomes = await self._commit_group(group)
+                for waiting, outcome in zip(group, outcomes, strict=True):
+                    waiting.resolve(outcome)
+                group = []
+        finally:
+            self._committer = None
+            for waiting in [*group, *self._group_queue]:  # cancelled (shutdown): spool them
+                waiting.resolve(False)
+            self._group_queue.clear()
+
+    def _take_group(self) -> list[_Waiting]:
+        queue = self._group_queue
+        taken, count = 0, 0
+        while taken < len(queue) and (taken == 0 or
+                                      count + len(queue[taken].records) <= GROUP_MAX_RECORDS):
+            count += len(queue[taken].records)
+            taken += 1
+        group, self._group_queue = queue[:taken], queue[taken:]
+        return [w for w in group if not w.outcome.done()]  # a cancelled request drops out
+
+    async def _commit_group(self, group: Sequence[_Waiting]) -> list[bool | BaseException]:
+        """One transaction for every record of the group; when the database refuses it
+        (not an outage), each request's records again alone, so that only the request
+        at fault fails."""
+        if not group:
+            return []
+        records = [record for waiting in group for record in waiting.records]
+        images = [image for waiting in group for image in waiting.images]
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await db.save_records(self.pool, records, images)
+        except db.UNAVAILABLE_ERRORS as exc:
+            await self._database_lost(exc)
+            return [False] * len(group)
+        except asyncpg.PostgresError as exc:
+            if len(group) == 1:
+                return [exc]
+            return [outcome for waiting in group for outcome in await self._commit_group([waiting])]
+        self.database_up = True
+        self.commits_total += 1
+        self.committed_records_total += len(records)
+        return [True] * len(group)
+
+    async def _database_lost(self, exc: BaseException) -> None:
+        if self.database_up:
+            log.error("database unavailable (%s: %s); spooling records to %s",
+                      type(exc).__name__, exc, self.spool.path)
+        self.database_up = False
+        await self._forget_connections()
 
     @asynccontextmanager
     async def images_ahead(self, images: Sequence[db.StoredImage]) -> AsyncIterator[ImagesAhead]:
@@ -373,7 +495,8 @@ async def records_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[R
                                     max_bytes=config.storage.spool_max_bytes,
                                     reserve_bytes=config.storage.spool_reserve_bytes)
     try:
-        writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout)
+        writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout,
+                              group_commit=config.postgres.group_commit)
         # Long after any request that could still save a record for the image.
         grace = max(SWEEP_GRACE_S, 4 * (config.server.request_timeout
                                          + config.postgres.write_timeout))

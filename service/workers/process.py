@@ -89,6 +89,10 @@ class WorkerProcess:
             raise self._died(f"no answer within {timeout:g}s; killed") from None
         finally:
             loop.remove_reader(fd)
+            # uvloop (libuv) leaves a watched fd non-blocking; the next job's send, in a
+            # thread, must block until the worker has read an image larger than the
+            # socket's buffer instead of failing with EAGAIN.
+            os.set_blocking(fd, True)
         try:
             message = self._conn.recv()
         except (EOFError, OSError) as exc:
