@@ -190,7 +190,8 @@ def _forward(net: Darknet, args: argparse.Namespace) -> Forward | None:
     net.fuse()
     runner = OnnxRunner.from_darknet(
         net, (args.img_size, args.img_size), args.onnx_cache, args.threads, args.precision,
-        Calibration(photos=photos, exclude_heads=args.exclude_heads))
+        Calibration(photos=photos, exclude_heads=not args.int8_heads,
+                    averaging=None if args.global_ranges else Calibration.averaging))
     logger.info("running %s (%s) in ONNX Runtime", runner.path.name, runner.precision)
     return runner
 
@@ -228,8 +229,12 @@ def main(argv: list[str] | None = None) -> None:
                              "the service runs with workers.precision: int8")
     parser.add_argument("--onnx-cache", type=Path, default=None,
                         help="keep the ONNX (and int8) exports here and reuse them")
-    parser.add_argument("--exclude-heads", action="store_true",
-                        help="int8: keep the convolution before each YOLO head in fp32")
+    parser.add_argument("--int8-heads", action="store_true",
+                        help="int8: quantize the convolution before each YOLO head too "
+                             "(default: it stays fp32)")
+    parser.add_argument("--global-ranges", action="store_true",
+                        help="int8: calibrate to the extremes over every image instead of "
+                             "the moving average of the per-image ones")
     parser.add_argument("--calibration-photos", type=Path, default=None,
                         help="int8: also calibrate on the train split of this folder of "
                              "images/ + labels/ (e.g. CINTA), never on the held-out split")
