@@ -113,8 +113,8 @@ def test_int8_finds_the_lights_fp32_finds(service_model: ServiceModel,
     fp32 does not.  Detections near the threshold may fall either side of it."""
     m = service_model
     cache = tmp_path_factory.mktemp("onnx-int8")
-    load = dict(img_size=m.img_size, device="cpu", backend="onnxruntime",
-                onnx_cache_dir=cache, threads=2)
+    load: dict[str, Any] = {"img_size": m.img_size, "device": "cpu",
+                            "backend": "onnxruntime", "onnx_cache_dir": cache, "threads": 2}
     fp32 = Detector.load(m.cfg, m.weights, m.names, precision="fp32", **load)
     int8 = Detector.load(m.cfg, m.weights, m.names, precision="int8", **load)
     assert int8.precision == "int8" and "-int8-" in int8.runner.path.name

@@ -224,8 +224,8 @@ def test_tokens_command_as_the_readme_shows_it_on_the_default_config(tmp_path: P
     (root / "config" / "config.yaml").write_text(
         text.replace("  tokens_file: null", "  tokens_file: var/tokens.json", 1))
     read = subprocess.run(
-        [sys.executable, "-c", "from settings import load_config; "
-                               "print(load_config().auth.tokens_file)"],
+        [sys.executable, "-c",
+         "from settings import load_config; print(load_config().auth.tokens_file)"],
         cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True)
     assert read.stdout.strip() == str(path)
     again = tokens_command("list", cwd=root, env=env)

@@ -120,7 +120,7 @@ def test_int8_outputs_are_close_to_fp32_on_a_photo(tiny: tuple[Path, Darknet],
     cache = tmp_path_factory.getbasetemp() / "tiny-cache"
     fp32 = OnnxRunner.from_darknet(net, (SIZE, SIZE), cache, threads=1)
     int8 = OnnxRunner.from_darknet(net, (SIZE, SIZE), cache, threads=1, precision="int8")
-    image = cv2.imread(str(sorted(PHOTOS_DIR.glob("*.jpg"))[0]))
+    image = cv2.imread(str(min(PHOTOS_DIR.glob("*.jpg"))))
     x = to_tensor([letterbox(image, SIZE)[0]])
     a, b = fp32(x)[0][0], int8(x)[0][0]
     assert not torch.equal(a, b)  # it is another graph
@@ -150,12 +150,13 @@ def test_detector_int8_picks_onnxruntime_and_finds_what_fp32_finds(
     from tests.paths import PHOTOS_DIR
 
     weights, _ = tiny
-    load = dict(img_size=SIZE, device="cpu", backend="auto", threads=1,
-                onnx_cache_dir=tmp_path_factory.getbasetemp() / "tiny-cache")
+    load: dict[str, Any] = {"img_size": SIZE, "device": "cpu", "backend": "auto",
+                            "threads": 1,
+                            "onnx_cache_dir": tmp_path_factory.getbasetemp() / "tiny-cache"}
     fp32 = Detector.load(TINY, weights, DARKNET_DIR / "coco.names", **load)
     int8 = Detector.load(TINY, weights, DARKNET_DIR / "coco.names", precision="int8", **load)
     assert (fp32.precision, int8.precision, int8.backend) == ("fp32", "int8", "onnxruntime")
-    image = cv2.imread(str(sorted(PHOTOS_DIR.glob("*.jpg"))[0]))
+    image = cv2.imread(str(min(PHOTOS_DIR.glob("*.jpg"))))
     a, b = fp32.detect([image], 0.05, 0.5)[0], int8.detect([image], 0.05, 0.5)[0]
     assert a, "random weights at 0.05 give boxes"
     matched = sum(any(_iou(d.box, e.box) > 0.7 and abs(d.confidence - e.confidence) < 0.05
