@@ -34,6 +34,7 @@ DATABASE_URL_ENV = "DATABASE_URL"
 
 DEVICE_CHOICES = ("auto", "cpu")
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
+PRECISION_CHOICES = ("fp32", "int8")  # int8: ONNX Runtime on a quantized export (CPU)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED_MODEL_NAMES = frozenset({"list"})  # POST /v1/vision/custom/list lists the models
@@ -117,6 +118,7 @@ class ModelConfig:
     agnostic_nms: bool  # NMS across classes: one box per object, whatever its class
     max_det: int  # detections per image at most
     workers: int  # worker processes
+    precision: str = "fp32"  # fp32 | int8 (see model.quantize)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class WorkersConfig:
     max_queue_delay_ms: float  # how long the first job of a batch may wait for more
     agnostic_nms: bool = False
     max_det: int = 300
+    precision: str = "fp32"  # fp32 | int8: the default of every model
 
     @property
     def running_capacity(self) -> int:
@@ -154,7 +157,8 @@ class WorkersConfig:
                            weights=self.model_path.weights, names=self.model_path.data,
                            img_size=self.img_size, conf_thres=self.conf_thres,
                            iou_thres=self.iou_thres, agnostic_nms=self.agnostic_nms,
-                           max_det=self.max_det, workers=self.max_workers)
+                           max_det=self.max_det, workers=self.max_workers,
+                           precision=self.precision)
 
 
 @dataclass(frozen=True)
@@ -413,6 +417,7 @@ def _workers(raw: _Section, *, models_listed: bool) -> WorkersConfig:
                                     low_inclusive=True),
         agnostic_nms=s.boolean("agnostic_nms", False),
         max_det=s.integer("max_det", 300, maximum=100_000),
+        precision=_precision(s, "fp32", device, s.get("backend", "auto")),
     )
     s.check_unknown()
     return config
@@ -441,7 +446,8 @@ def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
             iou_thres=m.number("iou_thres", workers.iou_thres, high=1.0),
             agnostic_nms=m.boolean("agnostic_nms", workers.agnostic_nms),
             max_det=m.integer("max_det", workers.max_det, maximum=100_000),
-            workers=m.integer("workers", workers.max_workers, maximum=256))
+            workers=m.integer("workers", workers.max_workers, maximum=256),
+            precision=_precision(m, workers.precision, workers.device, workers.backend))
         if m.boolean("default", False):
             defaults.append(model)
         m.check_unknown()
@@ -463,6 +469,18 @@ def _backend(section: _Section, device: str) -> str:
     if value == "onnxruntime" and device.startswith("cuda"):
         raise ConfigError(section.key("backend"),
                           f"onnxruntime runs on the CPU only; device is {device}")
+    return value
+
+
+def _precision(section: _Section, default: str, device: str, backend: str) -> str:
+    value = section.string("precision", default).strip().lower()
+    if value not in PRECISION_CHOICES:
+        raise ConfigError(section.key("precision"),
+                          f"must be one of {', '.join(PRECISION_CHOICES)}, got {value!r}")
+    if value == "int8" and (device.startswith("cuda") or str(backend).lower() == "torch"):
+        raise ConfigError(section.key("precision"),
+                          f"int8 runs on ONNX Runtime on the CPU only; workers.device is "
+                          f"{device}, workers.backend {backend}")
     return value
 
 

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> None:
         raise InputError(str(exc)) from exc
     detector = Detector.load(model.cfg, model.weights, model.names, img_size=model.img_size,
                              device=model.device, backend=model.backend,
-                             onnx_cache_dir=model.onnx_cache_dir)
+                             onnx_cache_dir=model.onnx_cache_dir, precision=model.precision)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     used_names: set[str] = set()

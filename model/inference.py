@@ -17,6 +17,7 @@ from model.detection import Detection
 from model.errors import CfgError, ImageError, ModelError
 from model.postprocess import non_max_suppression, scale_boxes
 from model.preprocess import PAD_COLOR, DecodedImage, letterbox, to_tensor
+from model.quantize import Calibration, check_precision
 from model.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Detector:
     def __init__(self, model: Darknet, names: list[str], device: torch.device, img_size: int,
                  model_name: str,
                  runner: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] | None = None,
-                 backend: str = "torch") -> None:
+                 backend: str = "torch", precision: str = "fp32") -> None:
         if len(names) != model.num_classes:
             raise ModelError(f"{len(names)} class names for a network with "
                              f"{model.num_classes} classes")
@@ -127,6 +128,8 @@ class Detector:
         # What runs the forward pass: the network itself or, e.g., an ONNX Runtime session.
         self.runner = runner if runner is not None else model
         self.backend = backend
+        # fp32, or int8 (an ONNX Runtime graph quantized by model.quantize)
+        self.precision = precision
         self.names = names
         self.device = device
         self.img_size = img_size
@@ -141,7 +144,8 @@ class Detector:
     @classmethod
     def load(cls, cfg: str | Path, weights: str | Path | None, names: str | Path,
              img_size: int = 512, device: str = "auto", backend: str = "torch",
-             onnx_cache_dir: str | Path | None = None, threads: int | None = None) -> Detector:
+             onnx_cache_dir: str | Path | None = None, threads: int | None = None,
+             precision: str = "fp32", calibration: Calibration | None = None) -> Detector:
         """Build the network from ``cfg``, load ``weights`` (random weights when None),
         fuse it and move it to ``device`` (see :func:`select_device`).
 
@@ -149,6 +153,11 @@ class Detector:
         ONNX Runtime the fused network is exported to ONNX (cached in ``onnx_cache_dir``
         when given, see :meth:`model.onnx_backend.OnnxRunner.from_darknet`) and run with
         ``threads`` intra-op threads (default: torch's thread count).
+
+        ``precision="int8"`` runs ONNX Runtime on an int8 quantization of that export
+        (:mod:`model.quantize`, calibrated on ``calibration``, by default samples of the
+        generated training set), cached beside it; it needs the onnxruntime backend, so
+        ``backend="auto"`` picks it and ``"torch"`` or a GPU is a ValueError.
 
         With ``backend="auto"``, a network that ONNX Runtime cannot take (an export or a
         session that fails) runs in PyTorch instead, with a warning; asked for by name,
@@ -158,8 +167,14 @@ class Detector:
         ValueError for a bad device or backend spec.
         """
         cfg, names_path = Path(cfg), Path(names)
+        precision = check_precision(precision)
         torch_device = select_device(device)
         fallback = backend.strip().lower() == "auto"
+        if precision == "int8":
+            if torch_device.type != "cpu" or backend.strip().lower() == "torch":
+                raise ValueError(f"precision int8 runs on ONNX Runtime on the CPU only, not "
+                                 f"the {backend} backend on {torch_device}")
+            backend, fallback = "onnxruntime", False
         backend = select_backend(backend, torch_device)
         class_names = read_names(names_path)
         model = _build_network(cfg, img_size)
@@ -186,16 +201,17 @@ class Detector:
 
             try:
                 runner = OnnxRunner.from_darknet(model, (img_size, img_size), onnx_cache_dir,
-                                                 threads)
+                                                 threads, precision, calibration)
             except Exception as exc:  # noqa: BLE001 - any exporter/ORT failure: fall back
                 if not fallback:
                     raise
                 logger.warning("ONNX Runtime cannot run %s (%s: %s); using PyTorch", cfg.name,
                                type(exc).__name__, exc)
                 backend = "torch"
-        logger.info("loaded %s on %s at %d px (%d classes, %s backend)", model_name,
-                    torch_device, img_size, model.num_classes, backend)
-        return cls(model, class_names, torch_device, img_size, model_name, runner, backend)
+        logger.info("loaded %s on %s at %d px (%d classes, %s backend, %s)", model_name,
+                    torch_device, img_size, model.num_classes, backend, precision)
+        return cls(model, class_names, torch_device, img_size, model_name, runner, backend,
+                   precision)
 
     def enable_wide(self, threads: int) -> None:
         """Let ``detect(..., wide=True)`` run the forward pass on ``threads`` intra-op

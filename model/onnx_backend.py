@@ -6,19 +6,26 @@ ONNX graph with a dynamic batch axis and a fixed input size.  It uses PyTorch's
 and ``onnxscript``).  :class:`OnnxRunner` runs such a graph on the CPU and can stand in
 for the network in :class:`model.inference.Detector`: ``runner(x)[0]`` is that tensor.
 :meth:`OnnxRunner.from_darknet` exports into a cache directory, keyed by a hash of
-everything the graph depends on, so a second start-up reuses the file.
+everything the graph depends on, so a second start-up reuses the file; with
+``precision="int8"`` it also quantizes the export (:mod:`model.quantize`) and caches that.
+
+Each cached file is made once, whoever asks for it: the maker holds an exclusive
+``fcntl.flock`` on ``<file>.lock`` beside it and writes to a temporary file renamed into
+place, so a second process (the other workers of a pool, another service on the same
+cache) waits for the lock and then opens the finished file instead of exporting again.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import importlib.metadata
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +35,7 @@ import torch
 from torch import nn
 
 from model.darknet import Darknet
+from model.quantize import Calibration, check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +154,36 @@ def _cache_key(clone: Darknet, size: tuple[int, int]) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (kept: removing it would race)."""
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process to write %s", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_once(path: Path, make: Callable[[Path], object]) -> bool:
+    """Run ``make(path)`` unless ``path`` exists, under :func:`_file_lock`, so concurrent
+    callers make it once; ``make`` must write it atomically (temporary file, rename).
+    Returns True when this call made it."""
+    if path.is_file():  # files appear complete (renamed into place): no lock needed
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path):
+        if path.is_file():  # made by whoever held the lock before us
+            return False
+        make(path)
+        return True
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads if threads is not None else torch.get_num_threads()
@@ -177,32 +215,55 @@ class OnnxRunner:
         # (H, W) when the graph fixes them (ours do); None when they are symbolic.
         self.input_hw = tuple(hw) if all(isinstance(v, int) for v in hw) else None
         self.exported = False  # True when from_darknet had to export (no cached file)
+        self.precision = "fp32"  # what from_darknet made: fp32, or int8 (quantized)
 
     @classmethod
     def from_darknet(cls, net: Darknet, img_size: tuple[int, int],
                      cache_dir: str | Path | None = None,
-                     threads: int | None = None) -> OnnxRunner:
+                     threads: int | None = None, precision: str = "fp32",
+                     calibration: Calibration | None = None) -> OnnxRunner:
         """Export ``net`` (see :func:`export_onnx`) and open it.
 
         With ``cache_dir`` the graph is kept there as ``<cfg stem>-<hash>.onnx`` and reused
         when the cfg, weights, size, opset and exporter are unchanged; without it the graph
         is exported to a temporary directory that is removed once the session is built.
+        ``precision="int8"`` quantizes that graph (:func:`model.quantize.quantize_onnx`,
+        ``calibration``: default :class:`~model.quantize.Calibration`) and opens the int8
+        one, cached beside it as ``<cfg stem>-<hash>-int8-<hash of the calibration>.onnx``.
         """
+        precision = check_precision(precision)
+        calibration = calibration or Calibration()
         size = _check_size(net, img_size)
         clone = _inference_copy(net, size)
+
+        def quantize(fp32: Path, out: Path) -> None:
+            from model.quantize import quantize_onnx
+
+            quantize_onnx(fp32, out, size, calibration, net.max_stride)
+
         if cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="darknet-onnx-") as tmp:
-                runner = cls(_export(clone, Path(tmp) / "model.onnx", size, None), threads)
+                path = _export(clone, Path(tmp) / "model.onnx", size, None)
+                if precision == "int8":
+                    quantize(path, Path(tmp) / "model-int8.onnx")
+                    path = Path(tmp) / "model-int8.onnx"
+                runner = cls(path, threads)
             runner.exported = True
+            runner.precision = precision
             return runner
-        path = Path(cache_dir) / f"{Path(net.cfg_path).stem}-{_cache_key(clone, size)[:20]}.onnx"
-        exported = not path.is_file()
-        if exported:
-            _export(clone, path, size, None)
-        else:
+        key = _cache_key(clone, size)
+        path = Path(cache_dir) / f"{Path(net.cfg_path).stem}-{key[:20]}.onnx"
+        exported = make_once(path, lambda p: _export(clone, p, size, None))
+        if precision == "int8":
+            digest = hashlib.sha256(f"{key}|{calibration.key()}".encode()).hexdigest()
+            int8 = path.with_name(f"{path.stem}-int8-{digest[:12]}.onnx")
+            exported = make_once(int8, lambda p: quantize(path, p)) or exported
+            path = int8
+        if not exported:
             logger.info("reusing cached ONNX export %s", path)
         runner = cls(path, threads)
         runner.exported = exported
+        runner.precision = precision
         return runner
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor]:

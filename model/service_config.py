@@ -5,8 +5,8 @@ The file is ``--config`` (as ``main.py`` takes it), else ``$YOLO_CONFIG``, else
 ``config/config.yaml`` in the project root (the parent of ``model/``).  The default
 model is, when a top-level ``models:`` mapping exists, its entry with ``default: true``,
 else its first entry (keys ``cfg``, ``weights``, ``names``, ``img_size``,
-``conf_thres``, ``iou_thres``, ``agnostic_nms``, ``max_det``; missing ones come from
-``workers:``); otherwise ``workers.model_path.{cfg, weights, data}`` with
+``conf_thres``, ``iou_thres``, ``agnostic_nms``, ``max_det``, ``precision``; missing ones
+come from ``workers:``); otherwise ``workers.model_path.{cfg, weights, data}`` with
 ``workers.img_size``, ``conf_thres``, ``iou_thres``, ``agnostic_nms`` and ``max_det``.
 The defaults are the service's (512, 0.3, 0.6, false, 300); relative paths are relative
 to the project root.  ``server.max_pixels`` bounds the decode, ``workers.device``,
@@ -49,6 +49,7 @@ class ServiceModel:
     device: str = "auto"
     backend: str = "torch"
     onnx_cache_dir: Path | None = None
+    precision: str = "fp32"  # fp32 | int8 (model.quantize)
 
     def replace(self, **changes: Any) -> ServiceModel:
         return dataclasses.replace(self, **changes)
@@ -118,9 +119,10 @@ def read_service_model(path: str | os.PathLike[str] | None = None,
         "iou_thres": workers.value("iou_thres", float, 0.6),
         "agnostic_nms": workers.value("agnostic_nms", bool, False),
         "max_det": workers.value("max_det", int, 300),
+        "precision": workers.value("precision", str, "fp32"),
     }
     kinds = {"img_size": int, "conf_thres": float, "iou_thres": float, "agnostic_nms": bool,
-             "max_det": int}
+             "max_det": int, "precision": str}
     models = root.data.get("models")
     if models is not None:
         listing = root.section("models")

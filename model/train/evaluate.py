@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -54,12 +55,16 @@ def held_out_scene(seed: int, index: int, size: int) -> Scene:
     return make_scene(seed, index, h, w)
 
 
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
 @torch.no_grad()
 def detect(net: Darknet, images: list[np.ndarray], img_size: int, conf_thres: float,
-           iou_thres: float) -> list[np.ndarray]:
-    """Detections (n, 6: x1y1x2y2 conf cls) in original pixels for BGR images."""
+           iou_thres: float, forward: Forward | None = None) -> list[np.ndarray]:
+    """Detections (n, 6: x1y1x2y2 conf cls) in original pixels for BGR images; ``forward``
+    runs the network instead of ``net`` (e.g. an ONNX Runtime session of it)."""
     boxed = [letterbox(img, img_size, stride=net.max_stride) for img in images]
-    pred = net(to_tensor([b[0] for b in boxed]))[0]
+    pred = (forward or net)(to_tensor([b[0] for b in boxed]))[0]
     out = []
     for det, (_, ratio, pad), img in zip(non_max_suppression(pred, conf_thres, iou_thres),
                                          boxed, images):
@@ -69,7 +74,7 @@ def detect(net: Darknet, images: list[np.ndarray], img_size: int, conf_thres: fl
 
 def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int | None = None,
              batch: int = 16, conf_thres: float = 0.001, iou_thres: float = 0.5,
-             progress: bool = False) -> DetectionStats:
+             progress: bool = False, forward: Forward | None = None) -> DetectionStats:
     """Run ``net`` (switched to eval mode) on ``count`` held-out scenes; matched statistics."""
     net.eval()
     stats = DetectionStats(net.num_classes)
@@ -77,7 +82,7 @@ def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int
     bar = tqdm(total=count, desc="evaluate", disable=not progress, unit="img")
     for start in range(0, count, batch):
         scenes = [held_out_scene(seed, i, size) for i in range(start, min(count, start + batch))]
-        dets = detect(net, [s.image for s in scenes], img_size, conf_thres, iou_thres)
+        dets = detect(net, [s.image for s in scenes], img_size, conf_thres, iou_thres, forward)
         for det, scene in zip(dets, scenes):
             stats.add(det, scene.classes, scene.boxes)
         bar.update(len(scenes))
@@ -89,15 +94,16 @@ ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label cla
 
 
 def run_real(net: Darknet, photos: list[RealImage], img_size: int, conf_thres: float = 0.001,
-             iou_thres: float = 0.5, batch: int = 8, progress: bool = False
-             ) -> list[ImageResult]:
+             iou_thres: float = 0.5, batch: int = 8, progress: bool = False,
+             forward: Forward | None = None) -> list[ImageResult]:
     """Detections (in photo pixels) and labels of every photo, through the service pipeline."""
     net.eval()
     out: list[ImageResult] = []
     bar = tqdm(total=len(photos), desc="real photos", disable=not progress, unit="img")
     for start in range(0, len(photos), batch):
         loaded = [p.load() for p in photos[start:start + batch]]
-        dets = detect(net, [img for img, _, _ in loaded], img_size, conf_thres, iou_thres)
+        dets = detect(net, [img for img, _, _ in loaded], img_size, conf_thres, iou_thres,
+                      forward)
         out += [(det, cls, boxes) for det, (_, cls, boxes) in zip(dets, loaded)]
         bar.update(len(loaded))
     bar.close()
@@ -169,6 +175,27 @@ def format_table(stats: DetectionStats, names: list[str], conf_thres: float) -> 
     return "\n".join(lines)
 
 
+def _forward(net: Darknet, args: argparse.Namespace) -> Forward | None:
+    """The ONNX Runtime session to run instead of ``net`` (None: PyTorch)."""
+    if args.backend == "torch" and args.precision == "fp32":
+        return None
+    from model.onnx_backend import OnnxRunner
+    from model.quantize import Calibration
+
+    photos: tuple[Path, ...] = ()
+    if args.calibration_photos is not None:
+        train = list_real(args.calibration_photos, "train")
+        step = max(1, len(train) // (args.calibration_count or 48))
+        photos = tuple(p.path for p in train[::step][:args.calibration_count or 48])
+    net.fuse()
+    runner = OnnxRunner.from_darknet(
+        net, (args.img_size, args.img_size), args.onnx_cache, args.threads, args.precision,
+        Calibration(photos=photos, exclude_heads=not args.int8_heads,
+                    averaging=None if args.global_ranges else Calibration.averaging))
+    logger.info("running %s (%s) in ONNX Runtime", runner.path.name, runner.precision)
+    return runner
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -194,6 +221,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="photos without traffic lights: list what is found on them at "
                              "--negative-conf (the service's default confidence)")
     parser.add_argument("--negative-conf", type=float, default=0.5)
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                        help="what runs the network: PyTorch, or ONNX Runtime on its export "
+                             "(the service's CPU backend)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="int8: ONNX Runtime on the int8 quantization (model.quantize) "
+                             "the service runs with workers.precision: int8")
+    parser.add_argument("--onnx-cache", type=Path, default=None,
+                        help="keep the ONNX (and int8) exports here and reuse them")
+    parser.add_argument("--int8-heads", action="store_true",
+                        help="int8: quantize the convolution before each YOLO head too "
+                             "(default: it stays fp32)")
+    parser.add_argument("--global-ranges", action="store_true",
+                        help="int8: calibrate to the extremes over every image instead of "
+                             "the moving average of the per-image ones")
+    parser.add_argument("--calibration-photos", type=Path, default=None,
+                        help="int8: also calibrate on the train split of this folder of "
+                             "images/ + labels/ (e.g. CINTA), never on the held-out split")
+    parser.add_argument("--calibration-count", type=int, default=None,
+                        help="int8: how many of those photos (default: 48)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -201,18 +247,19 @@ def main(argv: list[str] | None = None) -> None:
     net = Darknet(args.cfg, img_size=args.img_size)
     load_weights(net, args.weights)
     net.eval()
+    forward = _forward(net, args)
     for path in args.negatives:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise SystemExit(f"{path}: not a readable image")
-        det = detect(net, [img], args.img_size, args.negative_conf, 0.45)[0]
+        det = detect(net, [img], args.img_size, args.negative_conf, 0.45, forward)[0]
         found = ", ".join(f"{names[int(d[5])]} {d[4]:.2f}" for d in det) or "nothing"
         print(f"{path.name} (no traffic lights) at confidence {args.negative_conf}: "
               f"{len(det)} detections: {found}")
     if args.real is not None:
         photos = list_real(args.real, args.split)
         started = time.perf_counter()
-        results = run_real(net, photos, args.img_size, progress=True)
+        results = run_real(net, photos, args.img_size, progress=True, forward=forward)
         logger.info("%d real photos (%d sources) in %.1f s", len(photos),
                     len({p.source for p in photos}), time.perf_counter() - started)
         print(format_real(results, names, args.conf_thres))
@@ -220,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.count <= 0:
         return
     started = time.perf_counter()
-    stats = evaluate(net, args.seed, args.count, args.img_size, args.scene_size, progress=True)
+    stats = evaluate(net, args.seed, args.count, args.img_size, args.scene_size, progress=True,
+                     forward=forward)
     elapsed = time.perf_counter() - started
     logger.info("%d images in %.1f s (%.1f ms/image including generation)", args.count, elapsed,
                 1000 * elapsed / max(1, args.count))

@@ -13,7 +13,10 @@ on the next request, without a restart, and without the database. ::
     python -m service.web.tokens create NAME     # prints the new token
     python -m service.web.tokens revoke NAME
     python -m service.web.tokens list
-    # the file: --file PATH, else auth.tokens_file of --config / $YOLO_CONFIG / config.yaml
+    # the file: --file PATH, else auth.tokens_file of --config / $YOLO_CONFIG / config.yaml,
+    # the config main.py reads; where that is null (access control off, the default):
+    # var/tokens.json, with a note that the service checks tokens only once the config
+    # names that file (so tokens can be made before access control is switched on)
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "yolo_"
+# The tokens file the command uses while the config sets none (relative to the project
+# root, like every path in the config; config/config.yaml suggests the same one).
+DEFAULT_TOKENS_FILE = "var/tokens.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -173,15 +179,20 @@ class TokenStore:
 
 # ---------------------------------------------------------------- command line
 
-def _tokens_file(args: argparse.Namespace) -> Path:
+def _tokens_file(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The tokens file, and a note for the admin when the service will not read it."""
     if args.file is not None:
-        return Path(args.file).expanduser().resolve()
-    from settings import load_config
+        return Path(args.file).expanduser().resolve(), None
+    from settings import BASE_DIR, load_config
 
     config = load_config(args.config)
-    if config.auth.tokens_file is None:
-        raise TokenError(f"{config.source}: auth.tokens_file is not set (or pass --file)")
-    return config.auth.tokens_file
+    if config.auth.tokens_file is not None:
+        return config.auth.tokens_file, None
+    note = (f"note: access control is OFF: auth.tokens_file is null in {config.source}, so "
+            f"the service checks no tokens. To turn it on, set\n"
+            f"  auth:\n    tokens_file: {DEFAULT_TOKENS_FILE}\n"
+            f"in that file and restart the service.\n")
+    return BASE_DIR / DEFAULT_TOKENS_FILE, note
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from settings import ConfigError
 
     try:
-        path = _tokens_file(args)
+        path, note = _tokens_file(args)
         if args.command == "create":
             token = create_token(path, args.name)
             sys.stdout.write(f"{token}\n")
@@ -211,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for entry in read_entries(path):
                 sys.stdout.write(f"{entry.name}\t{entry.created_at}\n")
+        if note is not None:
+            sys.stderr.write(note)
     except (TokenError, ConfigError, OSError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

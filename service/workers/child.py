@@ -146,7 +146,8 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
         device = str(select_device(spec.device, index))
         detector = Detector.load(spec.cfg, spec.weights, spec.names, img_size=spec.img_size,
                                  device=device, backend=spec.backend,
-                                 onnx_cache_dir=spec.onnx_cache_dir, threads=spec.threads)
+                                 onnx_cache_dir=spec.onnx_cache_dir, threads=spec.threads,
+                                 precision=spec.precision)
         if spec.lone_threads > spec.threads:
             detector.enable_wide(spec.lone_threads)
         detector.warmup((1, spec.max_batch_size))
@@ -159,7 +160,8 @@ def init(spec: WorkerSpec, index: int) -> WorkerInfo:
     warmup_ms = (time.perf_counter() - started) * 1000.0
     info = WorkerInfo(pid=os.getpid(), index=index, device=device, threads=spec.threads,
                       model=str(detector.model_name), warmup_ms=round(warmup_ms, 1),
-                      backend=detector.backend, lone_threads=detector.wide_threads or 0)
+                      backend=detector.backend, precision=detector.precision,
+                      lone_threads=detector.wide_threads or 0)
     _state = _WorkerState(detector=detector, info=info, max_pixels=spec.max_pixels)
     log.info("worker %d warm on %s (%s) with %d threads in %.0f ms", index, device,
              detector.backend, spec.threads, warmup_ms)

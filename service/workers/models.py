@@ -70,6 +70,7 @@ class ModelPools:
                 "conf_thres": model.conf_thres, "iou_thres": model.iou_thres,
                 "agnostic_nms": model.agnostic_nms, "max_det": model.max_det,
                 "backend": workers[0].backend if workers else None,
+                "precision": model.precision,
                 "workers": model.workers, "ready": pool.ready, "state": pool.state,
                 "error": pool.error}
 

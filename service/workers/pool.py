@@ -95,6 +95,7 @@ class DetectorPool:
             names=str(self.model.names), img_size=self.model.img_size, device=config.device,
             threads=threads_per_worker(config, total), max_pixels=max_pixels,
             backend=config.backend, onnx_cache_dir=str(config.onnx_cache_dir),
+            precision=self.model.precision,
             max_batch_size=config.max_batch_size, lone_threads=lone_threads(config, total),
             log_level=log_level, detect_fn=detect_fn)
         # new -> starting -> ready <-> recovering; starting -> failed; any -> closed

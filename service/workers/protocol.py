@@ -33,6 +33,7 @@ class WorkerSpec:
     max_pixels: int
     backend: str = "torch"  # auto | torch | onnxruntime
     onnx_cache_dir: str | None = None
+    precision: str = "fp32"  # fp32 | int8 (ONNX Runtime on a quantized export)
     max_batch_size: int = 1  # the warm-up runs this batch size too
     lone_threads: int = 0  # CPU threads for a job run while no other worker is busy (0: threads)
     log_level: str = "INFO"
@@ -53,6 +54,7 @@ class WorkerInfo:
     model: str
     warmup_ms: float
     backend: str = ""
+    precision: str = ""  # fp32 | int8
     lone_threads: int = 0  # threads used while no other worker is busy (0: no more than threads)
     error: str | None = None  # why the model could not be loaded
 

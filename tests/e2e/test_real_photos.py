@@ -66,7 +66,14 @@ def detector(service_model: ServiceModel, tmp_path_factory: pytest.TempPathFacto
     m = service_model
     return Detector.load(m.cfg, m.weights, m.names, img_size=m.img_size, device="cpu",
                          backend=m.backend, onnx_cache_dir=tmp_path_factory.mktemp("onnx"),
-                         threads=2)
+                         threads=2, precision=m.precision)
+
+
+def _detections(detector: Detector, m: ServiceModel, photo: Path) -> list[Any]:
+    decoded = decode_for_network(photo.read_bytes(), input_size=detector.img_size)
+    return [_row(d) for d in detector.detect_decoded([decoded], m.conf_thres, m.iou_thres,
+                                                     agnostic=m.agnostic_nms,
+                                                     max_det=m.max_det)[0]]
 
 
 def test_shipped_model_finds_real_traffic_lights(service_model: ServiceModel,
@@ -96,3 +103,34 @@ def test_shipped_model_finds_real_traffic_lights(service_model: ServiceModel,
                                   f"(recall {recall:.2f} < {MIN_RECALL}); missed in {missed}")
     assert colour_right / found >= MIN_COLOUR, (
         f"only {colour_right} of {found} found lights got the right colour")
+
+
+def test_int8_finds_the_lights_fp32_finds(service_model: ServiceModel,
+                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """workers.precision: int8 on the shipped model: on the committed real photos, at the
+    service's settings, every confident fp32 light is found by int8 (same colour, same
+    place: IoU >= 0.6, a confidence near fp32's), and int8 finds nothing confident that
+    fp32 does not.  Detections near the threshold may fall either side of it."""
+    m = service_model
+    cache = tmp_path_factory.mktemp("onnx-int8")
+    load: dict[str, Any] = {"img_size": m.img_size, "device": "cpu",
+                            "backend": "onnxruntime", "onnx_cache_dir": cache, "threads": 2}
+    fp32 = Detector.load(m.cfg, m.weights, m.names, precision="fp32", **load)
+    int8 = Detector.load(m.cfg, m.weights, m.names, precision="int8", **load)
+    assert int8.precision == "int8" and "-int8-" in int8.runner.path.name
+    low = m.replace(conf_thres=m.conf_thres - 0.15)  # what may sit just under the threshold
+    compared = 0
+    for photo in sorted(PHOTOS.glob("*.jpg")):
+        pairs = ((_detections(fp32, m, photo), _detections(int8, low, photo)),
+                 (_detections(int8, m, photo), _detections(fp32, low, photo)))
+        for confident, others in pairs:
+            for box, conf, cls in confident:
+                if conf < m.conf_thres + 0.1:
+                    continue  # near the threshold: the other may have it just under
+                compared += 1
+                match = [(c, k) for b, c, k in others
+                         if _iou(np.array(box), np.array([b]))[0] >= 0.6]
+                assert any(COLOUR[k] == COLOUR[cls] and abs(c - conf) < 0.12
+                           for c, k in match), (
+                    f"{photo.name}: {box} {conf:.2f} class {cls} has no match in {others}")
+    assert compared >= 10, "the photos have confident lights to compare"

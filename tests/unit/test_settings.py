@@ -57,6 +57,7 @@ def test_default_config_shape() -> None:
     assert config.workers.onnx_cache_dir == BASE_DIR / "var" / "onnx"
     assert (config.workers.max_batch_size, config.workers.max_queue_delay_ms) == (4, 0.0)
     assert config.workers.running_capacity == 2 * 4
+    assert config.workers.precision == "fp32" and model.precision == "fp32"
 
 
 def test_test_config_loads_and_resolves_paths() -> None:
@@ -116,6 +117,12 @@ def test_yolo_config_env_is_read(tmp_path: Path) -> None:
     ({"workers": {"backend": "onnxruntime", "device": "cuda:0"}},
      "workers.backend: onnxruntime runs on the CPU only; device is cuda:0"),
     ({"workers": {"max_batch_size": 0}}, "workers.max_batch_size: must be a positive integer"),
+    ({"workers": {"precision": "fp16"}}, "workers.precision: must be one of fp32, int8, got"),
+    ({"workers": {"precision": "int8", "backend": "torch"}},
+     "workers.precision: int8 runs on ONNX Runtime on the CPU only; workers.device is cpu, "
+     "workers.backend torch"),
+    ({"workers": {"precision": "int8", "device": "cuda:0"}},
+     "workers.precision: int8 runs on ONNX Runtime on the CPU only; workers.device is cuda:0"),
     ({"workers": {"max_queue_delay_ms": -1}}, r"workers.max_queue_delay_ms: must be in \[0.0, "),
     ({"server": {"port": 70000}}, "server.port: must be an integer >= 0 and <= 65535"),
     ({"server": {"max_upload_mb": -1}}, "server.max_upload_mb: must be in"),
@@ -175,3 +182,17 @@ def test_main_refuses_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     path.write_text(yaml.safe_dump(raw))
     assert main.main(["--config", str(path)]) == 2
     assert "workers.max_workers: must be a positive integer" in caplog.text
+
+
+def test_precision_is_per_model_with_the_workers_default() -> None:
+    entry = {"cfg": str(DATA / "tiny.cfg"), "weights": str(DATA / "tiny.cfg"),
+             "names": str(DATA / "tiny.names")}
+    config = load_config(TEST_CONFIG, env={}, overrides={
+        "workers": {"model_path": None, "backend": "auto", "precision": "int8"},
+        "models": {"a": entry, "b": {**entry, "precision": "FP32"}}})
+    assert config.workers.precision == "int8"
+    assert (config.model("a").precision, config.model("b").precision) == ("int8", "fp32")
+    with pytest.raises(ConfigError, match="^models.b.precision: int8 runs on ONNX Runtime"):
+        load_config(TEST_CONFIG, env={}, overrides={
+            "workers": {"model_path": None, "backend": "torch"},
+            "models": {"a": entry, "b": {**entry, "precision": "int8"}}})

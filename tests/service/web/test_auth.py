@@ -5,7 +5,9 @@ and managed by ``python -m service.web.tokens``."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +29,10 @@ PROTECTED = ["/", "/history", "/api/detections", "/api/stats",
              "/detections/00000000-0000-0000-0000-000000000000"]
 
 
-def tokens_command(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "service.web.tokens", *args], cwd=BASE_DIR,
-                          capture_output=True, text=True, timeout=60, check=False)
+def tokens_command(*args: str, cwd: Path = BASE_DIR,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.web.tokens", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.fixture
@@ -190,12 +193,59 @@ def test_tokens_command_stores_only_hashes(tokens_file: Path, tmp_path: Path) ->
     raw["workers"]["model_path"]["weights"] = "tests/data/service-6cls.cfg"  # any file
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
-    unset = tokens_command("--config", str(config), "list")
-    assert unset.returncode == 1 and "auth.tokens_file is not set" in unset.stderr
     raw["auth"] = {"tokens_file": str(tokens_file)}
     config.write_text(yaml.safe_dump(raw))
     assert tokens_command("--config", str(config), "create", "ops").returncode == 0
     assert [entry.name for entry in read_entries(tokens_file)] == ["ops"]
+    # ... and $YOLO_CONFIG, as main.py does
+    other = tmp_path / "other.json"
+    raw["auth"] = {"tokens_file": str(other)}
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
+    by_env = tokens_command("create", "env-bot",
+                            env={**os.environ, "YOLO_CONFIG": str(tmp_path / "env.yaml")})
+    assert by_env.returncode == 0, by_env.stderr
+    assert "access control is OFF" not in by_env.stderr
+    assert [entry.name for entry in read_entries(other)] == ["env-bot"]
+
+
+def test_tokens_command_as_the_readme_shows_it_on_the_default_config(tmp_path: Path) -> None:
+    """``python -m service.web.tokens create ci-bot`` in a checkout with the shipped config
+    (auth.tokens_file: null) makes var/tokens.json and says exactly how to turn access
+    control on.  Run in a copy of the project's code and config (the model files linked),
+    so that the checkout's own var/ is left alone."""
+    root = tmp_path / "checkout"
+    (root / "config").mkdir(parents=True)
+    shutil.copy(BASE_DIR / "settings.py", root)
+    shutil.copytree(BASE_DIR / "service", root / "service",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(BASE_DIR / "config" / "config.yaml", root / "config")
+    (root / "model").symlink_to(BASE_DIR / "model")
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG"}
+    created = tokens_command("create", "ci-bot", cwd=root, env=env)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    path = root / "var" / "tokens.json"
+    assert f"created in {path}" in created.stderr
+    assert TokenStore(path).name_for(token) == "ci-bot"
+    note = ("note: access control is OFF: auth.tokens_file is null in "
+            f"{root / 'config' / 'config.yaml'}, so the service checks no tokens. To turn it "
+            "on, set\n  auth:\n    tokens_file: var/tokens.json\nin that file and restart "
+            "the service.\n")
+    assert created.stderr.endswith(note)
+    listed = tokens_command("list", cwd=root, env=env)
+    assert listed.stdout.startswith("ci-bot\t") and listed.stderr == note
+    # The line it names is the one the service reads: set, the same file is checked.
+    text = (root / "config" / "config.yaml").read_text()
+    assert "  tokens_file: null" in text
+    (root / "config" / "config.yaml").write_text(
+        text.replace("  tokens_file: null", "  tokens_file: var/tokens.json", 1))
+    read = subprocess.run(
+        [sys.executable, "-c",
+         "from settings import load_config; print(load_config().auth.tokens_file)"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert read.stdout.strip() == str(path)
+    again = tokens_command("list", cwd=root, env=env)
+    assert again.stdout.startswith("ci-bot\t") and again.stderr == ""
 
 
 async def test_missing_or_broken_tokens_file_refuses_everyone(

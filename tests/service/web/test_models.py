@@ -26,6 +26,7 @@ async def test_api_models_lists_both_with_their_settings(two_model_client: Any) 
     assert colours["agnostic_nms"] is True and colours["default"] is False
     assert colours["ready"] is True and colours["workers"] == 1
     assert colours["backend"] == "torch" and colours["cfg"] == "tiny.cfg"
+    assert colours["precision"] == "fp32"
     assert len(by_name["service-6cls"]["classes"]) == 6
 
 

@@ -155,6 +155,29 @@ async def test_onnxruntime_backend_in_a_worker_matches_torch(
         await pool.close(10)
 
 
+async def test_int8_in_a_worker_finds_what_fp32_finds(
+        model_weights: Path, detector_pool: DetectorPool, tmp_path: Path) -> None:
+    """workers.precision: int8 in a real worker: the int8 graph is made and cached beside
+    the fp32 export, and its boxes are the fp32 network's, give or take quantization."""
+    config = pool_config(model_weights, backend="auto", precision="int8",
+                         onnx_cache_dir=str(tmp_path / "onnx"))
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+    await pool.start()
+    try:
+        assert [(w.backend, w.precision) for w in pool.workers] == [("onnxruntime", "int8")]
+        graphs = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
+        assert len(graphs) == 2 and "-int8-" in graphs[0] and graphs[0].startswith(graphs[1][:-5])
+        for data in scenes(2):
+            ours, reference = await detect(pool, data), await detect(detector_pool, data)
+            assert reference.detections, "random weights at a low threshold give boxes"
+            close = sum(any(abs(a.confidence - b.confidence) < 0.05 and
+                            max(abs(u - v) for u, v in zip(a.box, b.box)) < 3.0
+                            for b in ours.detections) for a in reference.detections)
+            assert close >= 0.8 * len(reference.detections)
+    finally:
+        await pool.close(10)
+
+
 class _NoRepr:
     def __repr__(self) -> str:
         raise AssertionError("formatted the job's payload")

@@ -51,7 +51,8 @@ def test_export_cache_is_reused_and_keyed_by_weights(tmp_path: Path) -> None:
     again = OnnxRunner.from_darknet(net, (64, 64), tmp_path)
     assert not again.exported and again.path == first.path
     assert first.path.stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name,
+                                                          first.path.name + ".lock"]
 
     other = OnnxRunner.from_darknet(randomize(Darknet(cfg, 64), seed=2).eval().fuse(),
                                     (64, 64), tmp_path)
