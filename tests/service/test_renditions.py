@@ -28,7 +28,7 @@ from model.detection import Detection
 from service import renditions
 from service.web import keys
 from settings import BASE_DIR, Config
-from tests.service.test_shutdown import free_port, wait_ready
+from tests.service.test_shutdown import wait_ready, write_service_config
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 RSS_LIMIT_MB = 800
@@ -130,17 +130,7 @@ def _rss_mb(pid: int, field: str) -> float:
 
 @pytest.fixture
 def service_config(test_config: Config, tmp_path: Path) -> Path:
-    port = free_port()
-    postgres = test_config.postgres
-    raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
-    raw["server"].update({"port": port})
-    raw["postgres"].update({"host": postgres.host, "port": postgres.port,
-                            "database": postgres.database})
-    raw["workers"]["model_path"]["weights"] = str(test_config.workers.model_path.weights)
-    raw["storage"] = {"store_images": True, "spool_dir": str(tmp_path / "spool")}
-    path = tmp_path / "service.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_service_config(test_config, tmp_path)
 
 
 async def test_annotated_requests_for_a_huge_png_keep_the_server_memory_bounded(

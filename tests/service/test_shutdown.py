@@ -73,12 +73,12 @@ async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float)
     raise AssertionError("the service did not become ready")
 
 
-@pytest.fixture
-def service_config(test_config: Config, tmp_path: Path) -> Path:
-    port = free_port()
+def write_service_config(test_config: Config, tmp_path: Path, **server: Any) -> Path:
+    """A config file for a ``main.py`` subprocess on a free port: the test database, the
+    test model, stored images and a spool under ``tmp_path``; ``server`` keys on top."""
     postgres = test_config.postgres
     raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
-    raw["server"].update({"port": port, "shutdown_timeout": 20})
+    raw["server"].update({"port": free_port(), **server})
     raw["postgres"].update({"host": postgres.host, "port": postgres.port,
                             "database": postgres.database})
     raw["workers"]["model_path"]["weights"] = str(test_config.workers.model_path.weights)
@@ -86,6 +86,11 @@ def service_config(test_config: Config, tmp_path: Path) -> Path:
     path = tmp_path / "service.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture
+def service_config(test_config: Config, tmp_path: Path) -> Path:
+    return write_service_config(test_config, tmp_path, shutdown_timeout=20)
 
 
 async def test_sigterm_under_load_finishes_in_flight_work_and_loses_nothing(

@@ -215,11 +215,11 @@ def test_tokens_command_as_the_readme_shows_it_on_the_default_config(tmp_path: P
     so that the checkout's own var/ is left alone."""
     root = tmp_path / "checkout"
     (root / "config").mkdir(parents=True)
-    shutil.copy(BASE_DIR / "settings.py", root)
-    shutil.copytree(BASE_DIR / "service", root / "service",
-                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(BASE_DIR / "config" / "config.yaml", root / "config")
-    (root / "model").symlink_to(BASE_DIR / "model")
+    shutil.copy(BASE_DIR / "settings.py", root)  # a copy: its folder is the project root
+    for entry in BASE_DIR.iterdir():  # the rest of the project, linked
+        if entry.name not in ("config", "settings.py", "var", ".git", ".venv"):
+            (root / entry.name).symlink_to(entry)
     env = {k: v for k, v in os.environ.items() if k != "YOLO_CONFIG"}
     created = tokens_command("create", "ci-bot", cwd=root, env=env)
     assert created.returncode == 0, created.stderr
