@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +52,17 @@ def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
 
 class ServiceError(RuntimeError):
     """The service could not be started or did not become ready."""
+
+
+def run_in_scratch(prefix: str, keep: bool, work: Callable[[Path], int]) -> int:
+    """A benchmark's exit status: ``work`` run in a :func:`scratch_dir`; a service that
+    could not be started or made ready is logged and gives 1."""
+    try:
+        with scratch_dir(prefix, keep) as workdir:
+            return work(workdir)
+    except ServiceError as exc:
+        log.error("%s", exc)
+        return 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:

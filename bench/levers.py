@@ -36,11 +36,12 @@ import sys
 import time
 import timeit
 from collections.abc import Sequence
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench._service import PROJECT_ROOT, ServiceError, scratch_dir
+from bench._service import PROJECT_ROOT, run_in_scratch, scratch_dir
 from bench.common import load_images, percentile
 from bench.load import _levels
 from bench.peers import EXAMPLES_DIR, Turn, format_report, run_ours
@@ -260,12 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scratch_dir("yolo-store-", args.keep) as workdir:
             micro_store(workdir)
         return 0
-    try:
-        with scratch_dir("yolo-levers-", args.keep) as workdir:
-            return run(args, workdir)
-    except ServiceError as exc:
-        log.error("%s", exc)
-        return 1
+    return run_in_scratch("yolo-levers-", args.keep, partial(run, args))
 
 
 if __name__ == "__main__":

@@ -53,14 +53,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port, scratch_dir,
-                            parse_assignment, write_config)
+from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port,
+                            parse_assignment, run_in_scratch, write_config)
 from bench.common import (JpegImage, ModelChoice, load_images, materialize_weights, percentile,
                           resolve_model)
 
@@ -734,12 +735,7 @@ def format_layouts(runs: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    try:
-        with scratch_dir("yolo-load-", args.keep) as workdir:
-            return run(args, workdir)
-    except ServiceError as exc:
-        log.error("%s", exc)
-        return 1
+    return run_in_scratch("yolo-load-", args.keep, partial(run, args))
 
 
 if __name__ == "__main__":

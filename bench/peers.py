@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,7 +49,7 @@ import aiohttp
 import psutil
 import yaml
 
-from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port, scratch_dir,
+from bench._service import (PROJECT_ROOT, ServiceError, ServiceProcess, free_port, run_in_scratch,
                             write_config)
 from bench.common import (JpegImage, ModelChoice, default_model_paths, load_images,
                           materialize_weights, percentile, resolve_model)
@@ -461,12 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         log.error("LitServe is not installed: .venv/bin/pip install -r requirements-bench.txt")
         return 2
-    try:
-        with scratch_dir("yolo-peers-", args.keep) as workdir:
-            return run(args, workdir)
-    except ServiceError as exc:
-        log.error("%s", exc)
-        return 1
+    return run_in_scratch("yolo-peers-", args.keep, partial(run, args))
 
 
 if __name__ == "__main__":
