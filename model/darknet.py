@@ -344,17 +344,24 @@ def _refuse_maps(s: Section) -> None:
         raise s.error("a class map file (map=) is not supported by this engine", "map")
 
 
-def _build_yolo(s: Section, shape: Shape, img_hw: tuple[int, int]) -> tuple[YOLOLayer, Shape]:
+def _head_anchors(s: Section, shape: Shape, per_anchor: int, *, read_all: bool,
+                  stop_at_hash: bool) -> tuple[int, list[tuple[float, float]]]:
+    """A [yolo]-style head's class count and the anchors its mask picks, checked against
+    the previous layer's channels (``per_anchor`` + classes for each anchor)."""
     _refuse_maps(s)
     classes = s.get_int("classes", 20, minimum=1)
     total = s.get_int("num", 1, minimum=1)
     mask = _mask(s, total)
-    all_anchors = _anchors(s, total, read_all=False, stop_at_hash=True)
-    needed = len(mask) * (5 + classes)
+    all_anchors = _anchors(s, total, read_all=read_all, stop_at_hash=stop_at_hash)
+    needed = len(mask) * (per_anchor + classes)
     if shape.c != needed:
         raise s.error(f"the previous layer has {shape.c} channels; {len(mask)} anchors x "
-                      f"(5 + {classes} classes) need {needed}")
-    anchors = [all_anchors[m] for m in mask]
+                      f"({per_anchor} + {classes} classes) need {needed}")
+    return classes, [all_anchors[m] for m in mask]
+
+
+def _build_yolo(s: Section, shape: Shape, img_hw: tuple[int, int]) -> tuple[YOLOLayer, Shape]:
+    classes, anchors = _head_anchors(s, shape, 5, read_all=False, stop_at_hash=True)
     stride = round(img_hw[0] / shape.h)
     layer = YOLOLayer(anchors, classes, s.get_float("scale_x_y", 1.0),
                       bool(s.get_int("new_coords", 0)), stride)
@@ -363,19 +370,11 @@ def _build_yolo(s: Section, shape: Shape, img_hw: tuple[int, int]) -> tuple[YOLO
 
 def _build_gaussian_yolo(s: Section, shape: Shape,
                          img_hw: tuple[int, int]) -> tuple[YOLOLayer, Shape]:
-    _refuse_maps(s)
-    classes = s.get_int("classes", 20, minimum=1)
-    total = s.get_int("num", 1, minimum=1)
-    mask = _mask(s, total)
-    all_anchors = _anchors(s, total, read_all=True, stop_at_hash=False)
-    needed = len(mask) * (9 + classes)
-    if shape.c != needed:
-        raise s.error(f"the previous layer has {shape.c} channels; {len(mask)} anchors x "
-                      f"(9 + {classes} classes) need {needed}")
+    classes, anchors = _head_anchors(s, shape, 9, read_all=True, stop_at_hash=False)
     point = s.get_str("yolo_point", "center")
     if point not in GAUSSIAN_POINTS:
         point = "center"  # parse_gaussian_yolo: anything else is the centre
-    layer = GaussianYOLOLayer([all_anchors[m] for m in mask], classes,
+    layer = GaussianYOLOLayer(anchors, classes,
                               s.get_float("scale_x_y", 1.0), point,
                               round(img_hw[0] / shape.h))
     return layer, shape
