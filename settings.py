@@ -167,10 +167,16 @@ class StorageConfig:
     spool_dir: Path
     spool_max_mb: float
     spool_reserve_mb: float = 64.0  # free space on the spool's disk that it leaves alone
+    models_dir: Path = BASE_DIR / "var" / "models" / "managed"  # PUT /api/models/{name}
+    max_model_mb: float = 1024.0  # the files of one PUT /api/models/{name}, in all
 
     @property
     def spool_max_bytes(self) -> int:
         return int(self.spool_max_mb * 1024 * 1024)
+
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mb * 1024 * 1024)
 
     @property
     def spool_reserve_bytes(self) -> int:
@@ -432,25 +438,10 @@ def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
         raise ConfigError(s.prefix, "must name at least one model")
     models, defaults = [], []
     for name in s.raw:
-        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) \
-                or name in RESERVED_MODEL_NAMES:
-            raise ConfigError(s.key(str(name)), "a model name is 1-64 letters, digits, '_', "
-                                                "'.' or '-' (not 'list')")
-        m = s.section(name)
-        model = ModelConfig(
-            name=name, cfg=m.path("cfg", required=True, must_exist=True),
-            weights=m.path("weights", required=True, must_exist=True),
-            names=m.path("names", required=True, must_exist=True),
-            img_size=_img_size(m, workers.img_size),
-            conf_thres=m.number("conf_thres", workers.conf_thres, high=1.0),
-            iou_thres=m.number("iou_thres", workers.iou_thres, high=1.0),
-            agnostic_nms=m.boolean("agnostic_nms", workers.agnostic_nms),
-            max_det=m.integer("max_det", workers.max_det, maximum=100_000),
-            workers=m.integer("workers", workers.max_workers, maximum=256),
-            precision=_precision(m, workers.precision, workers.device, workers.backend))
-        if m.boolean("default", False):
+        model, default = parse_model(name, s.section(name) if isinstance(name, str) else None,
+                                     workers, key=s.key(str(name)))
+        if default:
             defaults.append(model)
-        m.check_unknown()
         models.append(model)
     if len(defaults) > 1:
         raise ConfigError(s.prefix, "more than one model says default: true: "
@@ -459,6 +450,34 @@ def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
         models.remove(defaults[0])
         models.insert(0, defaults[0])
     return tuple(models)
+
+
+def parse_model(name: Any, raw: Any, workers: WorkersConfig, *,
+                key: str | None = None) -> tuple[ModelConfig, bool]:
+    """One model's settings (a ``models:`` entry, or the form of ``PUT /api/models/{name}``
+    as a mapping), checked as the config is; the model, and whether it says
+    ``default: true``. A new model setting is one field of :class:`ModelConfig` and one
+    line here."""
+    prefix = key if key is not None else f"models.{name}"
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) \
+            or name in RESERVED_MODEL_NAMES:
+        raise ConfigError(prefix, "a model name is 1-64 letters, digits, '_', '.' or '-' "
+                                  "(not 'list')")
+    m = raw if isinstance(raw, _Section) else _Section(raw, prefix)
+    model = ModelConfig(
+        name=name, cfg=m.path("cfg", required=True, must_exist=True),
+        weights=m.path("weights", required=True, must_exist=True),
+        names=m.path("names", required=True, must_exist=True),
+        img_size=_img_size(m, workers.img_size),
+        conf_thres=m.number("conf_thres", workers.conf_thres, high=1.0),
+        iou_thres=m.number("iou_thres", workers.iou_thres, high=1.0),
+        agnostic_nms=m.boolean("agnostic_nms", workers.agnostic_nms),
+        max_det=m.integer("max_det", workers.max_det, maximum=100_000),
+        workers=m.integer("workers", workers.max_workers, maximum=256),
+        precision=_precision(m, workers.precision, workers.device, workers.backend))
+    default = m.boolean("default", False)
+    m.check_unknown()
+    return model, default
 
 
 def _backend(section: _Section, device: str) -> str:
@@ -489,7 +508,9 @@ def _storage(raw: _Section) -> StorageConfig:
     config = StorageConfig(store_images=s.boolean("store_images", True),
                            spool_dir=s.path("spool_dir", "var/spool"),
                            spool_max_mb=s.number("spool_max_mb", 1024.0),
-                           spool_reserve_mb=s.number("spool_reserve_mb", 64.0, low_inclusive=True))
+                           spool_reserve_mb=s.number("spool_reserve_mb", 64.0, low_inclusive=True),
+                           models_dir=s.path("models_dir", "var/models/managed"),
+                           max_model_mb=s.number("max_model_mb", 1024.0, high=65536.0))
     s.check_unknown()
     return config
 

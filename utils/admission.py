@@ -1,15 +1,15 @@
-"""The bounded queue in front of the workers: how many /detect requests may be in progress.
+"""Bounded places in front of the workers, counted in images, and the bodies in transit.
 
-Two stages, each with a hard limit:
+Two limits, each hard:
 
-- *receiving* (``receive()``): at most ``receive_limit`` request bodies are being read at
+- :class:`Admission` (one per served model): at most ``limit`` images are in progress
+  (``enter(count)``: a request takes one place per image). A request that finds the
+  places taken is refused at once (``QueueFull``: 503, Retry-After); ``check()`` refuses
+  it before its body is read. A request of more images than the whole limit is admitted
+  only while nothing else is in progress, so it cannot wait for ever.
+- :class:`Receiving` (one per app): at most ``limit`` request bodies are being read at
   once. A body holds no model place while it arrives, so slow clients cannot take the
   workers' capacity; this limit bounds the memory that bodies in transit take.
-- *in progress* (``enter()``): at most ``limit`` requests (a full batch per worker plus
-  ``workers.max_queue`` waiting) are admitted to the model at once.
-
-A request that finds every place in progress taken is refused at once, before its body is
-read (``receive()`` checks both), so memory stays bounded whatever the offered load.
 """
 
 from __future__ import annotations
@@ -25,34 +25,75 @@ class QueueFull(RuntimeError):
 
 
 class Admission:
-    """Counters of admitted requests with hard limits; ``receive()`` and ``enter()``
-    return a place."""
+    """Images in progress with a hard limit; ``enter(count)`` returns their places."""
 
-    def __init__(self, limit: int, receive_limit: int | None = None) -> None:
+    def __init__(self, limit: int, *, name: str = "") -> None:
         if limit < 1:
             raise ValueError("the admission limit must be at least 1")
-        if receive_limit is not None and receive_limit < 1:
-            raise ValueError("the receive limit must be at least 1")
         self.limit = limit
-        self.receive_limit = receive_limit if receive_limit is not None else 4 * limit
+        self.name = name  # the model's, for messages and metric labels
         self.in_progress = 0
-        self.receiving = 0
         self.admitted_total = 0
         self.rejected_total = 0
 
     def _full(self) -> QueueFull:
         self.rejected_total += 1
-        return QueueFull(f"the service is at capacity ({self.limit} requests in progress); "
-                         "try again shortly")
+        whose = f"model {self.name}" if self.name else "the service"
+        return QueueFull(f"{whose} is at capacity ({self.in_progress} of {self.limit} images "
+                         "in progress); try again shortly")
 
-    def receive(self) -> Place:
-        """A place to read a request body in (``with place:``); raise QueueFull if every
-        place in progress or every receiving place is taken."""
+    def check(self) -> None:
+        """Raise QueueFull if every place is taken (before a body is read)."""
         if self.in_progress >= self.limit:
             raise self._full()
-        if self.receiving >= self.receive_limit:
+
+    def enter(self, count: int = 1) -> Place:
+        """Take ``count`` places (give them back with ``with place:``); QueueFull if there
+        are not so many free (a request larger than the limit: unless nothing runs)."""
+        if self.in_progress + count > self.limit and self.in_progress > 0:
+            raise self._full()
+        self.in_progress += count
+        self.admitted_total += 1
+        return Place(lambda: self._left(count))
+
+    def _left(self, count: int) -> None:
+        self.in_progress -= count
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"in_progress": self.in_progress, "limit": self.limit,
+                "admitted_total": self.admitted_total, "rejected_total": self.rejected_total}
+
+    def collect(self) -> Iterator[Metric]:
+        """Its figures as Prometheus metric families, labelled by model."""
+        labels = ["model"]
+        families = (
+            (GaugeMetricFamily, "yolo_admission_in_progress",
+             "images admitted to a model and in progress", self.in_progress),
+            (GaugeMetricFamily, "yolo_admission_limit",
+             "images that may be in progress at once for a model", self.limit),
+            (CounterMetricFamily, "yolo_admission_rejected",
+             "requests refused at a model's capacity (503)", self.rejected_total))
+        for kind, metric, text, value in families:
+            family = kind(metric, text, labels=labels)
+            family.add_metric([self.name], value)
+            yield family
+
+
+class Receiving:
+    """Request bodies being read, with a hard limit; ``receive()`` returns a place."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the receive limit must be at least 1")
+        self.limit = limit
+        self.receiving = 0
+        self.rejected_total = 0
+
+    def receive(self) -> Place:
+        """A place to read a request body in (``with place:``); QueueFull if none."""
+        if self.receiving >= self.limit:
             self.rejected_total += 1
-            raise QueueFull(f"the service is receiving {self.receive_limit} uploads already; "
+            raise QueueFull(f"the service is receiving {self.limit} uploads already; "
                             "try again shortly")
         self.receiving += 1
         return Place(self._received)
@@ -60,40 +101,18 @@ class Admission:
     def _received(self) -> None:
         self.receiving -= 1
 
-    def enter(self) -> Place:
-        """Take a place (give it back with ``with place:``); raise QueueFull if none."""
-        if self.in_progress >= self.limit:
-            raise self._full()
-        self.in_progress += 1
-        self.admitted_total += 1
-        return Place(self._left)
-
-    def _left(self) -> None:
-        self.in_progress -= 1
-
     def snapshot(self) -> dict[str, Any]:
-        return {"in_progress": self.in_progress, "limit": self.limit,
-                "receiving": self.receiving, "receive_limit": self.receive_limit,
-                "admitted_total": self.admitted_total, "rejected_total": self.rejected_total}
+        return {"receiving": self.receiving, "receive_limit": self.limit,
+                "receive_rejected_total": self.rejected_total}
 
     def collect(self) -> Iterator[Metric]:
-        """Its figures as Prometheus metric families (read at each scrape)."""
-        yield GaugeMetricFamily("yolo_admission_in_progress",
-                                "/detect requests admitted and in progress",
-                                value=self.in_progress)
-        yield GaugeMetricFamily("yolo_admission_limit",
-                                "/detect requests that may be in progress at once",
-                                value=self.limit)
         yield GaugeMetricFamily("yolo_admission_receiving",
-                                "/detect request bodies being received (no model place yet)",
+                                "request bodies being received (no model place yet)",
                                 value=self.receiving)
-        yield CounterMetricFamily("yolo_admission_rejected",
-                                  "/detect requests refused at capacity (503)",
-                                  value=self.rejected_total)
 
 
 class Place:
-    """One admitted request; leaving the ``with`` block gives the place back (once)."""
+    """Admitted work; leaving the ``with`` block gives the place back (once)."""
 
     def __init__(self, release: Callable[[], None]) -> None:
         self._release: Callable[[], None] | None = release

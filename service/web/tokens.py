@@ -2,7 +2,8 @@
 
 The tokens file (config ``auth.tokens_file``) is JSON, readable by its owner only::
 
-    {"tokens": [{"name": "ci", "sha256": "<hex>", "created_at": "2026-11-25T19:00:00+00:00"}]}
+    {"tokens": [{"name": "ci", "sha256": "<hex>", "created_at": "2026-11-25T19:00:00+00:00",
+                 "admin": false}]}
 
 A token is 256 random bits (``yolo_`` + URL-safe base64), shown once when created. A
 hash of such a token cannot be inverted, so a plain SHA-256 is enough (no slow KDF is
@@ -11,6 +12,7 @@ every entry. The service re-reads the file when it changes, so ``revoke`` takes 
 on the next request, without a restart, and without the database. ::
 
     python -m service.web.tokens create NAME     # prints the new token
+    python -m service.web.tokens create NAME --admin   # may also manage models
     python -m service.web.tokens revoke NAME
     python -m service.web.tokens list
     # the file: --file PATH, else auth.tokens_file of --config / $YOLO_CONFIG / config.yaml,
@@ -56,6 +58,7 @@ class TokenEntry:
     name: str
     sha256: str
     created_at: str
+    admin: bool = False  # may manage models (PUT/DELETE /api/models/{name})
 
 
 def token_hash(token: str) -> str:
@@ -71,7 +74,8 @@ def read_entries(path: Path) -> list[TokenEntry]:
     except (OSError, ValueError) as exc:
         raise TokenError(f"{path}: cannot read the tokens file: {exc}") from exc
     try:
-        entries = [TokenEntry(str(item["name"]), str(item["sha256"]), str(item["created_at"]))
+        entries = [TokenEntry(str(item["name"]), str(item["sha256"]), str(item["created_at"]),
+                              item.get("admin", False) is True)
                    for item in raw["tokens"]]
     except (KeyError, TypeError) as exc:
         raise TokenError(f"{path}: not a tokens file ({exc})") from exc
@@ -113,8 +117,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def create_token(path: Path, name: str) -> str:
-    """Add a token called ``name``; return the token (it is not stored anywhere)."""
+def create_token(path: Path, name: str, *, admin: bool = False) -> str:
+    """Add a token called ``name`` (``admin``: it may manage models); return the token
+    (it is not stored anywhere)."""
     if not NAME_PATTERN.match(name):
         raise TokenError(f"invalid token name {name!r}: 1-64 letters, digits, '_', '.', '-'")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -123,7 +128,7 @@ def create_token(path: Path, name: str) -> str:
         if any(entry.name == name for entry in entries):
             raise TokenError(f"a token named {name!r} exists; revoke it first")
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        _write_entries(path, [*entries, TokenEntry(name, token_hash(token), created)])
+        _write_entries(path, [*entries, TokenEntry(name, token_hash(token), created, admin)])
     return token
 
 
@@ -143,6 +148,7 @@ class TokenStore:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._hashes: tuple[tuple[str, str], ...] = ()  # (sha256, name)
+        self._admins: frozenset[str] = frozenset()
 
     def _refresh(self) -> None:
         try:
@@ -151,7 +157,7 @@ class TokenStore:
             if self._stamp != (0, 0, 0):
                 log.warning("tokens file %s does not exist: every request needing a token is "
                             "refused", self.path)
-            self._stamp, self._hashes = (0, 0, 0), ()
+            self._stamp, self._hashes, self._admins = (0, 0, 0), (), frozenset()
             return
         stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         if stamp == self._stamp:
@@ -163,6 +169,12 @@ class TokenStore:
             entries = []
         self._stamp = stamp
         self._hashes = tuple((entry.sha256, entry.name) for entry in entries)
+        self._admins = frozenset(entry.name for entry in entries if entry.admin)
+
+    def is_admin(self, name: str) -> bool:
+        """The token called ``name`` was created with ``--admin``."""
+        self._refresh()
+        return name in self._admins
 
     def name_for(self, token: str) -> str | None:
         """The name of a valid token, else None (constant time in the token)."""
@@ -202,7 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="config file (default: $YOLO_CONFIG or "
                                          "config/config.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("create", help="create a token and print it").add_argument("name")
+    create = commands.add_parser("create", help="create a token and print it")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true",
+                        help="the token may also add, replace and remove models")
     commands.add_parser("revoke", help="revoke a token").add_argument("name")
     commands.add_parser("list", help="list token names")
     args = parser.parse_args(argv)
@@ -212,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path, note = _tokens_file(args)
         if args.command == "create":
-            token = create_token(path, args.name)
+            token = create_token(path, args.name, admin=args.admin)
             sys.stdout.write(f"{token}\n")
             sys.stderr.write(f"token {args.name!r} created in {path}; it is shown only "
                              "this once\n")
@@ -221,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"token {args.name!r} revoked\n")
         else:
             for entry in read_entries(path):
-                sys.stdout.write(f"{entry.name}\t{entry.created_at}\n")
+                role = "\tadmin" if entry.admin else ""
+                sys.stdout.write(f"{entry.name}\t{entry.created_at}{role}\n")
         if note is not None:
             sys.stderr.write(note)
     except (TokenError, ConfigError, OSError) as exc:
