@@ -75,6 +75,7 @@ class Record:
     inference_ms: float
     detections: list[Detection]
     api: str = "native"  # the API it came through: native (POST /detect) or deepstack
+    model_version: str | None = None  # the content hash of the model's files that ran
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -87,7 +88,8 @@ class Record:
                    height=int(data["height"]), model=str(data["model"]),
                    inference_ms=float(data["inference_ms"]),
                    detections=[Detection.from_json(d) for d in data["detections"]],
-                   api=str(data.get("api", "native")))
+                   api=str(data.get("api", "native")),
+                   model_version=data.get("model_version"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class Record:
             "width": self.width,
             "height": self.height,
             "model": self.model,
+            "model_version": self.model_version,
             "inference_ms": self.inference_ms,
             "detections": [d.to_json() for d in self.detections],
             "api": self.api,
@@ -418,13 +421,16 @@ WITH held AS (
     SELECT sha256 FROM images WHERE sha256 = ANY($12::text[]) ORDER BY sha256 FOR KEY SHARE
 ), inserted AS (
     INSERT INTO detections (id, created_at, filename, sha256, width, height, model,
-                            inference_ms, detections, num_detections, max_confidence, api)
+                            inference_ms, detections, num_detections, max_confidence, api,
+                            model_version)
     SELECT r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
-           r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence, r.api
+           r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence, r.api,
+           r.model_version
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6::int[],
-                $7::text[], $8::real[], $9::text[], $10::int[], $11::real[], $18::text[])
+                $7::text[], $8::real[], $9::text[], $10::int[], $11::real[], $18::text[],
+                $19::text[])
          AS r(id, created_at, filename, sha256, width, height, model, inference_ms,
-              detections, num_detections, max_confidence, api)
+              detections, num_detections, max_confidence, api, model_version)
     WHERE (SELECT count(*) FROM held) = cardinality($12::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -453,7 +459,8 @@ def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> l
     for row in (row for r in records for row in _label_rows(r)):
         for column, value in zip(labels, row, strict=True):
             column.append(value)
-    return [*columns, list(sha256s), *labels, [r.api for r in records]]
+    return [*columns, list(sha256s), *labels, [r.api for r in records],
+            [r.model_version for r in records]]
 
 
 async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
@@ -557,7 +564,7 @@ async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
 # ---------------------------------------------------------------- reads
 
 _COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "
-            "d.inference_ms, d.detections, d.api")
+            "d.inference_ms, d.detections, d.api, d.model_version")
 
 
 def _record(row: asyncpg.Record) -> Record:
@@ -565,7 +572,7 @@ def _record(row: asyncpg.Record) -> Record:
                   sha256=row["sha256"], width=row["width"], height=row["height"],
                   model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
                   detections=[Detection.from_json(d) for d in row["detections"]],
-                  api=row["api"])
+                  api=row["api"], model_version=row["model_version"])
 
 
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:

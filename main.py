@@ -2,9 +2,9 @@
 
 ``init_app(config)`` builds the application in a fixed order: config, metrics,
 templates, resources (``cleanup_ctx``, each opened and closed by the module that owns it:
-PostgreSQL in ``db``, the record writer in ``service.recorder``, the warm workers of
-every model in ``service.workers.models``), routes, middlewares (metrics, JSON errors,
-access control: outermost first).
+PostgreSQL in ``db``, the record writer in ``service.recorder``, the model servers
+in ``service.serving.servers``), routes, middlewares (metrics, JSON errors, access
+control: outermost first). SIGHUP re-reads the config's ``models:``.
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
 (their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
@@ -17,7 +17,7 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -44,10 +44,10 @@ from service.web.middlewares import (
 )
 from service.web.tokens import TokenError, TokenStore
 from service.web.uploads import max_parts
-from service.workers.models import ModelPools, models_context
+from service.serving.servers import servers_context
 from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, ConfigError, load_config
-from utils.admission import Admission
+from utils.admission import Receiving
 from utils.embedded_pg import EmbeddedPostgresError
 from utils.event_loop import new_event_loop
 from utils.migrate import MigrationError
@@ -83,17 +83,14 @@ async def _renditions(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _workers(shared: ModelPools | None) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Every model's pool; or ``shared`` pools (tests), used as they are and left open."""
+def _servers(shared: Mapping[str, DetectorPool] | None,
+             reload_signal: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Every model's server; ``shared``: warm pools (tests), served as they are and left
+    open."""
     async def context(app: web.Application) -> AsyncIterator[None]:
-        if shared is not None:
-            app[keys.models_key] = shared
-            app[keys.detector_pool_key] = shared.default
-            yield
-            return
-        async with models_context(app[keys.config_key]) as (pools, warm_up):
-            app[keys.models_key] = pools
-            app[keys.detector_pool_key] = pools.default
+        async with servers_context(app[keys.config_key], pools=shared,
+                                   reload_signal=reload_signal) as (servers, warm_up):
+            app[keys.servers_key] = servers
             app[keys.warmup_task_key] = warm_up
             yield
 
@@ -102,23 +99,23 @@ def _workers(shared: ModelPools | None) -> Callable[[web.Application], AsyncIter
 
 def metric_sources(app: web.Application) -> MetricSources:
     """What /metrics reads at each scrape (resources appear once started)."""
-    return MetricSources(pool=app.get(keys.models_key), records=app.get(keys.records_key),
-                         admission=app.get(keys.admission_key))
+    return MetricSources(pool=app.get(keys.servers_key), records=app.get(keys.records_key),
+                         admission=app.get(keys.receiving_key))
 
 
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
-                   model_pools: ModelPools | None = None) -> web.Application:
+                   model_pools: Mapping[str, DetectorPool] | None = None,
+                   reload_signal: bool = False) -> web.Application:
     """Build the application; resources start when the app starts (cleanup_ctx).
 
-    Tests hand in pools that outlive the app: ``detector_pool`` (the one model), or
-    ``model_pools``."""
+    Tests hand in warm pools that outlive the app: ``detector_pool`` (the one model), or
+    ``model_pools`` by model name. ``reload_signal``: SIGHUP re-reads the models."""
     if detector_pool is not None:
-        model_pools = ModelPools({detector_pool.model.name: detector_pool})
+        model_pools = {detector_pool.model.name: detector_pool}
     app = web.Application(client_max_size=config.server.max_upload_bytes,
                           client_max_fields=max_parts(config.server.max_files))
     app[keys.config_key] = config
-    app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue,
-                                        config.server.max_uploads)
+    app[keys.receiving_key] = Receiving(config.server.max_uploads)
     metrics = ServiceMetrics(partial(metric_sources, app))
     app[keys.metrics_key] = metrics
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -126,7 +123,7 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
     app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
-                            _workers(model_pools)])
+                            _servers(model_pools, reload_signal)])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).
     app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])
@@ -180,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The port first: taken, it is reported at once, before PostgreSQL and the workers
         # start (seconds); the server then listens on this very socket.
         with socket.create_server((config.server.host, config.server.port)) as sock:
-            web.run_app(init_app(config), sock=sock,
+            web.run_app(init_app(config, reload_signal=True), sock=sock,
                         loop=new_event_loop(config.server.event_loop),
                         shutdown_timeout=config.server.shutdown_timeout,
                         **server_options(config),

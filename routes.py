@@ -1,10 +1,12 @@
-"""URL map: pages, JSON API, stored images, health, metrics, static files."""
+"""URL map: pages, JSON API, model management, stored images, health, metrics, static
+files; the DeepStack API as its own sub-app."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.web.handlers import api, deepstack, docs, login, pages
+from service.web.apis import deepstack, native
+from service.web.handlers import api, docs, login, models, pages
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
@@ -17,16 +19,14 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/detections/{id}", pages.record_page, name="record")
     router.add_get("/detections/{id}/image", api.detection_image, name="record_image")
 
-    router.add_post("/detect", api.detect, name="detect")
+    router.add_post("/detect", native.detect, name="detect")
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
     router.add_get("/api/stats", api.stats, name="api_stats")
     router.add_get("/api/models", api.models, name="api_models")
-
-    # DeepStack / CodeProject.AI object detection ("list" before the model names).
-    router.add_post("/v1/vision/detection", deepstack.detection, name="deepstack_detection")
-    router.add_post("/v1/vision/custom/list", deepstack.list_models, name="deepstack_models")
-    router.add_post("/v1/vision/custom/{model}", deepstack.custom, name="deepstack_custom")
+    router.add_get("/api/models/{name}", models.get_model, name="api_model")
+    router.add_put("/api/models/{name}", models.put_model, name="api_model_put")
+    router.add_delete("/api/models/{name}", models.delete_model, name="api_model_delete")
 
     router.add_get("/login", login.login_form, name="login")
     router.add_post("/login", login.login, name="login_submit")
@@ -38,3 +38,6 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/openapi.json", docs.openapi, name="openapi")
     router.add_get("/docs", docs.docs, name="docs")
     router.add_static("/static", STATIC_DIR, name="static")
+
+    # DeepStack / CodeProject.AI object detection: its own errors and access check.
+    app.add_subapp(deepstack.PREFIX, deepstack.deepstack_app())

@@ -37,7 +37,7 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
 PRECISION_CHOICES = ("fp32", "int8")  # int8: ONNX Runtime on a quantized export (CPU)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED_MODEL_NAMES = frozenset({"list"})  # POST /v1/vision/custom/list lists the models
+RESERVED_MODEL_NAMES = frozenset({"list"})  # DeepStack's custom/list lists the models
 
 
 class ConfigError(ValueError):

@@ -1,10 +1,12 @@
-"""The work of ``POST /detect``, without HTTP: images in, durable records out.
+"""The detect work of every API, without HTTP: images in, durable records out.
 
 :func:`detect_images` takes uploaded images (already read and hashed) and, in order:
-checks each is, by its bytes, an image type the engine decodes; starts writing the
-originals to the database (:meth:`RecordWriter.images_ahead`) while every image runs
-through the worker pool at once; turns the results into records; and returns once the
-records are durable (database or spool). Whatever goes wrong is raised as the domain
+checks each is, by its bytes, an image type the engine decodes; takes the model's places
+(one per image); starts writing the originals to the database
+(:meth:`RecordWriter.images_ahead`) while every image runs through the model server at
+once (:meth:`~service.serving.server.ModelServer.detect`); turns the results into
+records (model name and version); and returns once the records are durable (database
+or spool). Whatever goes wrong is raised as the domain
 error that says so (``model.errors.ImageError``, ``PoolUnavailable``,
 ``ImageKilledWorker``, ``StorageUnavailable``, :class:`DetectTimeout`,
 :class:`ClientGone`); the web layer's error table turns it into a status. Every handler
@@ -23,11 +25,11 @@ from typing import TypeVar
 from uuid import uuid4
 
 import db
-from model.errors import ImageError, UnsupportedImageError
+from model.errors import UnsupportedImageError
 from model.formats import NOT_AN_IMAGE, sniff_content_type
 from service.recorder import RecordWriter
-from service.workers.pool import DetectorPool, ImageKilledWorker
-from service.workers.protocol import DetectResult
+from service.serving.options import DetectOptions
+from service.serving.server import Detected, ModelServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,28 +76,20 @@ class Timing:
         return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self._phases)
 
 
-@dataclass(frozen=True)
-class DetectOptions:
-    """What a request asks of the model; None: the model's configured value."""
-
-    conf_thres: float | None = None
-    iou_thres: float | None = None
-    agnostic: bool | None = None
-    max_det: int | None = None
-
-
-async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Sequence[Upload], *,
-                        options: DetectOptions, store_images: bool, deadline: float,
+async def detect_images(server: ModelServer, writer: RecordWriter, uploads: Sequence[Upload],
+                        *, options: DetectOptions, store_images: bool, deadline: float,
                         client_gone: Callable[[], bool], timing: Timing | None = None,
                         api: str = "native") -> list[db.Record]:
-    """Detect objects in every upload with ``pool``'s model and return their records
-    (marked with the model's name and the ``api`` the request came through), durable.
+    """Detect objects in every upload with ``server``'s model and return their records
+    (marked with the model's name and version and the ``api`` the request came
+    through), durable.
 
-    ``deadline`` is on the running loop's clock (``loop.time()``); past it,
-    :class:`DetectTimeout`. ``client_gone`` is polled while the images wait: when it
-    says so, their jobs are taken off the queue and :class:`ClientGone` is raised.
-    The originals are stored with the records when ``store_images`` (and deleted again
-    if the request fails).
+    The request holds one of the model's places per image until its records are durable
+    (``server.admit``: 503 at capacity). ``deadline`` is on the running loop's clock
+    (``loop.time()``); past it, :class:`DetectTimeout`. ``client_gone`` is polled while
+    the images wait: when it says so, their jobs are taken off the queue and
+    :class:`ClientGone` is raised. The originals are stored with the records when
+    ``store_images`` (and deleted again if the request fails).
     """
     timing = timing or Timing()
     content_types = [_content_type(upload) for upload in uploads]
@@ -103,18 +97,22 @@ async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Seque
     if store_images:
         images = [db.StoredImage(u.sha256, ct, u.data)
                   for u, ct in zip(uploads, content_types, strict=True)]
-    async with writer.images_ahead(images) as ahead:  # written while the model runs
-        results = await _run_model(pool, uploads, options, deadline, client_gone)
-        timing.lap("detect")
-        timing.add("decode", max(r.decode_ms for r in results))
-        timing.add("infer", max(r.inference_ms for r in results))
-        now = datetime.now(timezone.utc)
-        records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=u.sha256,
-                             width=r.width, height=r.height, model=pool.model.name,
-                             inference_ms=r.inference_ms, detections=r.detections, api=api)
-                   for u, r in zip(uploads, results, strict=True)]
-        await ahead.settled()
-        await writer.save(records, images)
+    with server.admit(len(uploads)):
+        async with writer.images_ahead(images) as ahead:  # written while the model runs
+            detected = await _run_model(server, uploads, options, deadline, client_gone)
+            results = detected.results
+            timing.lap("detect")
+            timing.add("decode", max(r.decode_ms for r in results))
+            timing.add("infer", max(r.inference_ms for r in results))
+            now = datetime.now(timezone.utc)
+            records = [db.Record(id=uuid4(), created_at=now, filename=u.filename,
+                                 sha256=u.sha256, width=r.width, height=r.height,
+                                 model=detected.model, model_version=detected.version,
+                                 inference_ms=r.inference_ms, detections=r.detections,
+                                 api=api)
+                       for u, r in zip(uploads, results, strict=True)]
+            await ahead.settled()
+            await writer.save(records, images)
     timing.lap("store")
     return records
 
@@ -126,33 +124,15 @@ def _content_type(upload: Upload) -> str:
     return content_type
 
 
-async def _run_model(pool: DetectorPool, uploads: Sequence[Upload], options: DetectOptions,
-                     deadline: float, client_gone: Callable[[], bool]) -> list[DetectResult]:
+async def _run_model(server: ModelServer, uploads: Sequence[Upload], options: DetectOptions,
+                     deadline: float, client_gone: Callable[[], bool]) -> Detected:
     try:
         async with asyncio.timeout_at(deadline):
-            return await _unless_client_leaves(client_gone, _detect_all(pool, uploads, options))
+            return await _unless_client_leaves(client_gone, server.detect(
+                [u.data for u in uploads], options, names=[u.filename for u in uploads]))
     except TimeoutError:
         raise DetectTimeout("no result within the request's time limit "
                             "(server.request_timeout): the service is busy") from None
-
-
-async def _detect_all(pool: DetectorPool, uploads: Sequence[Upload],
-                      options: DetectOptions) -> list[DetectResult]:
-    """Every image in the pool at once; the first failure (in upload order) is raised,
-    its message prefixed with the file name."""
-    outcomes = await asyncio.gather(
-        *(pool.detect(u.data, conf_thres=options.conf_thres, iou_thres=options.iou_thres,
-                      agnostic=options.agnostic, max_det=options.max_det) for u in uploads),
-        return_exceptions=True)
-    for upload, outcome in zip(uploads, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            if isinstance(outcome, ImageKilledWorker):
-                log.error("refused %r (sha256 %s): it crashed the detector twice",
-                          upload.filename, outcome.sha256)
-            if isinstance(outcome, ImageError | ImageKilledWorker):  # about this file
-                outcome.args = (f"{upload.filename}: {outcome}",)
-            raise outcome
-    return list(outcomes)  # type: ignore[arg-type]
 
 
 async def _unless_client_leaves(client_gone: Callable[[], bool], work: Awaitable[T]) -> T:

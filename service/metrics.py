@@ -52,7 +52,7 @@ class MetricSources:
     admission: Collectable | None = None
 
 
-_WHAT = {"pool": "the detector pool", "records": "the spool", "admission": "the admission queue"}
+_WHAT = {"pool": "the model servers", "records": "the spool", "admission": "the uploads received"}
 
 
 class ServiceMetrics:

@@ -95,7 +95,8 @@ def make_config(pg_server: EmbeddedPostgres, model_weights: Path, database: str,
         base: dict[str, Any] = {
             "postgres": {"host": socket_dir, "port": pg_server.port, "database": database},
             "workers": {"model_path": {"weights": str(model_weights)}},
-            "storage": {"spool_dir": str(tmp_path / "spool")},
+            "storage": {"spool_dir": str(tmp_path / "spool"),
+                        "models_dir": str(tmp_path / "models")},
         }
         return load_config(TEST_CONFIG, env=env or {}, overrides=merge(base, overrides or {}))
 
@@ -244,7 +245,5 @@ def two_model_config(make_config: Callable[..., Config], model_weights: Path,
 async def two_model_client(two_model_config: Config, detector_pool: DetectorPool,
                            colours_pool: DetectorPool, aiohttp_client: Any) -> Any:
     """A client of an app serving both models (the default's pool is ``detector_pool``)."""
-    from service.workers.models import ModelPools
-
-    pools = ModelPools({"service-6cls": detector_pool, "colours": colours_pool})
+    pools = {"service-6cls": detector_pool, "colours": colours_pool}
     return await aiohttp_client(await init_app(two_model_config, model_pools=pools))

@@ -28,9 +28,6 @@ COOKIE_NAME = "yolo_session"
 MAX_SESSIONS = 10_000
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
-# Routes whose handler checks the token itself: DeepStack clients send it in the form
-# (api_key), which only the handler reads.
-SELF_CHECKED_PREFIXES = ("/v1/vision/",)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """HTTP errors: the one table from domain errors to status and code, and the JSON body
-``{"error": {"code": ..., "message": ...}}`` every failed request gets (under
-``/v1/vision/``, DeepStack's ``{"success": false, "error": ...}``).
+``{"error": {"code": ..., "message": ...}}`` every failed request gets (a sub-app with
+an API of its own renders its own body: :data:`ErrorRenderer`).
 
 Code below the web layer raises its own errors (``model.errors.ImageError``, the pool's
 ``PoolUnavailable``, the recorder's ``StorageUnavailable``, ``db.RecordNotFound``, ...);
@@ -11,6 +11,7 @@ what is an HTTP matter in itself (a bad parameter, an upload too slow or too lar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,13 +25,12 @@ from model.errors import (
 )
 from service.detect import ClientGone, DetectTimeout
 from service.recorder import StorageUnavailable
-from service.workers.models import UnknownModel
+from service.serving.servers import DefaultModelRemoval, UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
 from utils.admission import QueueFull
 
 RETRY_AFTER_S = "5"  # not ready: warming up, a worker being replaced, storage away
 RETRY_AFTER_BUSY_S = "1"  # at capacity
-DEEPSTACK_PREFIX = "/v1/vision/"  # the DeepStack-compatible API: its own error shape
 
 CODES = {
     400: "bad_request",
@@ -38,6 +38,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "conflict",
     408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -89,6 +90,7 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(ClientGone, 499, "client_closed_request"),
     ErrorRule(db.RecordNotFound, 404, "not_found"),
     ErrorRule(UnknownModel, 404, "unknown_model"),
+    ErrorRule(DefaultModelRemoval, 409, "default_model"),
     ErrorRule(db.UNAVAILABLE_ERRORS, 503, "database_unavailable", RETRY_AFTER_S,
               message="the database is unavailable; try again shortly"),
 )
@@ -106,13 +108,14 @@ def for_exception(exc: BaseException) -> ApiError | None:
     return None
 
 
+# (status, code, message, headers, details) -> the error response
+ErrorRenderer = Callable[[int, str, str, "dict[str, str] | None", "dict[str, object] | None"],
+                         web.Response]
+
+
 def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, *, path: str = "",
+                   headers: dict[str, str] | None = None,
                    details: dict[str, object] | None = None) -> web.Response:
-    """The JSON error body: ours, or DeepStack's under :data:`DEEPSTACK_PREFIX` (its
-    clients read ``success`` and ``error``; ``code`` is the status, as CodeProject.AI)."""
-    if path.startswith(DEEPSTACK_PREFIX):
-        return web.json_response({"success": False, "error": message, "code": status},
-                                 status=status, headers=headers)
+    """Our JSON error body."""
     return web.json_response({"error": {"code": code, "message": message, **(details or {})}},
                              status=status, headers=headers)

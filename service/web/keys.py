@@ -12,22 +12,22 @@ from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
 from service.renditions import Renditions
 from service.web.auth import Auth
-from service.workers.models import ModelPools
-from service.workers.pool import DetectorPool
+from service.serving.servers import ModelServers
 from settings import Config
-from utils.admission import Admission
+from utils.admission import Receiving
 from utils.embedded_pg import EmbeddedPostgres
 
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", asyncpg.Pool)
 db_health_key = web.AppKey("db_health", DatabaseHealth)  # kept by db.pg_context's watcher
 embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)  # only when embedded
-models_key = web.AppKey("models", ModelPools)  # every model's pool, by name
-detector_pool_key = web.AppKey("detector_pool", DetectorPool)  # the default model's
+servers_key = web.AppKey("servers", ModelServers)  # every model's server, by name
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
 records_key = web.AppKey("records", RecordWriter)
 renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
-admission_key = web.AppKey("admission", Admission)
+receiving_key = web.AppKey("receiving", Receiving)  # request bodies being read
 metrics_key = web.AppKey("metrics", ServiceMetrics)
 openapi_key = web.AppKey("openapi", dict)  # the OpenAPI document, read at start-up
+# on a sub-app whose own middleware checks access (DeepStack's api_key form field)
+checks_own_access_key = web.AppKey("checks_own_access", bool)

@@ -8,14 +8,13 @@ empty answer that looks like "nothing found".
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
+from collections.abc import Iterable
 
 import asyncpg
 
 import db
+from service.serving.server import ModelServer
 from service.web.errors import ApiError
-from settings import Config
 
 
 class UnknownLabel(ApiError):
@@ -29,37 +28,24 @@ class UnknownLabel(ApiError):
         self.known = known
 
 
-@lru_cache(maxsize=16)
-def _read_names(path: Path, mtime: float) -> tuple[str, ...]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return tuple(line.strip() for line in lines if line.strip())
+def served_labels(servers: Iterable[ModelServer]) -> list[str]:
+    """The classes of every served model (read once per version by its server), in
+    order, each once."""
+    return list(dict.fromkeys(name for server in servers for name in server.classes))
 
 
-def model_names(path: Path) -> tuple[str, ...]:
-    """The class names of a configured model (read again only when the file changes)."""
-    try:
-        return _read_names(path, path.stat().st_mtime)
-    except OSError:
-        return ()
-
-
-def served_labels(config: Config) -> list[str]:
-    """The classes of every served model, in config order, each once."""
-    return list(dict.fromkeys(name for model in config.models
-                              for name in model_names(model.names)))
-
-
-async def known_labels(config: Config, pool: asyncpg.Pool) -> list[str]:
+async def known_labels(servers: Iterable[ModelServer], pool: asyncpg.Pool) -> list[str]:
     """The served models' classes, then the other labels found in the history (sorted)."""
-    served = served_labels(config)
+    served = served_labels(servers)
     stored = [label for label in await db.list_labels(pool) if label not in served]
     return [*served, *stored]
 
 
-async def check_label(config: Config, pool: asyncpg.Pool, label: str | None) -> None:
+async def check_label(servers: Iterable[ModelServer], pool: asyncpg.Pool,
+                      label: str | None) -> None:
     """Raise :class:`UnknownLabel` unless ``label`` is None or known."""
-    if label is None or label in served_labels(config):
+    if label is None or label in served_labels(servers):
         return
-    known = await known_labels(config, pool)
+    known = await known_labels(servers, pool)
     if label not in known:
         raise UnknownLabel(label, known)

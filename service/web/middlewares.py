@@ -17,8 +17,9 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from service.metrics import ServiceMetrics
-from service.web.auth import SELF_CHECKED_PREFIXES, Auth, is_public
-from service.web.errors import CODES, ApiError, error_response, for_exception
+from service.web import keys
+from service.web.auth import Auth, is_public
+from service.web.errors import CODES, ApiError, ErrorRenderer, error_response, for_exception
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,10 @@ def metrics_middleware(metrics: ServiceMetrics) -> Middleware:
 
 # ---------------------------------------------------------------- errors
 
-def _from_http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _from_http_exception(exc: web.HTTPException, render: ErrorRenderer) -> web.Response:
     headers = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
     message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-    return error_response(exc.status, CODES.get(exc.status, "error"), message or exc.reason,
-                          headers, path=request.path)
+    return render(exc.status, CODES.get(exc.status, "error"), message or exc.reason, headers)
 
 
 def _wants_page(request: web.Request) -> bool:
@@ -91,11 +91,12 @@ def _wants_page(request: web.Request) -> bool:
             and "text/html" in request.headers.get("Accept", ""))
 
 
-def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
-    """Turn raised errors into JSON error responses: :class:`ApiError` and the domain
-    errors of ``errors.ERRORS`` as they say, HTTP errors with their status, anything else
-    as a logged 500 (an unknown page asked for by a browser: ``render_page``'s HTML, when
-    given)."""
+def error_middleware(render_page: PageRenderer | None = None, *,
+                     render: ErrorRenderer = error_response) -> Middleware:
+    """Turn raised errors into JSON error responses (``render``'s body: ours, or a
+    sub-app's own API's): :class:`ApiError` and the domain errors of ``errors.ERRORS`` as
+    they say, HTTP errors with their status, anything else as a logged 500 (an unknown
+    page asked for by a browser: ``render_page``'s HTML, when given)."""
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -107,18 +108,17 @@ def error_middleware(render_page: PageRenderer | None = None) -> Middleware:
             if exc.status == 404 and render_page is not None and _wants_page(request):
                 return render_page(request, 404, "Page not found",
                                    f"There is no page at {request.path[:200]}.")
-            return _from_http_exception(request, exc)
+            return _from_http_exception(exc, render)
         except Exception as exc:
             error = for_exception(exc)
             if error is None:
                 log.exception("unhandled error in %s %s", request.method, request.path)
-                return error_response(500, "internal_error", "internal server error",
-                                      path=request.path)
+                return render(500, "internal_error", "internal server error")
             if error.code == "database_unavailable":
                 log.warning("%s %s: database unavailable: %s: %s", request.method,
                             request.path, type(exc).__name__, exc)
-            return error_response(error.status, error.code, error.message, error.headers,
-                                  path=request.path, details=error.details)
+            return render(error.status, error.code, error.message, error.headers,
+                          error.details)
 
     return errors
 
@@ -148,13 +148,19 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 # ---------------------------------------------------------------- access control
 
+def checks_own_access(request: web.Request) -> bool:
+    """The route belongs to a sub-app that checks access itself (DeepStack's: its
+    clients send the token in the form)."""
+    return any(app.get(keys.checks_own_access_key, False) for app in request.match_info.apps)
+
+
 def auth_middleware(auth: Auth) -> Middleware:
     """Access control: a public path, a valid token or a session, else 401 (a browser
     asking for a page without credentials: a redirect to the sign-in form)."""
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_public(request.path) or request.path.startswith(SELF_CHECKED_PREFIXES) \
+        if is_public(request.path) or checks_own_access(request) \
                 or auth.user(request) is not None:
             return await handler(request)
         wants_page = request.method == "GET" and "text/html" in request.headers.get(hdrs.ACCEPT, "")

@@ -3,7 +3,7 @@
 :class:`DetectorPool` owns one model's ``workers`` worker processes (:mod:`.process`,
 running :mod:`.child`), each served by one task that takes jobs from a shared queue
 (:mod:`.queue`). ``start()`` returns once every worker is warm. The app's pools, one
-per model, are :class:`.models.ModelPools`.
+per model version, are owned by :class:`service.serving.server.ModelServer`.
 
 Dynamic batching (Triton-style): a worker that becomes free takes the job at the head of
 the queue and, with it, up to ``max_batch_size - 1`` more detect jobs; when fewer are
@@ -82,11 +82,13 @@ class DetectorPool:
 
     def __init__(self, config: WorkersConfig, *, max_pixels: int,
                  model: ModelConfig | None = None, total_workers: int | None = None,
-                 log_level: str = "INFO", detect_fn: Callable[..., Any] | None = None) -> None:
+                 log_level: str = "INFO", detect_fn: Callable[..., Any] | None = None,
+                 metrics: stats.PoolMetrics | None = None) -> None:
         """``model``: what it serves (default: ``config``'s ``model_path``);
         ``total_workers``: the workers of every model, which share the cores (default: this
         pool's). ``detect_fn``: a module-level function run in the workers instead of
-        ``child.detect_batch`` (tests inject faults with it)."""
+        ``child.detect_batch`` (tests inject faults with it). ``metrics``: histograms that
+        outlive the pool (its model server's, kept across versions)."""
         self.config = config
         self.model = model if model is not None else config.single_model()
         total = total_workers or self.model.workers
@@ -102,7 +104,7 @@ class DetectorPool:
         self.state = "new"
         self.error: str | None = None
         self.stats = stats.PoolStats()
-        self.metrics = stats.PoolMetrics(self.model.name)
+        self.metrics = metrics if metrics is not None else stats.PoolMetrics(self.model.name)
         self._ctx: SpawnContext = multiprocessing.get_context("spawn")
         self._procs: dict[int, WorkerProcess] = {}
         self._starting: dict[int, WorkerProcess] = {}

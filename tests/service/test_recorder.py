@@ -211,7 +211,7 @@ async def test_many_concurrent_detect_requests_are_each_stored_once(
     from tests.conftest import form
     from tests.faults import with_comment
 
-    limit = client.server.app[keys.admission_key].limit  # more would be 503 overloaded
+    limit = client.server.app[keys.servers_key].default.admission.limit  # more would be 503 overloaded
     uploads = [with_comment(portrait_jpeg, f"group {n}") for n in range(limit)]
     responses = await asyncio.gather(*(client.post("/detect", data=form(
         (f"g{n}.jpg", data, "image/jpeg"))) for n, data in enumerate(uploads)))

@@ -71,8 +71,8 @@ def _top(module: str) -> str:
 
 
 def test_the_graph_is_read() -> None:
-    assert "service.workers.pool" in GRAPH["service.web.handlers.api"] or \
-        "service.workers.pool" in GRAPH["service.detect"]
+    assert "service.serving.server" in GRAPH["service.detect"]
+    assert "service.workers.pool" in GRAPH["service.serving.server"]
     assert "model.inference" in GRAPH["service.workers.child"]
 
 
@@ -88,7 +88,8 @@ def test_utils_are_leaf_helpers(module: str) -> None:
 
 @pytest.mark.parametrize("module", ["service.detect", "service.recorder", "service.metrics",
                                     *sorted(m for m in MODULES
-                                            if m.startswith("service.workers"))])
+                                            if m.startswith(("service.workers",
+                                                             "service.serving")))])
 def test_the_core_does_not_know_the_web(module: str) -> None:
     assert not any(m.startswith("service.web") or m in ("main", "routes")
                    for m in GRAPH[module]), GRAPH[module]
@@ -115,3 +116,14 @@ def test_no_import_cycles() -> None:
         if module not in state:
             visit(module)
     assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_each_api_is_a_codec_around_the_one_detect_path() -> None:
+    """The APIs that detect reach the model only through service.web.detecting; no other
+    module knows the DeepStack sub-app's prefix."""
+    for api in ("service.web.apis.native", "service.web.apis.deepstack"):
+        assert "service.web.detecting" in GRAPH[api]
+        assert not {"service.detect", "service.serving.server"} & GRAPH[api], GRAPH[api]
+    knowing = [module for module, path in MODULES.items()
+               if "/v1/vision" in path.read_text() and module != "service.web.apis.deepstack"]
+    assert not knowing, knowing

@@ -1,8 +1,8 @@
-"""JSON API: detection, history, stats, stored images, health, metrics."""
+"""JSON API: history, stats, stored images, the models, health, metrics (detection is
+``service.web.apis.native``)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -10,22 +10,15 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from aiohttp import web
-from multidict import MultiDictProxy
 
 import db
-from service.detect import DetectOptions, Timing, Upload, detect_images
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.renditions import SIZES
 from service.web import keys, params
 from service.web.labels import check_label
 from service.web.errors import RETRY_AFTER_S, ApiError
-from service.web.uploads import paced, read_form
-from service.workers.pool import PoolUnavailable
 
 log = logging.getLogger(__name__)
-
-MAX_DET = 10_000  # the most detections per image a request may ask for
-
 
 def _record_id(request: web.Request) -> UUID:
     try:
@@ -33,87 +26,6 @@ def _record_id(request: web.Request) -> UUID:
     except params.ParamError:
         raise ApiError(404, "not_found", f"no detection with id {request.match_info['id']!r}") \
             from None
-
-
-# ---------------------------------------------------------------- detection
-
-async def detect(request: web.Request) -> web.Response:
-    """POST /detect: run the model on each uploaded image and store the records.
-
-    The body is read first, holding no model place (``admission.receive()``: at most
-    ``server.max_uploads`` at once), and must keep up ``server.upload_min_rate_kb`` after
-    ``server.upload_grace`` seconds (else 408), so slow clients cannot take the workers'
-    capacity. Then at most ``max_workers * max_batch_size + max_queue`` requests are in
-    progress at once; beyond that a request is refused at once (503, Retry-After), before
-    its body is read when it arrives at capacity. Reading and detection share one
-    deadline (``server.request_timeout``: 408 while reading, 504 after); a client that
-    leaves while its images wait has them taken off the queue. The work itself is
-    :func:`service.detect.detect_images`; the response is sent only once the records are
-    durable. Its ``Server-Timing`` header gives the phases
-    (:class:`service.detect.Timing`).
-    """
-    app = request.app
-    config = app[keys.config_key]
-    query = request.query
-    pool = app[keys.models_key].get(params.text(query, "model"))
-    if not pool.accepting:
-        raise PoolUnavailable(pool.error or f"the workers of model {pool.model.name} are "
-                                            "warming up")
-    options = DetectOptions(
-        conf_thres=params.unit_interval(query, "conf", None),
-        iou_thres=params.unit_interval(query, "iou", None),
-        agnostic=params.optional_flag(query, "agnostic", pool.model.agnostic_nms),
-        max_det=params.positive_int(query, "max_det", pool.model.max_det, MAX_DET))
-    admission = app[keys.admission_key]
-    timing = Timing()
-    deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-    with admission.receive():
-        uploads = await receive_uploads(request, deadline)
-    timing.lap("upload")
-    with admission.enter():
-        records = await detect_images(
-            pool, app[keys.records_key], uploads, options=options,
-            store_images=config.storage.store_images, deadline=deadline,
-            client_gone=lambda: client_gone(request), timing=timing)
-    headers = {"Server-Timing": timing.header()}
-    if len(records) == 1:
-        return web.json_response(records[0].to_json(), headers=headers)
-    return web.json_response({"results": [record.to_json() for record in records]},
-                             headers=headers)
-
-
-async def receive_uploads(request: web.Request, deadline: float, *,
-                          max_files: int | None = None) -> list[Upload]:
-    """The uploaded images (408 past the deadline or too slow)."""
-    uploads, _ = await receive_form(request, deadline, max_files=max_files)
-    return uploads
-
-
-async def receive_form(request: web.Request, deadline: float, *,
-                       max_files: int | None = None) -> tuple[list[Upload], dict[str, str]]:
-    """The uploaded images and the form's short text fields (408 past the deadline, or
-    slower than ``server.upload_min_rate_kb`` after ``server.upload_grace``)."""
-    server = request.app[keys.config_key].server
-    async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
-                     deadline=deadline):
-        return await read_form(request, max_bytes=server.max_upload_bytes,
-                               max_files=max_files or server.max_files)
-
-
-async def receive_post(request: web.Request) -> MultiDictProxy[str | web.FileField]:
-    """``request.post()`` (a small form: sign-in, DeepStack's list), paced as uploads are
-    and bounded by ``server.request_timeout``; ``client_max_fields`` bounds its parts."""
-    server = request.app[keys.config_key].server
-    deadline = asyncio.get_running_loop().time() + server.request_timeout
-    async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
-                     deadline=deadline):
-        return await request.post()
-
-
-def client_gone(request: web.Request) -> bool:
-    """The client has closed the connection."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 # ---------------------------------------------------------------- history
@@ -124,7 +36,7 @@ async def list_detections(request: web.Request) -> web.Response:
     filters = params.history_filter(query)
     limit = params.limit(query, maximum=db.MAX_PAGE_SIZE)
     pool = request.app[keys.db_key]
-    await check_label(request.app[keys.config_key], pool, filters.label)
+    await check_label(request.app[keys.servers_key], pool, filters.label)
     page = await db.list_detections(pool, filters, limit=limit, cursor=params.cursor(query))
     next_cursor = page.next_cursor.encode() if page.next_cursor else None
     next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
@@ -147,7 +59,7 @@ async def stats(request: web.Request) -> web.Response:
     parameters as /api/detections): in total, per label and per day."""
     filters = params.history_filter(request.query)
     pool = request.app[keys.db_key]
-    await check_label(request.app[keys.config_key], pool, filters.label)
+    await check_label(request.app[keys.servers_key], pool, filters.label)
     result = await db.stats(pool, filters)
     return web.json_response(result.to_json())
 
@@ -218,14 +130,14 @@ async def readyz(request: web.Request) -> web.Response:
     (``models`` says which, and why), the answer is 200 with ``"status": "degraded"``.
     The body shows the queue, fault counters and the spool either way.
     """
-    pools = request.app[keys.models_key]
-    pool = pools.default
+    servers = request.app[keys.servers_key]
+    server = servers.default
     writer = request.app[keys.records_key]
     health = request.app[keys.db_health_key]
-    checks: dict[str, str] = {"workers": pool.state}
+    checks: dict[str, str] = {"workers": server.state}
     problems = []
-    if not pool.ready:
-        problems.append(pool.error or f"workers are {pool.state}")
+    if not server.ready:
+        problems.append(server.error or f"workers are {server.state}")
     try:
         await db.ping(request.app[keys.db_key])
     except db.UNAVAILABLE_ERRORS as exc:
@@ -244,33 +156,35 @@ async def readyz(request: web.Request) -> web.Response:
                         + (f" ({why})" if why else "") + f"; spool {writer.spool.state}"
                         + (f" ({writer.spool.last_error})" if writer.spool.last_error else ""))
     degraded = database != "ok" or checks["storage"] != "ok"
-    models = {other.model.name: {"state": other.state, "ready": other.ready,
-                                 "error": other.error} for other in pools}
-    degraded = degraded or not all(other.ready for other in pools)
-    body = {"checks": checks, "pool": pool.snapshot(), "models": models,
-            "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot(),
-            "database": health.snapshot()}
+    models = {other.name: {"state": other.state, "ready": other.ready, "error": other.error,
+                           "version": other.version} for other in servers}
+    degraded = degraded or not all(other.ready for other in servers)
+    admission = {**server.admission.snapshot(),
+                 **request.app[keys.receiving_key].snapshot()}
+    body = {"checks": checks, "pool": server.snapshot(), "models": models,
+            "admission": admission, "spool": writer.snapshot(), "database": health.snapshot()}
     if problems:
         return web.json_response(
             {"status": "not_ready", **body,
              "error": {"code": "not_ready", "message": "; ".join(problems)}},
             status=503, headers={"Retry-After": RETRY_AFTER_S})
+    workers = request.app[keys.config_key].workers
     return web.json_response({
-        "status": "degraded" if degraded else "ready", **body, "model": pool.model.name,
+        "status": "degraded" if degraded else "ready", **body, "model": server.name,
         "workers": [{"pid": w.pid, "device": w.device, "backend": w.backend,
                      "threads": w.threads, "lone_threads": w.lone_threads,
-                     "warmup_ms": w.warmup_ms} for w in pool.workers],
-        "batching": {"max_batch_size": pool.config.max_batch_size,
-                     "max_queue_delay_ms": pool.config.max_queue_delay_ms},
+                     "warmup_ms": w.warmup_ms} for w in server.workers],
+        "batching": {"max_batch_size": workers.max_batch_size,
+                     "max_queue_delay_ms": workers.max_queue_delay_ms},
     })
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /api/models: every model served: name, classes, input size, backend, workers,
+    """GET /api/models: every model served: name, version, classes, settings, backend,
     whether it is ready (and why not)."""
-    pools = request.app[keys.models_key]
-    return web.json_response({"default": pools.default_name,
-                              "models": [pools.describe(pool) for pool in pools]})
+    servers = request.app[keys.servers_key]
+    return web.json_response({"default": servers.default_name,
+                              "models": [servers.describe(server) for server in servers]})
 
 
 async def metrics(request: web.Request) -> web.Response:

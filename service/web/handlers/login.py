@@ -9,7 +9,7 @@ from yarl import URL
 from service.web import keys
 from service.web.auth import COOKIE_NAME, safe_next
 from service.web.errors import ApiError
-from service.web.handlers.api import receive_post
+from service.web.receive import receive_post
 
 MAX_TOKEN_LENGTH = 200
 

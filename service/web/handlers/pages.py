@@ -40,10 +40,10 @@ EXAMPLES = ({"file": "street-green.jpg", "title": "Green light"},
 async def index(request: web.Request) -> web.Response:
     """GET /: choose or drop images; the page's script sends them to POST /detect."""
     config = request.app[keys.config_key]
-    pools = request.app[keys.models_key]
+    servers = request.app[keys.servers_key]
     return render("index.html", request, {
         "nav": "detect",
-        "models": [pools.describe(pool) for pool in pools],
+        "models": [servers.describe(server) for server in servers],
         "examples": EXAMPLES,
         "accept": ACCEPT_ATTRIBUTE,
         "accepted_text": ACCEPTED_TEXT,
@@ -58,7 +58,7 @@ async def history(request: web.Request) -> web.Response:
     the rendering time."""
     started = time.perf_counter()
     pool = request.app[keys.db_key]
-    config = request.app[keys.config_key]
+    servers = request.app[keys.servers_key]
     filters, kept, errors = parse_filters(request.query)
     cursor = None
     try:
@@ -66,7 +66,7 @@ async def history(request: web.Request) -> web.Response:
     except params.ParamError as exc:
         errors.append(exc.message)
     try:
-        await labels.check_label(config, pool, filters.label)
+        await labels.check_label(servers, pool, filters.label)
     except labels.UnknownLabel as exc:
         return render_unknown_label(request, exc, kept)
 
@@ -77,11 +77,10 @@ async def history(request: web.Request) -> web.Response:
     queried = time.perf_counter()
     # The label menu: the model's classes (the filtered one's, else every served
     # model's), then any other label seen in what the filters select.
-    try:
-        names = labels.model_names(config.model(filters.model).names) if filters.model \
-            else tuple(labels.served_labels(config))
-    except KeyError:  # a model no longer served: its records are still there
-        names = tuple(labels.served_labels(config))
+    if filters.model in servers:
+        names = servers.get(filters.model).classes
+    else:  # every model, or one no longer served (its records are still there)
+        names = tuple(labels.served_labels(servers))
     menu = list(dict.fromkeys([*names, *(c.label for c in stats.labels)]))
     if filters.label is not None and filters.label not in menu:
         menu.append(filters.label)
@@ -90,10 +89,10 @@ async def history(request: web.Request) -> web.Response:
     next_url = None
     if page.next_cursor is not None:
         next_url = str(base.with_query({**kept, "cursor": page.next_cursor.encode()}))
-    several_models = len(config.models) > 1 or len({r.model for r in page.items}) > 1
+    several_models = len(servers) > 1 or len({r.model for r in page.items}) > 1
     response = render("history.html", request, {
         "nav": "history",
-        "models": [model.name for model in config.models],
+        "models": servers.names,
         "filters": {name: _form_value(name, kept.get(name, "")) for name in FILTER_NAMES},
         "filtered": bool(kept),
         "errors": errors,

@@ -22,7 +22,6 @@ from PIL import Image
 from main import init_app
 from service.web import keys
 from service.web.tokens import create_token
-from service.workers.models import ModelPools
 from tests.conftest import form
 
 KEYS = {"label", "confidence", "x_min", "y_min", "x_max", "y_max"}
@@ -185,7 +184,7 @@ async def test_not_ready_is_503(make_config: Any, detector_pool: Any, two_model_
 
     cold = DetectorPool(two_model_config.workers, model=two_model_config.model("colours"),
                         max_pixels=1000)  # never started
-    pools = ModelPools({"service-6cls": detector_pool, "colours": cold})
+    pools = {"service-6cls": detector_pool, "colours": cold}
     client = await aiohttp_client(await init_app(two_model_config, model_pools=pools))
     response = await client.post("/v1/vision/custom/colours",
                                  data=form(("x.jpg", portrait_jpeg, "image/jpeg")))
@@ -205,7 +204,7 @@ async def guarded(two_model_config: Any, make_config: Any, model_weights: Path,
     token = create_token(tokens, "frigate")
     config = make_config({**two_models(model_weights, tiny_weights),
                           "auth": {"tokens_file": str(tokens)}})
-    pools = ModelPools({"service-6cls": detector_pool, "colours": colours_pool})
+    pools = {"service-6cls": detector_pool, "colours": colours_pool}
     client = await aiohttp_client(await init_app(config, model_pools=pools))
     assert keys.auth_key in client.server.app
     return client, token

@@ -155,14 +155,15 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
                            ("yolo_refused_images", stats.refused_images)]:
         assert types[name] == "counter"
         assert value(samples, f"{name}_total", **MODEL) == expected, name
-    pool_gauges = {"yolo_workers", "yolo_workers_busy", "yolo_queued_jobs", "yolo_pool_ready"}
+    pool_gauges = {"yolo_workers", "yolo_workers_busy", "yolo_queued_jobs", "yolo_pool_ready",
+                   "yolo_admission_in_progress", "yolo_admission_limit"}
     expected_gauges = {
         "yolo_workers": test_config.workers.max_workers, "yolo_workers_busy": 0,
         "yolo_queued_jobs": 0, "yolo_pool_ready": 1,
         "yolo_spool_records": 0, "yolo_spool_bytes": 0,
         "yolo_spool_capacity_bytes": test_config.storage.spool_max_bytes,
         "yolo_admission_in_progress": 0,
-        "yolo_admission_limit": client.server.app[keys.admission_key].limit,
+        "yolo_admission_limit": client.server.app[keys.servers_key].default.admission.limit,
         "yolo_http_requests_in_flight": 1,
     }
     for name, expected in expected_gauges.items():
@@ -170,7 +171,7 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
         labels = MODEL if name in pool_gauges else {}
         assert value(samples, name, **labels) == expected, name
     assert value(samples, "yolo_spooled_records_total") == 0
-    assert value(samples, "yolo_admission_rejected_total") == 0
+    assert value(samples, "yolo_admission_rejected_total", **MODEL) == 0
     for name in ("yolo_queue_seconds", "yolo_batch_size", "yolo_inference_seconds",
                  "yolo_http_request_duration_seconds"):
         assert types[name] == "histogram", name
@@ -214,15 +215,15 @@ async def test_scrapes_survive_missing_stopped_and_broken_resources(
         def collect(self) -> Any:
             raise RuntimeError("torn down")
 
-    from utils.admission import Admission
+    from utils.admission import Receiving
 
     broken = ServiceMetrics(lambda: MetricSources(pool=BrokenPool(),  # type: ignore[arg-type]
-                                                  admission=Admission(7)))
+                                                  admission=Receiving(7)))
     with caplog.at_level(logging.WARNING, logger="service.metrics"):
         samples, types = exposition(broken)
     assert "yolo_worker_deaths" not in types and "yolo_workers" not in types  # none of it
-    assert value(samples, "yolo_admission_limit") == 7  # the rest is still there
-    assert "cannot read the detector pool" in caplog.text
+    assert value(samples, "yolo_admission_receiving") == 0  # the rest is still there
+    assert "cannot read the model servers" in caplog.text
 
     def no_sources() -> MetricSources:
         raise KeyError("app gone")

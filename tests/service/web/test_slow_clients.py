@@ -101,14 +101,15 @@ async def test_normal_requests_are_served_while_16_uploads_trickle(
         serve: Callable[..., Any], portrait_jpeg: bytes) -> None:
     # 16 places in progress: as many as there are tricklers.
     client = await serve({"workers": {"max_queue": 15}})
-    admission = client.server.app[keys.admission_key]
+    admission = client.server.app[keys.servers_key].default.admission
+    receiving = client.server.app[keys.receiving_key]
     assert admission.limit == TRICKLERS
     stop = asyncio.Event()
     tricklers = [Trickler(client.host, client.port) for _ in range(TRICKLERS)]
     tasks = [asyncio.create_task(t.run(stop)) for t in tricklers]
     try:
         deadline = time.monotonic() + 10
-        while admission.receiving < TRICKLERS:
+        while receiving.receiving < TRICKLERS:
             assert time.monotonic() < deadline, "the tricklers never all connected"
             await asyncio.sleep(0.05)
         # Requests for the next 7 s: past the tricklers' first refusal and reconnection.
@@ -119,7 +120,7 @@ async def test_normal_requests_are_served_while_16_uploads_trickle(
                                          headers={"Content-Type": "image/jpeg"})
             latencies.append(time.monotonic() - started)
             assert response.status == 200, await response.text()
-            assert admission.receiving >= TRICKLERS - 1 or any(t.statuses for t in tricklers)
+            assert receiving.receiving >= TRICKLERS - 1 or any(t.statuses for t in tricklers)
             await asyncio.sleep(1.2)
         assert max(latencies) < 5.0, latencies
     finally:
@@ -132,15 +133,15 @@ async def test_normal_requests_are_served_while_16_uploads_trickle(
     assert "too slowly" in tricklers[0].bodies[0]["error"]["message"]
     assert admission.in_progress == 0
     deadline = time.monotonic() + 5  # the tricklers have just hung up: noticed at once
-    while admission.receiving:
-        assert time.monotonic() < deadline, admission.snapshot()
+    while receiving.receiving:
+        assert time.monotonic() < deadline, receiving.snapshot()
         await asyncio.sleep(0.05)
 
 
 async def test_uploads_beyond_max_uploads_are_refused_at_once(
         serve: Callable[..., Any], portrait_jpeg: bytes) -> None:
     client = await serve({"server": {"max_uploads": 2}})
-    admission = client.server.app[keys.admission_key]
+    admission = client.server.app[keys.receiving_key]
     stop = asyncio.Event()
     tasks = [asyncio.create_task(Trickler(client.host, client.port).run(stop))
              for _ in range(2)]

@@ -141,7 +141,7 @@ async def test_image_that_kills_twice_is_refused_not_retried_forever(
 async def test_beyond_capacity_is_refused_at_once_with_retry_after(
         make_client: Callable[..., Any], faulty_pool: DetectorPool, portrait_jpeg: bytes) -> None:
     client = await make_client({"workers": {"max_queue": 1}})  # capacity: 1 worker + 1 queued
-    admission = client.server.app[keys.admission_key]
+    admission = client.server.app[keys.servers_key].default.admission
     slow = [with_comment(portrait_jpeg, f"fault:sleep=0.6 {uuid.uuid4()}") for _ in range(2)]
     running = [asyncio.create_task(client.post("/detect", data=image, headers=JPEG))
                for image in slow]
@@ -203,7 +203,7 @@ async def test_client_that_disconnects_has_its_queued_work_dropped(
     assert await pool.fetchval("SELECT count(*) FROM detections") == 1
     assert await pool.fetchval("SELECT count(*) FROM detections WHERE sha256 = $1",
                                hashlib.sha256(leaving).hexdigest()) == 0
-    assert client.server.app[keys.admission_key].in_progress == 0
+    assert client.server.app[keys.servers_key].default.admission.in_progress == 0
 
 
 def test_workers_exit_when_their_parent_is_killed(model_weights: Path) -> None:

@@ -1,0 +1,184 @@
+"""Models managed while serving (admin tokens only): ``PUT``, ``GET`` and ``DELETE
+/api/models/{name}``.
+
+``PUT`` takes a multipart form: the files ``cfg``, ``weights`` and ``names`` and
+optional fields with the settings of a ``models:`` entry (``img_size``, ``conf_thres``,
+``iou_thres``, ``agnostic_nms``, ``max_det``, ``workers``, ``precision``; checked as the
+config is, by ``settings.parse_model``). The files are streamed to disk under
+``storage.max_model_mb`` and read only as data: the cfg is parsed as text here, the
+weights are loaded by the workers as they always are (never unpickling code). The model
+is created, or its new version warms up beside the one serving; the answer is 202 with
+the model's state, and ``GET`` says how it went (``state``, ``version``, ``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import BodyPartReader, web
+
+from model.cfg import parse_cfg
+from model.errors import CfgError
+from service.serving.servers import ModelServers
+from service.serving.store import FILES
+from service.web import keys
+from service.web.errors import ApiError
+from service.web.uploads import paced
+from settings import ConfigError, parse_model
+
+CHUNK = 1 << 16
+MAX_FIELD_BYTES = 256  # a setting's value
+TURN_ON = ("model management needs access control: create a token with `python -m "
+           "service.web.tokens create NAME --admin`, set auth.tokens_file in the config "
+           "(the command says so) and restart")
+
+
+def _require_admin(request: web.Request) -> None:
+    """403 unless the caller's token was made with ``--admin``."""
+    auth = request.app.get(keys.auth_key)
+    if auth is None:
+        raise ApiError(403, "forbidden", TURN_ON)
+    name = auth.user(request)
+    if name is None:
+        raise ApiError(401, "unauthorized", "a valid admin token is required",
+                       {"WWW-Authenticate": 'Bearer realm="yolo-detect"'})
+    if not auth.tokens.is_admin(name):
+        raise ApiError(403, "forbidden", f"token {name!r} may not manage models: that needs "
+                       "a token made with `python -m service.web.tokens create NAME --admin`")
+
+
+def _servers(request: web.Request) -> ModelServers:
+    return request.app[keys.servers_key]
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /api/models/{name}: state, version, ready, error, classes, settings."""
+    _require_admin(request)
+    servers = _servers(request)
+    return web.json_response(servers.describe(servers.get(request.match_info["name"])))
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """DELETE /api/models/{name}: drains (requests in flight finish), then removes it
+    and its kept files; the default model: 409."""
+    _require_admin(request)
+    name = request.match_info["name"]
+    await _servers(request).remove(name)
+    return web.json_response({"name": name, "state": "removed"})
+
+
+async def put_model(request: web.Request) -> web.Response:
+    """PUT /api/models/{name}: create the model or replace it (202, its state)."""
+    _require_admin(request)
+    name = request.match_info["name"]
+    config = request.app[keys.config_key]
+    servers = _servers(request)
+    store = servers.store
+    if store is None:
+        raise ApiError(409, "conflict", "this service keeps no models (storage.models_dir)")
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type",
+                       "send multipart/form-data with the files cfg, weights and names")
+    folder = await asyncio.to_thread(store.incoming)
+    try:
+        settings = await _receive(request, folder)
+        model = _checked(name, {**settings, **{role: str(folder / file)
+                                               for role, file in FILES.items()}}, config)
+        await asyncio.to_thread(_check_files, folder)
+        paths = await asyncio.to_thread(store.keep, name, folder)
+    except BaseException:
+        await asyncio.to_thread(store.discard, folder)
+        raise
+    model = _checked(name, {**settings, **{role: str(path) for role, path in paths.items()}},
+                     config)
+    server = servers.put(model)
+    return web.json_response(servers.describe(server), status=202)
+
+
+def _checked(name: str, raw: dict[str, Any], config: Any) -> Any:
+    try:
+        model, default = parse_model(name, raw, config.workers, key="")
+    except ConfigError as exc:
+        raise ApiError(400, "bad_parameter", str(exc).removeprefix(": ")) from None
+    if default:
+        raise ApiError(400, "bad_parameter", "default: the default model is set in the config")
+    return model
+
+
+def _check_files(folder: Path) -> None:
+    """The cfg parses (as Darknet's text format) and the names are UTF-8 text."""
+    try:
+        parse_cfg(folder / FILES["cfg"])
+    except CfgError as exc:
+        raise ApiError(400, "invalid_model", f"cfg: {exc}") from None
+    try:
+        (folder / FILES["names"]).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_model", "names: not UTF-8 text") from None
+
+
+async def _receive(request: web.Request, folder: Path) -> dict[str, Any]:
+    """Stream the form: the files into ``folder``, the settings (YAML scalars) returned."""
+    config = request.app[keys.config_key]
+    limit = config.storage.max_model_bytes
+    server = config.server
+    seconds = max(server.request_timeout, limit / server.upload_min_rate)
+    deadline = asyncio.get_running_loop().time() + seconds
+    settings: dict[str, Any] = {}
+    received: set[str] = set()
+    total = 0
+    async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
+                     deadline=deadline):
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise ApiError(400, "bad_request", "a part without a name")
+            if part.name in FILES:
+                if part.name in received:
+                    raise ApiError(400, "bad_request", f"{part.name}: sent twice")
+                received.add(part.name)
+                total = await _save(part, folder / FILES[part.name], total, limit)
+            else:
+                settings[part.name] = _setting(part.name, await _small(part))
+    missing = [role for role in FILES if role not in received]
+    if missing:
+        raise ApiError(400, "missing_field", f"missing file(s): {', '.join(missing)}")
+    return settings
+
+
+async def _save(part: BodyPartReader, path: Path, total: int, limit: int) -> int:
+    with path.open("wb") as handle:
+        while chunk := await part.read_chunk(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "payload_too_large", f"the model's files exceed "
+                               f"storage.max_model_mb ({limit / (1 << 20):g} MiB)")
+            handle.write(chunk)
+    return total
+
+
+async def _small(part: BodyPartReader) -> str:
+    data = b""
+    while chunk := await part.read_chunk(MAX_FIELD_BYTES + 1):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise ApiError(400, "bad_parameter", f"{part.name}: longer than "
+                           f"{MAX_FIELD_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_parameter", f"{part.name}: not UTF-8 text") from None
+
+
+def _setting(name: str, text: str) -> Any:
+    """A form value as the config's YAML would read it (``0.5``, ``true``, ``416``)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, dict | list):
+        raise ApiError(400, "bad_parameter", f"{name}: a single value, got {text[:40]!r}")
+    return value
