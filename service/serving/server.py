@@ -95,6 +95,11 @@ class ModelServer:
         self._load_error: str | None = None
         self._closing = False
 
+    @property
+    def shares_pool(self) -> bool:
+        """It serves a pool handed in (already warm: started at once)."""
+        return self._shared_pool is not None
+
     def _capacity(self, model: ModelConfig) -> int:
         return model.workers * self._max_batch_size + self._max_queue
 

@@ -205,7 +205,10 @@ async def servers_context(config: Config, *, pools: Mapping[str, DetectorPool] |
     and left open. ``reload_signal``: SIGHUP re-reads ``config.source``'s models."""
     store = ModelStore(config.storage.models_dir, config.workers)
     servers = ModelServers.from_config(config, store=store, pools=pools)
-    task = asyncio.create_task(_start_all(servers), name="model-warm-up")
+    # Pools handed in are served as they are, from the first request on.
+    await asyncio.gather(*(server.start() for server in servers if server.shares_pool))
+    task = asyncio.create_task(_start_all([s for s in servers if not s.shares_pool]),
+                               name="model-warm-up")
     loop = asyncio.get_running_loop()
     if reload_signal and config.source is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_soon(servers, config))
@@ -220,7 +223,7 @@ async def servers_context(config: Config, *, pools: Mapping[str, DetectorPool] |
         await servers.close(config.server.shutdown_timeout)
 
 
-async def _start_all(servers: ModelServers) -> None:
+async def _start_all(servers: Sequence[ModelServer]) -> None:
     await asyncio.gather(*(_start(server) for server in servers))
 
 

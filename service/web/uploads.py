@@ -167,9 +167,10 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
             name = content_disposition_filename(disposition, "name")
             if name != FIELD:
                 value = b"".join(chunks)
-                if name and name not in fields and len(fields) < MAX_FIELDS \
-                        and len(value) <= MAX_FIELD_BYTES:
-                    fields[name] = value.decode("utf-8", "replace").strip()
+                if name and name not in fields and len(fields) < MAX_FIELDS:
+                    # A value too long is kept cut one byte past the limit, so that its
+                    # reader can refuse it (400) instead of finding the field absent.
+                    fields[name] = value[:MAX_FIELD_BYTES + 1].decode("utf-8", "replace").strip()
                 continue
             if len(uploads) >= max_files:
                 raise ApiError(400, "too_many_files",

@@ -40,7 +40,7 @@ from service.web.receive import Form, receive_post
 PREFIX = "/v1/vision"
 MODULE_ID = "darknet-yolo"
 MODULE_NAME = "Darknet YOLO detection service"
-_KEY_NEEDED = "deepstack_api_key_needed"  # request key: the caller is known only by api_key
+_KEY_NEEDED = web.RequestKey("deepstack_api_key_needed", bool)  # known only by api_key
 
 
 def render_error(status: int, code: str, message: str,

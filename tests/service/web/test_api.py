@@ -64,8 +64,14 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     assert response.status == 200, await response.text()
     record = await response.json()
     assert set(record) == {"id", "created_at", "filename", "sha256", "width", "height", "model",
-                           "inference_ms", "detections", "api"}
+                           "inference_ms", "detections", "api", "model_version"}
     assert record["api"] == "native"
+    # The version: SHA-256 over the cfg, weights and names (each after its size and a NUL).
+    paths = test_config.workers.model_path
+    digest = hashlib.sha256()
+    for path in (paths.cfg, paths.weights, paths.data):
+        digest.update(b"%d\0" % path.stat().st_size + path.read_bytes())
+    assert record["model_version"] == digest.hexdigest()[:16]
     assert record["filename"] == "bus.jpg"
     assert (record["width"], record["height"]) == (810, 1080)
     assert record["model"] == "service-6cls"  # the model's name: its cfg's, by default

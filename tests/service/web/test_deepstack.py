@@ -279,3 +279,60 @@ async def test_frigate_deepstack_detector(guarded: tuple[Any, str], portrait_jpe
     records = await (await client.get("/api/detections",
                                       headers={"Authorization": f"Bearer {token}"})).json()
     assert len(records["items"]) == 6 and {r["api"] for r in records["items"]} == {"deepstack"}
+
+
+# ---------------------------------------------------------------- credentials (issue 25)
+
+def _post(url: str, **kwargs: Any) -> requests.Response:
+    return requests.post(url, timeout=10, **kwargs)
+
+
+async def test_an_authorization_header_is_judged_alone(guarded: tuple[Any, str],
+                                                       portrait_jpeg: bytes,
+                                                       tmp_path: Path) -> None:
+    """A valid api_key does not save a wrong bearer header; a revoked key is refused."""
+    client, token = guarded
+    url = f"http://127.0.0.1:{_port(client)}/v1/vision/detection"
+    files = {"image": ("a.jpg", portrait_jpeg, "image/jpeg")}
+    wrong_header = await asyncio.to_thread(
+        _post, url, data={"api_key": token}, files=files,
+        headers={"Authorization": "Bearer wrong"})
+    assert wrong_header.status_code == 401 and wrong_header.json()["success"] is False
+    right_header = await asyncio.to_thread(
+        _post, url, files=files, headers={"Authorization": f"Bearer {token}"})
+    assert right_header.status_code == 200, right_header.text
+
+    from service.web.tokens import revoke_token
+
+    revoke_token(tmp_path / "tokens.json", "frigate")
+    revoked = await asyncio.to_thread(_post, url, data={"api_key": token}, files=files)
+    assert revoked.status_code == 401 and revoked.json()["error"]
+
+
+async def test_anonymous_callers_learn_no_model_names(guarded: tuple[Any, str],
+                                                      portrait_jpeg: bytes) -> None:
+    client, token = guarded
+    base = f"http://127.0.0.1:{_port(client)}/v1/vision/custom"
+    files = {"image": ("a.jpg", portrait_jpeg, "image/jpeg")}
+    anonymous = await asyncio.to_thread(_post, f"{base}/nosuch", files=files)
+    assert anonymous.status_code == 401
+    assert "colours" not in anonymous.text and "service-6cls" not in anonymous.text
+    wrong_key = await asyncio.to_thread(_post, f"{base}/nosuch", files=files,
+                                        data={"api_key": "yolo_wrong"})
+    assert wrong_key.status_code == 401 and "colours" not in wrong_key.text
+    known = await asyncio.to_thread(_post, f"{base}/nosuch", files=files,
+                                    data={"api_key": token})
+    assert known.status_code == 404 and "colours" in known.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["abc", "1" * 2000, "1.5", "-0.1", "nan", "inf"])
+async def test_a_malformed_min_confidence_is_a_400(two_model_client: Any, portrait_jpeg: bytes,
+                                                   value: str) -> None:
+    url = f"http://127.0.0.1:{_port(two_model_client)}/v1/vision/detection"
+    response = await asyncio.to_thread(
+        _post, url, data={"min_confidence": value},
+        files={"image": ("a.jpg", portrait_jpeg, "image/jpeg")})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["success"] is False and "min_confidence" in body["error"]
+    assert len(body["error"]) < 200

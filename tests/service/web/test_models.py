@@ -97,8 +97,10 @@ async def test_bad_model_parameters(two_model_client: Any, portrait_jpeg: bytes,
 async def test_readyz_reports_every_model(two_model_client: Any) -> None:
     body = await (await two_model_client.get("/readyz")).json()
     assert body["status"] == "ready" and body["model"] == "service-6cls"
+    versions = {name: model.pop("version") for name, model in body["models"].items()}
     assert body["models"] == {"service-6cls": {"state": "ready", "ready": True, "error": None},
                               "colours": {"state": "ready", "ready": True, "error": None}}
+    assert all(len(v) == 16 for v in versions.values()) and len(set(versions.values())) == 2
 
 
 async def test_a_model_that_cannot_load_does_not_take_the_others_down(
