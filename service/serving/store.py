@@ -1,7 +1,7 @@
 """Models added or replaced over HTTP (``PUT /api/models/{name}``), kept across restarts.
 
 Under ``storage.models_dir``: ``<name>/<upload id>/`` holds one upload's files (``model.cfg``,
-``model.weights``, ``model.names``) and ``<name>/model.json`` says which upload serves and
+``model.weights`` or ``model.pt``: the weights keep their format's suffix, ``model.names``) and ``<name>/model.json`` says which upload serves and
 with which settings. The manifest is written when a version starts serving (never for one
 that failed to load), atomically; at start-up every manifest is read with the config's
 own checks (``settings.parse_model``) and uploads no manifest names are removed.
@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 MANIFEST = "model.json"
 INCOMING = ".incoming"
 FILES = {"cfg": "model.cfg", "weights": "model.weights", "names": "model.names"}
+ROLES = tuple(FILES)
+
+
+def file_name(role: str, suffix: str = "") -> str:
+    """The name a role's file is kept under (the weights: with their own suffix)."""
+    return f"model{suffix}" if role == "weights" and suffix else FILES[role]
+
+
+def files_in(folder: Path) -> dict[str, Path]:
+    """The files of an upload, by role."""
+    found = {role: folder / file for role, file in FILES.items()}
+    weights = [p for p in folder.glob("model.*") if p.name not in (FILES["cfg"], FILES["names"])]
+    if weights:
+        found["weights"] = weights[0]
+    return found
 
 
 class ModelStore:
@@ -50,7 +65,7 @@ class ModelStore:
         target = self.root / name / uuid.uuid4().hex
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(folder, target)
-        return {role: target / file for role, file in FILES.items()}
+        return files_in(target)
 
     def holds(self, model: ModelConfig) -> bool:
         """``model``'s files are kept here (it was uploaded)."""
@@ -89,7 +104,7 @@ class ModelStore:
                 continue
             upload = folder / str(manifest.get("upload"))
             raw = {**manifest.get("settings", {}),
-                   **{role: str(upload / file) for role, file in FILES.items()}}
+                   **{role: str(path) for role, path in files_in(upload).items()}}
             try:
                 model, _ = parse_model(folder.name, raw, self.workers,
                                        key=f"{folder / MANIFEST}")

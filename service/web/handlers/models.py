@@ -23,7 +23,8 @@ from aiohttp import BodyPartReader, web
 from model.cfg import parse_cfg
 from model.errors import CfgError
 from service.serving.servers import ModelServers
-from service.serving.store import FILES
+from model.weights import DARKNET_SUFFIXES, TORCH_SUFFIXES
+from service.serving.store import ROLES, file_name, files_in
 from service.web import keys
 from service.web.errors import ApiError
 from service.web.uploads import paced
@@ -85,8 +86,8 @@ async def put_model(request: web.Request) -> web.Response:
     folder = await asyncio.to_thread(store.incoming)
     try:
         settings = await _receive(request, folder)
-        model = _checked(name, {**settings, **{role: str(folder / file)
-                                               for role, file in FILES.items()}}, config)
+        model = _checked(name, {**settings, **{role: str(path) for role, path
+                                               in files_in(folder).items()}}, config)
         await asyncio.to_thread(_check_files, folder)
         paths = await asyncio.to_thread(store.keep, name, folder)
     except BaseException:
@@ -111,11 +112,11 @@ def _checked(name: str, raw: dict[str, Any], config: Any) -> Any:
 def _check_files(folder: Path) -> None:
     """The cfg parses (as Darknet's text format) and the names are UTF-8 text."""
     try:
-        parse_cfg(folder / FILES["cfg"])
+        parse_cfg(folder / file_name("cfg"))
     except CfgError as exc:
         raise ApiError(400, "invalid_model", f"cfg: {exc}") from None
     try:
-        (folder / FILES["names"]).read_text(encoding="utf-8")
+        (folder / file_name("names")).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_model", "names: not UTF-8 text") from None
 
@@ -136,17 +137,30 @@ async def _receive(request: web.Request, folder: Path) -> dict[str, Any]:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise ApiError(400, "bad_request", "a part without a name")
-            if part.name in FILES:
+            if part.name in ROLES:
                 if part.name in received:
                     raise ApiError(400, "bad_request", f"{part.name}: sent twice")
                 received.add(part.name)
-                total = await _save(part, folder / FILES[part.name], total, limit)
+                path = folder / file_name(part.name, _suffix(part))
+                total = await _save(part, path, total, limit)
             else:
                 settings[part.name] = _setting(part.name, await _small(part))
-    missing = [role for role in FILES if role not in received]
+    missing = [role for role in ROLES if role not in received]
     if missing:
         raise ApiError(400, "missing_field", f"missing file(s): {', '.join(missing)}")
     return settings
+
+
+def _suffix(part: BodyPartReader) -> str:
+    """The weights' format, told by their file name's suffix (as in the config)."""
+    if part.name != "weights":
+        return ""
+    suffix = Path(part.filename or "").suffix.lower()
+    known = (*DARKNET_SUFFIXES, *TORCH_SUFFIXES)
+    if suffix not in known:
+        raise ApiError(400, "invalid_model", f"weights: the file name must end in one of "
+                       f"{', '.join(known)} (Darknet or PyTorch weights), got {suffix!r}")
+    return suffix
 
 
 async def _save(part: BodyPartReader, path: Path, total: int, limit: int) -> int:
