@@ -13,13 +13,26 @@ import pytest
 import torch
 from aiohttp import FormData
 
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
 from main import init_app
+from service.web.handlers.docs import load_openapi
 from service.web import keys
 from service.web.tokens import create_token
 from tests.conftest import TINY_CFG, two_models
 from tests.paths import DATA_DIR
 
 JPEG = {"Content-Type": "image/jpeg"}
+
+
+def check_schema(body: Any, name: str) -> None:
+    """``body`` is what the OpenAPI document's schema ``name`` says."""
+    document = Resource.from_contents(load_openapi(), default_specification=DRAFT202012)
+    registry = Registry().with_resource("urn:openapi", document)
+    Draft202012Validator({"$ref": f"urn:openapi#/components/schemas/{name}"},
+                         registry=registry).validate(body)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +98,7 @@ async def test_only_admin_tokens_manage_models(managed: Callable[..., Any],
         assert refused.status == 403, method
         assert "--admin" in (await refused.json())["error"]["message"]
     described = await (await app.get("/api/models/colours", headers=admin)).json()
+    check_schema(described, "Model")
     assert described["state"] == "ready" and described["ready"] is True
     assert described["classes"] == ["red", "green"] and len(described["version"]) == 16
     assert described["settings"]["img_size"] == 64 and described["error"] is None
@@ -136,6 +150,7 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
                               headers={**admin, **JPEG})
     assert detected.status == 200
     assert (await detected.json())["model_version"] == before
+    check_schema(await detected.json(), "Record")
 
 
 async def _stream(app: Any, headers: dict[str, str], model: str, image: bytes,
@@ -165,6 +180,7 @@ async def test_adding_replacing_and_removing_fail_no_other_request(
         added = await app.put("/api/models/extra", data=model_form(tiny_weights),
                               headers=admin)
         assert added.status == 202
+        check_schema(await added.json(), "Model")
         assert (await added.json())["state"] in ("loading", "new", "starting")
         await servers.get("extra").settled()
         assert servers.get("extra").ready, servers.get("extra").error

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from openapi_spec_validator import validate
 
 from service.web.handlers.docs import load_openapi
@@ -21,11 +22,17 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 
 async def test_the_document_describes_every_route_and_no_other(client: Any) -> None:
     routes = set()
-    for route in client.server.app.router.routes():
-        path = route.resource.canonical if route.resource is not None else None
-        if path is None or path.startswith("/static") or route.method in ("HEAD", "*"):
-            continue
-        routes.add((route.method.lower(), path))
+    apps = [client.server.app]
+    while apps:  # the app and its sub-apps (DeepStack's)
+        app = apps.pop()
+        for resource in app.router.resources():
+            if isinstance(resource, PrefixedSubAppResource):
+                apps.append(resource.get_info()["app"])
+        for route in app.router.routes():
+            path = route.resource.canonical if route.resource is not None else None
+            if path is None or path.startswith("/static") or route.method in ("HEAD", "*"):
+                continue
+            routes.add((route.method.lower(), path))
     documented = {(method, path) for path, item in load_openapi()["paths"].items()
                   for method in item if method in METHODS}
     assert routes == documented, {"undocumented": routes - documented,
