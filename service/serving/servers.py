@@ -117,8 +117,13 @@ class ModelServers:
         return server
 
     def put(self, model: ModelConfig) -> ModelServer:
-        """Create ``model``'s server, or load it as the next version of the one there;
-        returns at once (the server's :meth:`~ModelServer.settled` waits for the outcome)."""
+        """Create ``model``'s server, or load it as the next version of the one there
+        (uploaded: from now on the config's entry of that name is not applied); returns
+        at once (the server's :meth:`~ModelServer.settled` waits for the outcome)."""
+        self._from_config.discard(model.name)
+        return self._load(model)
+
+    def _load(self, model: ModelConfig) -> ModelServer:
         server = self._servers.get(model.name)
         if server is None:
             server = self.serve(model)
@@ -149,7 +154,7 @@ class ModelServers:
                          model.name)
                 continue
             done["reloaded" if model.name in self._servers else "added"].append(model.name)
-            self.put(model)
+            self._load(model)
             self._from_config.add(model.name)
         for name in sorted(self._from_config - set(wanted)):
             if name == self.default_name:
@@ -170,6 +175,8 @@ class ModelServers:
         """The config's models (and the store's, which win), not started; ``pools``:
         warm pools to serve as they are (tests)."""
         servers = cls(config, store)
+        if store is not None:
+            store.sweep()
         kept = store.models() if store is not None else {}
         for model in config.models:
             chosen = kept.pop(model.name, None)

@@ -4,7 +4,7 @@ Under ``storage.models_dir``: ``<name>/<upload id>/`` holds one upload's files (
 ``model.weights`` or ``model.pt``: the weights keep their format's suffix, ``model.names``) and ``<name>/model.json`` says which upload serves and
 with which settings. The manifest is written when a version starts serving (never for one
 that failed to load), atomically; at start-up every manifest is read with the config's
-own checks (``settings.parse_model``) and uploads no manifest names are removed.
+own checks (``settings.parse_model``), and uploads no manifest names are removed.
 """
 
 from __future__ import annotations
@@ -90,17 +90,30 @@ class ModelStore:
         """Remove every file kept for ``name``."""
         shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def models(self) -> dict[str, ModelConfig]:
-        """Every kept model (a manifest that no longer passes the checks is logged and
-        skipped); uploads that no manifest names are removed."""
-        found: dict[str, ModelConfig] = {}
+    def sweep(self) -> None:
+        """Remove what no manifest names: uploads cut off, versions that never served
+        (at start-up only: a load may be warming later)."""
         if not self.root.is_dir():
-            return found
+            return
         shutil.rmtree(self.root / INCOMING, ignore_errors=True)
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for folder in (p for p in self.root.iterdir() if p.is_dir() and p.name != INCOMING):
             manifest = self._manifest(folder.name)
             if manifest is None:
                 self.forget(folder.name)
+                continue
+            for other in folder.iterdir():
+                if other.is_dir() and other.name != str(manifest.get("upload")):
+                    shutil.rmtree(other, ignore_errors=True)
+
+    def models(self) -> dict[str, ModelConfig]:
+        """Every kept model (a manifest that no longer passes the checks is logged and
+        skipped)."""
+        found: dict[str, ModelConfig] = {}
+        if not self.root.is_dir():
+            return found
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            manifest = self._manifest(folder.name)
+            if manifest is None:
                 continue
             upload = folder / str(manifest.get("upload"))
             raw = {**manifest.get("settings", {}),
@@ -111,9 +124,6 @@ class ModelStore:
             except ConfigError as exc:
                 log.error("kept model %s is not served: %s", folder.name, exc)
                 continue
-            for other in folder.iterdir():
-                if other.is_dir() and other != upload:
-                    shutil.rmtree(other, ignore_errors=True)
             found[model.name] = model
         return found
 

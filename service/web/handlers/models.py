@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from model.cfg import parse_cfg
 from model.errors import CfgError
@@ -26,12 +27,13 @@ from service.serving.servers import ModelServers
 from model.weights import DARKNET_SUFFIXES, TORCH_SUFFIXES
 from service.serving.store import ROLES, file_name, files_in
 from service.web import keys
-from service.web.errors import ApiError
+from service.web.errors import RETRY_AFTER_S, ApiError
 from service.web.uploads import paced
-from settings import ConfigError, parse_model
+from settings import MODEL_NAME, RESERVED_MODEL_NAMES, ConfigError, parse_model
 
 CHUNK = 1 << 16
 MAX_FIELD_BYTES = 256  # a setting's value
+MAX_SETTINGS = 32
 TURN_ON = ("model management needs access control: create a token with `python -m "
            "service.web.tokens create NAME --admin`, set auth.tokens_file in the config "
            "(the command says so) and restart")
@@ -76,6 +78,7 @@ async def put_model(request: web.Request) -> web.Response:
     _require_admin(request)
     name = request.match_info["name"]
     config = request.app[keys.config_key]
+    _checked_name(name)
     servers = _servers(request)
     store = servers.store
     if store is None:
@@ -83,13 +86,19 @@ async def put_model(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
                        "send multipart/form-data with the files cfg, weights and names")
-    folder = await asyncio.to_thread(store.incoming)
+    try:
+        folder = await asyncio.to_thread(store.incoming)
+    except OSError as exc:
+        raise _storage_error(exc) from exc
     try:
         settings = await _receive(request, folder)
         model = _checked(name, {**settings, **{role: str(path) for role, path
                                                in files_in(folder).items()}}, config)
         await asyncio.to_thread(_check_files, folder)
         paths = await asyncio.to_thread(store.keep, name, folder)
+    except OSError as exc:  # the disk: full, read-only
+        await asyncio.to_thread(store.discard, folder)
+        raise _storage_error(exc) from exc
     except BaseException:
         await asyncio.to_thread(store.discard, folder)
         raise
@@ -97,6 +106,18 @@ async def put_model(request: web.Request) -> web.Response:
                      config)
     server = servers.put(model)
     return web.json_response(servers.describe(server), status=202)
+
+
+def _storage_error(exc: OSError) -> ApiError:
+    return ApiError(503, "storage_unavailable", f"the model cannot be kept: "
+                    f"{exc.strerror or exc}", {"Retry-After": RETRY_AFTER_S})
+
+
+def _checked_name(name: str) -> None:
+    """400 for a name a model cannot have, before the body is read."""
+    if not MODEL_NAME.fullmatch(name) or name in RESERVED_MODEL_NAMES:
+        raise ApiError(400, "bad_parameter", "a model name is 1-64 letters, digits, '_', '.' "
+                       "or '-' (not 'list')")
 
 
 def _checked(name: str, raw: dict[str, Any], config: Any) -> Any:
@@ -130,25 +151,39 @@ async def _receive(request: web.Request, folder: Path) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + seconds
     settings: dict[str, Any] = {}
     received: set[str] = set()
-    total = 0
     async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
                      deadline=deadline):
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or not part.name:
-                raise ApiError(400, "bad_request", "a part without a name")
-            if part.name in ROLES:
-                if part.name in received:
-                    raise ApiError(400, "bad_request", f"{part.name}: sent twice")
-                received.add(part.name)
-                path = folder / file_name(part.name, _suffix(part))
-                total = await _save(part, path, total, limit)
-            else:
-                settings[part.name] = _setting(part.name, await _small(part))
+        try:
+            await _read_parts(request, folder, settings, received, limit)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {message}") from exc
+        except ConnectionResetError:
+            raise ApiError(499, "client_closed_request",
+                           "the client closed the connection during the upload") from None
     missing = [role for role in ROLES if role not in received]
     if missing:
         raise ApiError(400, "missing_field", f"missing file(s): {', '.join(missing)}")
     return settings
+
+
+async def _read_parts(request: web.Request, folder: Path, settings: dict[str, Any],
+                      received: set[str], limit: int) -> None:
+    total = 0
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise ApiError(400, "bad_request", "a part without a name")
+        if part.name in ROLES:
+            if part.name in received:
+                raise ApiError(400, "bad_request", f"{part.name}: sent twice")
+            received.add(part.name)
+            path = folder / file_name(part.name, _suffix(part))
+            total = await _save(part, path, total, limit)
+        elif len(settings) >= MAX_SETTINGS:
+            raise ApiError(400, "bad_request", f"more than {MAX_SETTINGS} settings")
+        else:
+            settings[part.name] = _setting(part.name, await _small(part))
 
 
 def _suffix(part: BodyPartReader) -> str:

@@ -244,3 +244,17 @@ async def test_the_config_models_are_applied_again(managed: Callable[..., Any],
     assert servers.names == ["service-6cls", "more"] and servers.get("more").ready
     assert servers.get("more").model.conf_thres == 0.2
     assert (await app.get("/api/models/colours", headers=admin)).status == 404
+
+
+async def test_a_malformed_upload_is_a_400_never_a_500(managed: Callable[..., Any]) -> None:
+    app, admin, _ = await managed()
+    for content_type, body in (
+            ("multipart/form-data", b"no boundary"),
+            ("multipart/form-data; boundary=x", b"--x\r\nbroken headers\r\n\r\n"),
+            ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n"
+                                                b"\r\nvalue\r\n--x--\r\n"),
+            ("application/json", b"{}")):
+        response = await app.put("/api/models/extra", data=body,
+                                 headers={**admin, "Content-Type": content_type})
+        assert 400 <= response.status < 500, (content_type, body, await response.text())
+        assert (await response.json())["error"]["code"]
