@@ -265,7 +265,8 @@ class ModelServer:
             log.error("model %s: %s", self.name, self._load_error)
             return
         current = self._serving
-        if current is not None and current.version == version and current.model == model:
+        if current is not None and current.version == version and current.model == model \
+                and current.pool.accepting:  # nothing new (a failed one is tried again)
             self._load_error = None
             return
         pool = self._make_pool(model, self.metrics)
