@@ -28,7 +28,7 @@ import pytest_asyncio
 from main import init_app
 from service.workers.pool import DetectorPool
 from settings import Config, load_config
-from tests.conftest import form
+from tests.helpers import form
 from tests.paths import TEST_CONFIG
 from tests.tmpfs import MountRefused, tmpfs
 from utils.embedded_pg import EmbeddedPostgres
@@ -66,7 +66,7 @@ def outage_config(own_database: EmbeddedPostgres, model_weights: Path,
     return load_config(TEST_CONFIG, env={}, overrides={
         "postgres": {"host": socket_dir, "port": own_database.port, "database": "postgres",
                      "write_timeout": 2},
-        "workers": {"model_path": {"weights": str(model_weights)}},
+        "models": {"service-6cls": {"weights": str(model_weights)}},
         "storage": {"spool_dir": str(tmp_path / "spool")},
     })
 
@@ -224,7 +224,7 @@ async def test_a_full_spool_disk_gives_503_not_ready_and_a_restart_on_it_recover
     config = load_config(TEST_CONFIG, env={}, overrides={
         "postgres": {"host": socket_dir, "port": own_database.port,
                      "database": "postgres", "write_timeout": 2},
-        "workers": {"model_path": {"weights": str(model_weights)}},
+        "models": {"service-6cls": {"weights": str(model_weights)}},
         "storage": {"spool_dir": str(small_disk), "spool_reserve_mb": 1}})
 
     async def start() -> Any:

@@ -23,7 +23,7 @@ def test_unreachable_database_is_one_error_line_and_exit_1(
         model_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
-    raw["workers"]["model_path"]["weights"] = str(model_weights)
+    raw["models"]["service-6cls"]["weights"] = str(model_weights)
     raw["storage"] = {"spool_dir": str(tmp_path / "spool")}
     config = tmp_path / "service.yaml"
     config.write_text(yaml.safe_dump(raw))

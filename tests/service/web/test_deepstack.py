@@ -23,7 +23,7 @@ from main import init_app
 from service.web import keys
 from service.web.tokens import create_token
 from service.workers.models import ModelPools
-from tests.conftest import form
+from tests.helpers import form
 
 KEYS = {"label", "confidence", "x_min", "y_min", "x_max", "y_max"}
 
@@ -199,7 +199,7 @@ async def test_not_ready_is_503(make_config: Any, detector_pool: Any, two_model_
 async def guarded(two_model_config: Any, make_config: Any, model_weights: Path,
                   tiny_weights: Path, detector_pool: Any, colours_pool: Any, tmp_path: Path,
                   aiohttp_client: Any) -> tuple[Any, str]:
-    from tests.conftest import two_models
+    from tests.service.conftest import two_models
 
     tokens = tmp_path / "tokens.json"
     token = create_token(tokens, "frigate")

@@ -199,7 +199,8 @@ async def test_scrapes_survive_missing_stopped_and_broken_resources(
     samples, types = exposition(ServiceMetrics())  # nothing started yet
     assert "yolo_http_requests" in types and "yolo_workers" not in types
 
-    pool = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels)
+    pool = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels,
+                        model=test_config.default_model)
     metrics = ServiceMetrics(lambda: MetricSources(pool=pool))
     samples, types = exposition(metrics)  # never started
     assert types["yolo_workers"] == "gauge"

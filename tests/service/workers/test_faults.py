@@ -27,7 +27,7 @@ from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool, ImageKilledWorker
 from settings import BASE_DIR
-from tests.conftest import pool_config, shared_pool
+from tests.service.conftest import pool_config, shared_pool
 from tests.faults import detect_with_faults, with_comment
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -228,7 +228,7 @@ async def test_hung_worker_is_killed_after_job_timeout(model_weights: Path,
     """A job that outlives ``job_timeout`` costs its worker; twice, and the image is refused."""
     config = pool_config(model_weights, job_timeout=0.5)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        detect_fn=detect_with_faults)
+                        model=config.default_model, detect_fn=detect_with_faults)
     await pool.start()
     try:
         first_pid = pool.workers[0].pid
