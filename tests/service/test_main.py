@@ -49,3 +49,13 @@ def test_a_port_in_use_is_reported_before_anything_starts(
         assert time.monotonic() - started < 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "Address already in use" in errors[0], errors
+
+
+def test_main_refuses_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
+    raw["workers"]["max_workers"] = -3
+    raw["models"]["service-6cls"]["weights"] = str(BASE_DIR / "tests/data/service-6cls.cfg")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main.main(["--config", str(path)]) == 2
+    assert "workers.max_workers: must be a positive integer" in caplog.text
