@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-import db
+from service.history_stats import list_labels
 from service.web.errors import ApiError
 from settings import Config
 
@@ -52,7 +52,7 @@ def served_labels(config: Config) -> list[str]:
 async def known_labels(config: Config, pool: asyncpg.Pool) -> list[str]:
     """The served models' classes, then the other labels found in the history (sorted)."""
     served = served_labels(config)
-    stored = [label for label in await db.list_labels(pool) if label not in served]
+    stored = [label for label in await list_labels(pool) if label not in served]
     return [*served, *stored]
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from yarl import URL
 
 import db
+from service import history_stats
 from model.detection import Detection
 from model.draw import label_style, palette
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
@@ -72,7 +73,7 @@ async def history(request: web.Request) -> web.Response:
 
     page, stats = await asyncio.gather(
         db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor),
-        db.stats(pool, filters),
+        history_stats.stats(pool, filters),
     )
     queried = time.perf_counter()
     # The label menu: the model's classes (the filtered one's, else every served
@@ -244,7 +245,7 @@ def class_id_for(label: str, names: Sequence[str]) -> int:
     return len(names) + zlib.crc32(label.encode()) % 997
 
 
-def label_counts(counts: Sequence[db.LabelCount], names: Sequence[str],
+def label_counts(counts: Sequence[history_stats.LabelCount], names: Sequence[str],
                  kept: Mapping[str, str]) -> list[dict[str, Any]]:
     """Rows for the per-label list: boxes, images, bar share and a filter link."""
     most = max((c.boxes for c in counts), default=0)
@@ -275,7 +276,7 @@ MAX_BAR_WIDTH = 18.0
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def day_chart(days: Sequence[db.DayCount], *, since: datetime | None = None,
+def day_chart(days: Sequence[history_stats.DayCount], *, since: datetime | None = None,
               until: datetime | None = None, width: int = 640, height: int = 200,
               max_days: int = CHART_MAX_DAYS, max_ticks: int = 7) -> dict[str, Any]:
     """Geometry of an SVG bar chart of images per day, on a time axis.

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import FormData
 
 import db
+from service import history_stats
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
 from model.detection import Detection
 from service.web import keys
@@ -357,7 +358,8 @@ async def test_detect_then_record_and_history_pages(client: Any, portrait_jpeg: 
 # ---------------------------------------------------------------- view helpers
 
 def test_day_chart_one_bar_per_day_on_a_time_axis() -> None:
-    days = [db.DayCount(date(2024, 5, 1), 2, 5), db.DayCount(date(2024, 5, 4), 4, 1)]
+    days = [history_stats.DayCount(date(2024, 5, 1), 2, 5),
+            history_stats.DayCount(date(2024, 5, 4), 4, 1)]
     chart = pages.day_chart(days, width=400, height=100)
     assert [(b.day, b.count) for b in chart["bars"]] == [("2024-05-01", 2), ("2024-05-04", 4)]
     assert (chart["first"], chart["last"]) == ("2024-04-21", "2024-05-04")  # 14 days
@@ -373,7 +375,7 @@ def test_day_chart_one_bar_per_day_on_a_time_axis() -> None:
 
 
 def test_day_chart_spans_the_selected_range() -> None:
-    days = [db.DayCount(date(2024, 5, 10), 3, 3)]
+    days = [history_stats.DayCount(date(2024, 5, 10), 3, 3)]
     since, until = T0.replace(day=1, hour=0), T0.replace(month=6, day=1, hour=0)
     chart = pages.day_chart(days, since=since, until=until)
     assert (chart["first"], chart["last"]) == ("2024-05-01", "2024-05-31")
@@ -386,14 +388,14 @@ def test_day_chart_spans_the_selected_range() -> None:
 
 
 def test_day_chart_single_day_is_one_narrow_bar() -> None:
-    chart = pages.day_chart([db.DayCount(date(2024, 5, 1), 7, 9)])
+    chart = pages.day_chart([history_stats.DayCount(date(2024, 5, 1), 7, 9)])
     bar, = chart["bars"]
     assert bar.w <= pages.MAX_BAR_WIDTH < chart["width"] / 10
     assert chart["ticks"][-1]["day"] == "2024-05-01"  # the day itself is labelled
 
 
 def test_day_chart_shows_at_most_max_days() -> None:
-    days = [db.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(100)]
+    days = [history_stats.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(100)]
     chart = pages.day_chart(days, max_days=30)
     assert len(chart["bars"]) == 30
     assert chart["bars"][-1].day == "2024-04-09"
@@ -402,7 +404,7 @@ def test_day_chart_shows_at_most_max_days() -> None:
     assert pages.day_chart(days[:30], max_days=30)["clipped"] is False
     assert pages.day_chart([])["bars"] == []
     # A year: monthly ticks.
-    year = [db.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(366)]
+    year = [history_stats.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(366)]
     ticks = pages.day_chart(year)["ticks"]
     assert len(ticks) <= 7 and all(t["day"].endswith("-01") for t in ticks)
 
