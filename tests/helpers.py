@@ -20,6 +20,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def ignores(pid: int, sig: int) -> bool:
+    """The process ignores ``sig`` (SIG_IGN: the kernel discards it when it is sent)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    raise AssertionError(f"no SigIgn in /proc/{pid}/status")
+
+
 def form(*files: tuple[str, bytes, str], field: str = "image") -> FormData:
     """A multipart form with one ``field`` part per (file name, bytes, content type)."""
     data = FormData()

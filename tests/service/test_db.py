@@ -185,7 +185,7 @@ async def test_delete_waits_for_a_saver_holding_the_image(db_pool: asyncpg.Pool)
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = "
                         "current_database() AND wait_event_type = 'Lock'"):
                     await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)
+            # Its backend waits for the saver's lock: it cannot end before the commit.
             assert not delete.done(), "the delete did not wait for the saver"
         except BaseException:
             await transaction.rollback()
