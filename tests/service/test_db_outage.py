@@ -26,6 +26,7 @@ import pytest
 import pytest_asyncio
 
 from main import init_app
+from service.web import keys
 from service.workers.pool import DetectorPool
 from settings import Config, load_config
 from tests.helpers import form
@@ -116,6 +117,10 @@ async def test_detect_answers_while_postgres_is_down_and_replays_exactly_once(
     assert response.status == 200
     ids += [r["id"] for r in (await response.json())["results"]]
 
+    # The writes found the database away and said so in the one health object, which
+    # /readyz and /metrics read (its watcher may not have looked yet).
+    assert client.server.app[keys.db_health_key].state == "unavailable"
+    assert "yolo_database_up 0.0" in await (await client.get("/metrics")).text()
     ready = await client.get("/readyz")  # still serving detection: degraded, not down
     assert ready.status == 200
     body = await ready.json()
