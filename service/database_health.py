@@ -47,7 +47,6 @@ class DatabaseHealth:
         self.detail: str | None = None
         self.restarts = 0  # of the embedded server, since start-up
         self.changed_at = time.monotonic()
-        self._changed = asyncio.Event()
 
     @property
     def up(self) -> bool:
@@ -56,7 +55,6 @@ class DatabaseHealth:
     def set(self, state: str, detail: str | None = None) -> None:
         if state != self.state:
             self.changed_at = time.monotonic()
-            self._changed.set()
         self.state, self.detail = state, detail
 
     def lost(self, exc: BaseException) -> bool:
@@ -73,12 +71,6 @@ class DatabaseHealth:
             return False
         self.set("ok")
         return True
-
-    async def changed(self) -> str:
-        """Wait for the next change of state; the new state (tests wait on it)."""
-        self._changed.clear()
-        await self._changed.wait()
-        return self.state
 
     def snapshot(self) -> dict[str, Any]:
         return {"state": self.state, "detail": self.detail,
