@@ -73,15 +73,18 @@ class DetectSettings:
 def build_parser(prog: str = "python -m model.detect",
                  description: str = "Detect objects in images with a Darknet YOLO network; "
                                     "prints one JSON line per image.",
-                 defaults_from: str = "") -> argparse.ArgumentParser:
+                 defaults_from: str = "", model_files: bool = True) -> argparse.ArgumentParser:
     """The command line's parser (``service.detect_cli`` adds its own options to it).
-    ``defaults_from``: where the defaults come from, for the help ("the config's, ")."""
+    ``defaults_from``: where the defaults come from, for the help ("the config's, ");
+    ``model_files``: with ``--cfg``, ``--weights`` and ``--names`` (False where the
+    model comes from elsewhere)."""
     d = defaults_from
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--cfg", type=Path, help="Darknet .cfg file")
-    parser.add_argument("--weights", type=Path,
-                        help="Darknet .weights or PyTorch .pt checkpoint")
-    parser.add_argument("--names", type=Path, help="class names, one per line")
+    if model_files:
+        parser.add_argument("--cfg", type=Path, help="Darknet .cfg file")
+        parser.add_argument("--weights", type=Path,
+                            help="Darknet .weights or PyTorch .pt checkpoint")
+        parser.add_argument("--names", type=Path, help="class names, one per line")
     parser.add_argument("--img-size", type=int,
                         help=f"square network input size in pixels (default: {d}"
                              f"{defaults.IMG_SIZE})")
@@ -106,13 +109,16 @@ def build_parser(prog: str = "python -m model.detect",
 
 def parse_args(argv: Sequence[str] | None = None,
                parser: argparse.ArgumentParser | None = None, *,
-               files_required: bool = True) -> argparse.Namespace:
-    """Parse and check the arguments; ``files_required``: ``--cfg``, ``--weights`` and
-    ``--names`` must be given (they are the model; False where a base names it)."""
-    parser = parser or build_parser()
+               model_files: bool = True) -> argparse.Namespace:
+    """Parse and check the arguments. ``parser``: :func:`build_parser`'s by default;
+    ``model_files``: as it was built with (False: the model comes from elsewhere, and
+    ``args.cfg``, ``args.weights`` and ``args.names`` are None)."""
+    parser = parser or build_parser(model_files=model_files)
     args = parser.parse_args(argv)
+    for name in ("cfg", "weights", "names"):
+        setattr(args, name, getattr(args, name, None))
     given = [name for name in ("cfg", "weights", "names") if getattr(args, name) is not None]
-    if (given or files_required) and len(given) != 3:
+    if model_files and len(given) != 3:
         parser.error("--cfg, --weights and --names go together; they name the model "
                      "(a model of the service's config: python -m service.detect_cli)")
     if args.img_size is not None and args.img_size <= 0:

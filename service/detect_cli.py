@@ -39,15 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m service.detect_cli",
         description="Detect objects in images with a model of the service, with the "
                     "service's settings (its config file); prints one JSON line per image.",
-        defaults_from="the config's, else ")
+        defaults_from="the config's, else ", model_files=False)
     parser.add_argument("--config", type=Path,
                         help="the service's config file (default: $YOLO_CONFIG, else "
                              "config/config.yaml of the project)")
     parser.add_argument("--model", help="a model of the config (default: its default model)")
-    args = detect.parse_args(argv, parser, files_required=False)
-    if args.cfg is not None:
-        parser.error("--cfg/--weights/--names name a model of their own: "
-                     "python -m model.detect")
+    args = detect.parse_args(argv, parser, model_files=False)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -116,7 +116,7 @@ workers:
     assert (model.img_size, model.conf_thres, model.iou_thres, model.agnostic_nms,
             model.max_det, model.max_pixels) == (64, 0.2, 0.45, False, 300, 50_000_000)
     flags = resolve_model(parse_args(["--conf-thres", "0.7", "--agnostic", "--max-det", "2",
-                                      "x.jpg"], files_required=False), model)
+                                      "x.jpg"], model_files=False), model)
     assert (flags.conf_thres, flags.agnostic_nms, flags.max_det) == (0.7, True, 2)
 
     image = _jpeg(tmp_path, (80, 120))
@@ -146,4 +146,4 @@ def test_config_errors_and_unknown_models(weights: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as exc_info:  # files of their own: model.detect's job
         main(["--cfg", str(CFG), "--weights", str(weights), "--names", str(NAMES), str(image)])
     assert exc_info.value.code == 2
-    assert "python -m model.detect" in capsys.readouterr().err
+    assert "unrecognized arguments: --cfg" in capsys.readouterr().err
