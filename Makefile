@@ -1,14 +1,15 @@
 # Two commands on a fresh machine with Python 3.11+ and pip:
 #   make run    install into .venv, then serve http://127.0.0.1:8080 (embedded PostgreSQL)
 #   make test   install into .venv, then run the whole test suite
-#   make test-fast   the unit tier only (no PostgreSQL, no worker processes, no browser)
+#   make test-fast   the unit tier only: seconds (no torch, no PostgreSQL, no workers, no browser)
+#   make test-model  the engine tier (tests/model: the network, weights, training; torch)
 #   make coco-model  add the original YOLOv3-tiny COCO model (80 classes) as model "coco"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast coco-model install clean
+.PHONY: run test test-fast test-model coco-model install clean
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+test-model: $(STAMP)
+	$(BIN)/python -m pytest tests/model
 
 coco-model: $(STAMP)
 	$(BIN)/python -m model.coco

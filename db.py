@@ -1,5 +1,9 @@
 """Detection history in PostgreSQL: the server and pool (:func:`pg_context`), records,
-images, queries.
+images, the history's queries.
+
+Watching the database and restarting a dead embedded server:
+:mod:`service.database_health`; the history's counts (``stats``, ``list_labels``):
+:mod:`service.history_stats`.
 
 Query functions take an ``asyncpg.Pool`` and return frozen dataclasses; a missing row
 raises :class:`RecordNotFound` (404 in the service's error table).
@@ -10,15 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
-from datetime import time as day_time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -26,7 +27,7 @@ import asyncpg
 
 from model.detection import Detection
 from settings import PostgresConfig
-from utils.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -159,38 +160,6 @@ class Page:
     next_cursor: Cursor | None
 
 
-@dataclass(frozen=True)
-class LabelCount:
-    label: str
-    records: int
-    boxes: int
-
-
-@dataclass(frozen=True)
-class DayCount:
-    day: date
-    records: int
-    boxes: int
-
-
-@dataclass(frozen=True)
-class Stats:
-    records: int
-    boxes: int
-    labels: list[LabelCount] = field(default_factory=list)
-    days: list[DayCount] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "boxes": self.boxes,
-            "labels": [{"label": c.label, "records": c.records, "boxes": c.boxes}
-                       for c in self.labels],
-            "days": [{"day": c.day.isoformat(), "records": c.records, "boxes": c.boxes}
-                     for c in self.days],
-        }
-
-
 # ---------------------------------------------------------------- pool and lifecycle
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -233,53 +202,20 @@ async def ensure_database(admin_dsn: str, database: str) -> None:
         await conn.close()
 
 
-WATCH_INTERVAL_S = 1.0  # how often the database is looked at
-WATCH_PING_TIMEOUT_S = 2.0
-RESTART_BACKOFF_S = (0.5, 8.0)  # first and longest wait between restarts of a dead server
-
-
-class DatabaseHealth:
-    """What the service knows of its database, for ``/readyz`` and the logs; kept by the
-    watcher of :func:`pg_context`.
-
-    ``state``: ``ok``; ``unavailable`` (it does not answer: stopped, hung, unreachable);
-    ``restarting`` (the embedded server died: it is being started again, with
-    back-off); ``recovering`` (it runs again: crash recovery, and the pool reconnects).
-    """
-
-    def __init__(self, *, embedded: bool) -> None:
-        self.embedded = embedded
-        self.state = "ok"
-        self.detail: str | None = None
-        self.restarts = 0  # of the embedded server, since start-up
-        self.changed_at = time.monotonic()
-
-    def set(self, state: str, detail: str | None = None) -> None:
-        if state != self.state:
-            self.changed_at = time.monotonic()
-        self.state, self.detail = state, detail
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "detail": self.detail,
-                "embedded": self.embedded, "restarts": self.restarts,
-                "for_s": round(time.monotonic() - self.changed_at, 1)}
-
-
 @dataclass(frozen=True)
 class Database:
     """What :func:`pg_context` yields."""
 
     pool: asyncpg.Pool
     embedded: EmbeddedPostgres | None  # None: an external server
-    health: DatabaseHealth
 
 
 @asynccontextmanager
-async def pg_context(config: PostgresConfig, *,
-                     watch_interval: float = WATCH_INTERVAL_S) -> AsyncIterator[Database]:
+async def pg_context(config: PostgresConfig) -> AsyncIterator[Database]:
     """PostgreSQL for the service: the embedded server (when configured) started, the
-    database created, the pool opened and the schema migrated; a watcher that keeps
-    :class:`DatabaseHealth` and restarts a dead embedded server; all closed on exit."""
+    database created, the pool opened and the schema migrated; all closed on exit.
+    Watching it, and restarting a dead embedded server, is
+    :func:`service.database_health.health_context`'s job."""
     embedded: EmbeddedPostgres | None = None
     if config.embedded:
         embedded = EmbeddedPostgres(config.data_dir)
@@ -294,81 +230,12 @@ async def pg_context(config: PostgresConfig, *,
         try:
             applied = await run(pool, migrate)
             log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
-            health = DatabaseHealth(embedded=embedded is not None)
-            watcher = asyncio.create_task(watch(pool, health, embedded, watch_interval),
-                                          name="database-watch")
-            try:
-                yield Database(pool, embedded, health)
-            finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            yield Database(pool, embedded)
         finally:
             await close_pool(pool, config.close_timeout)
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
-
-
-async def watch(pool: asyncpg.Pool, health: DatabaseHealth, embedded: EmbeddedPostgres | None,
-                interval: float = WATCH_INTERVAL_S) -> None:
-    """Background task: every ``interval``, is the embedded server's postmaster alive,
-    and does the database answer? A dead embedded server is started again
-    (:func:`restart`); an external one, or one that is alive but does not answer (hung,
-    out of connections), is only reported (``unavailable``) until it answers."""
-    while True:
-        await asyncio.sleep(interval)
-        if embedded is not None and not await asyncio.to_thread(embedded.alive):
-            await restart(pool, health, embedded)
-            continue
-        try:
-            await ping(pool, WATCH_PING_TIMEOUT_S)
-        except UNAVAILABLE_ERRORS as exc:
-            if health.state == "ok":
-                log.error("database unavailable: %s: %s", type(exc).__name__, exc)
-            health.set("unavailable", f"{type(exc).__name__}: {exc}")
-        else:
-            if health.state != "ok":
-                log.info("database available again")
-                await pool.expire_connections()  # those opened before the outage are dead
-            health.set("ok")
-
-
-async def restart(pool: asyncpg.Pool, health: DatabaseHealth,
-                  embedded: EmbeddedPostgres) -> None:
-    """Start the dead embedded server again, with back-off, until the pool reaches it.
-
-    A start may fail while processes of the dead server still hold its shared memory
-    (they end once they notice), or for good (then it is retried at the longest
-    interval, and logged each time)."""
-    died = time.monotonic()
-    log.error("the embedded PostgreSQL (%s) is not running; restarting it",
-              embedded.data_dir)
-    attempt = 0
-    while True:
-        health.set("restarting", f"the embedded PostgreSQL died; start attempt {attempt + 1}")
-        first, longest = RESTART_BACKOFF_S
-        await asyncio.sleep(min(first * 2 ** attempt, longest))
-        attempt += 1
-        health.set("recovering", "the embedded PostgreSQL is starting: crash recovery, "
-                                 "then reconnecting")
-        try:
-            await asyncio.to_thread(embedded.start)
-            await pool.expire_connections()
-            await ping(pool, WATCH_PING_TIMEOUT_S)
-        except (EmbeddedPostgresError, *UNAVAILABLE_ERRORS) as exc:
-            lines = str(exc).splitlines() or [type(exc).__name__]
-            # The first line says what failed; the server log's last FATAL line, why.
-            why = [line for line in lines[1:] if "FATAL" in line or "PANIC" in line][-1:]
-            log.log(logging.WARNING if attempt < 3 else logging.ERROR,
-                    "restart %d of the embedded PostgreSQL failed: %s", attempt,
-                    " ... ".join([lines[0], *why]))
-            continue
-        health.restarts += 1
-        health.set("ok")
-        log.warning("the embedded PostgreSQL was restarted and answers again, %.1f s after "
-                    "it was found dead (attempt %d)", time.monotonic() - died, attempt)
-        return
 
 
 async def run(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -622,7 +489,7 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str, list[str], str, str]:
+def filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str, list[str], str, str]:
     """The FROM clause, the WHERE conditions and the keyset columns (time, id) of the
     records ``filters`` select.
 
@@ -650,7 +517,9 @@ def _filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str,
     return source, where, order_at, order_id
 
 
-def _args() -> tuple[list[Any], Callable[[Any], str]]:
+def query_args() -> tuple[list[Any], Callable[[Any], str]]:
+    """The arguments of a statement being built, and ``arg(value)`` that appends one and
+    returns its placeholder (``$1``, ``$2``, ...)."""
     args: list[Any] = []
 
     def arg(value: Any) -> str:
@@ -668,8 +537,8 @@ def history_query(filters: HistoryFilter, *, limit: int,
     (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
     of ``detections``. Either way a page costs about ``limit`` index entries.
     """
-    args, arg = _args()
-    source, where, order_at, order_id = _filter_sql(filters, arg)
+    args, arg = query_args()
+    source, where, order_at, order_id = filter_sql(filters, arg)
     if cursor is not None:
         where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
     sql = (f"SELECT {_COLUMNS} FROM {source}"
@@ -691,139 +560,3 @@ async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFi
         last = items[-1]
         next_cursor = Cursor(last.created_at, last.id)
     return Page(items, next_cursor)
-
-
-def _utc_midnight(moment: datetime) -> datetime:
-    return datetime.combine(moment.astimezone(timezone.utc).date(), day_time(), tzinfo=timezone.utc)
-
-
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, day_time(), tzinfo=timezone.utc)
-
-
-@dataclass
-class _Tally:
-    """Counts being summed from several sources (whole days, partial days)."""
-
-    days: dict[date, list[int]] = field(default_factory=dict)
-    labels: dict[str, list[int]] = field(default_factory=dict)
-
-    def add_day(self, day: date, records: int, boxes: int) -> None:
-        entry = self.days.setdefault(day, [0, 0])
-        entry[0] += records
-        entry[1] += boxes
-
-    def add_label(self, label: str, records: int, boxes: int) -> None:
-        entry = self.labels.setdefault(label, [0, 0])
-        entry[0] += records
-        entry[1] += boxes
-
-    def stats(self) -> Stats:
-        days = [DayCount(day, r, b) for day, (r, b) in sorted(self.days.items()) if r > 0]
-        labels = [LabelCount(label, r, b) for label, (r, b) in self.labels.items() if r > 0]
-        labels.sort(key=lambda c: (-c.records, c.label))
-        return Stats(records=sum(d.records for d in days), boxes=sum(d.boxes for d in days),
-                     labels=labels, days=days)
-
-
-async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
-                since: datetime | None = None, until: datetime | None = None,
-                model: str | None = None) -> Stats:
-    """Counts of the records ``filters`` select (or ``since``/``until``/``model``): in
-    total, per label and per UTC day.
-
-    ``records`` is how many records; ``boxes`` all their boxes; per label, how many of
-    them have a box of that label and how many such boxes. With a label filter the
-    per-label counts are those of the records that have that label (the label itself
-    and what occurs beside it).
-
-    Label, model and whole-day ranges are read from ``history_counts`` (a few rows per
-    day, appended by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
-    at the edges of a range, and the ``min_confidence`` and ``filename`` filters, which
-    that table cannot answer, are counted from the records themselves.
-    """
-    if filters is None:
-        filters = HistoryFilter(since=since, until=until, model=model)
-    if filters.min_confidence is not None or filters.filename:
-        return await _stats_from_records(pool, filters)
-    first = None
-    if filters.since is not None:
-        first = _utc_midnight(filters.since)
-        if first < filters.since:
-            first = _day_start(first.date() + timedelta(days=1))
-    end = None if filters.until is None else _utc_midnight(filters.until)
-    if first is not None and end is not None and first >= end:  # within one day
-        return await _stats_from_records(pool, filters)
-    tally = _Tally()
-    parts: list[Awaitable[None]] = [_count_days(pool, filters, first, end, tally)]
-    if filters.since is not None and first is not None and first > filters.since:
-        parts.append(_count_records(pool, replace(filters, until=first), tally))
-    if filters.until is not None and end is not None and end < filters.until:
-        parts.append(_count_records(pool, replace(filters, since=end), tally))
-    await asyncio.gather(*parts)
-    return tally.stats()
-
-
-async def _count_days(pool: asyncpg.Pool, filters: HistoryFilter, first: datetime | None,
-                      end: datetime | None, tally: _Tally) -> None:
-    """Whole UTC days [first, end) from ``history_counts`` and its deltas not folded in
-    yet."""
-    args, arg = _args()
-    where = [f"having_label = {arg(filters.label or '')}"]
-    if filters.model is not None:
-        where.append(f"model = {arg(filters.model)}")
-    if first is not None:
-        where.append(f"day >= {arg(first.date())}")
-    if end is not None:
-        where.append(f"day < {arg(end.date())}")
-    condition = " AND ".join(where)
-    rows = await pool.fetch(
-        "SELECT day, label, sum(records) AS records, sum(boxes) AS boxes FROM ("
-        f"SELECT day, label, records, boxes FROM history_counts WHERE {condition} UNION ALL "
-        f"SELECT day, label, records, boxes FROM history_count_deltas WHERE {condition}"
-        ") c GROUP BY day, label", *args)
-    for row in rows:
-        if row["label"] == "":
-            tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
-        else:
-            tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
-
-
-async def _count_records(pool: asyncpg.Pool, filters: HistoryFilter, tally: _Tally) -> None:
-    """Counts from the records themselves (two aggregates, side by side)."""
-    args, arg = _args()
-    source, where, _, _ = _filter_sql(filters, arg)
-    condition = f" WHERE {' AND '.join(where)}" if where else ""
-    days, labels = await asyncio.gather(
-        pool.fetch(f"SELECT d.created_day AS day, count(*) AS records, "
-                   f"coalesce(sum(d.num_detections), 0) AS boxes FROM {source}{condition} "
-                   f"GROUP BY d.created_day", *args),
-        pool.fetch(f"SELECT l.label, count(*) AS records, sum(l.boxes) AS boxes "
-                   f"FROM {source} JOIN detection_labels l ON l.detection_id = d.id"
-                   f"{condition} GROUP BY l.label", *args))
-    for row in days:
-        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
-    for row in labels:
-        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
-
-
-async def _stats_from_records(pool: asyncpg.Pool, filters: HistoryFilter) -> Stats:
-    tally = _Tally()
-    await _count_records(pool, filters, tally)
-    return tally.stats()
-
-
-async def list_labels(pool: asyncpg.Pool) -> list[str]:
-    """Every label that occurs in the history, sorted."""
-    rows = await pool.fetch(
-        "SELECT label FROM (SELECT label, records FROM history_counts "
-        "WHERE having_label = '' AND label <> '' UNION ALL SELECT label, records "
-        "FROM history_count_deltas WHERE having_label = '' AND label <> '') c "
-        "GROUP BY label HAVING sum(records) > 0 ORDER BY label")
-    return [row["label"] for row in rows]
-
-
-async def compact_history_counts(pool: asyncpg.Pool) -> int:
-    """Fold the counts that inserts appended into ``history_counts``; returns how many
-    delta rows were folded (``migrations/0005_history_counts.sql``)."""
-    return int(await pool.fetchval("SELECT history_counts_compact()"))

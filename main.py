@@ -2,9 +2,10 @@
 
 ``init_app(config)`` builds the application in a fixed order: config, metrics,
 templates, resources (``cleanup_ctx``, each opened and closed by the module that owns it:
-PostgreSQL in ``db``, the record writer in ``service.recorder``, the model servers
-in ``service.serving.servers``), routes, middlewares (metrics, JSON errors, access
-control: outermost first). SIGHUP re-reads the config's ``models:``.
+PostgreSQL in ``db`` and its health in ``service.database_health``, the record writer in
+``service.recorder``, the model servers in ``service.serving.servers``), routes,
+middlewares (metrics, JSON errors, access control: outermost first). SIGHUP re-reads the
+config's ``models:``.
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
 (their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
@@ -30,6 +31,7 @@ import db
 from routes import setup_routes
 from service.metrics import MetricSources, ServiceMetrics
 from service.counts import counts_context
+from service.database_health import health_context
 from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
@@ -58,16 +60,18 @@ TEMPLATES_DIR = BASE_DIR / "system" / "templates"
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    async with db.pg_context(app[keys.config_key].postgres) as database:
+    async with db.pg_context(app[keys.config_key].postgres) as database, \
+            health_context(database) as health:
         app[keys.db_key] = database.pool
-        app[keys.db_health_key] = database.health
+        app[keys.db_health_key] = health
         if database.embedded is not None:
             app[keys.embedded_pg_key] = database.embedded
         yield
 
 
 async def _records(app: web.Application) -> AsyncIterator[None]:
-    async with records_context(app[keys.config_key], app[keys.db_key]) as writer:
+    async with records_context(app[keys.config_key], app[keys.db_key],
+                               app[keys.db_health_key]) as writer:
         app[keys.records_key] = writer
         yield
 
@@ -100,7 +104,8 @@ def _servers(shared: Mapping[str, DetectorPool] | None,
 def metric_sources(app: web.Application) -> MetricSources:
     """What /metrics reads at each scrape (resources appear once started)."""
     return MetricSources(pool=app.get(keys.servers_key), records=app.get(keys.records_key),
-                         admission=app.get(keys.receiving_key))
+                         admission=app.get(keys.receiving_key),
+                         database=app.get(keys.db_health_key))
 
 
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,

@@ -8,8 +8,11 @@ every value and returns a frozen :class:`Config`. A bad value raises
 Relative paths are resolved against the project root, ``BASE_DIR``.
 
 Models: the ``models:`` mapping (name -> cfg, weights, names, thresholds, workers), the
-one marked ``default: true`` (else the first) being the default; without it, today's
-``workers.model_path`` is the one, default model, named after its cfg file.
+one marked ``default: true`` (else the first) being the default. The older one-model
+form ``workers.model_path: {cfg, weights, data}`` is translated into a ``models:`` entry
+(named after its cfg file) by :func:`translate_model_path`, the one place that knows it.
+The detection defaults (input size, thresholds, NMS) are the engine's
+(:mod:`model.defaults`), which ``python -m model.detect`` uses too.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from model import defaults
 from utils.event_loop import EVENT_LOOPS, uvloop_available
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -98,13 +102,6 @@ class PostgresConfig:
 
 
 @dataclass(frozen=True)
-class ModelPaths:
-    data: Path
-    weights: Path
-    cfg: Path
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     """One model the service serves, with its own warm workers."""
 
@@ -124,7 +121,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class WorkersConfig:
     """How model workers run; ``max_workers``, ``img_size`` and the thresholds are also
-    the defaults of every model (the one of ``model_path``, or those under ``models:``)."""
+    the defaults of every model under ``models:``."""
 
     max_workers: int
     device: str
@@ -135,30 +132,18 @@ class WorkersConfig:
     warmup_timeout: float
     max_queue: int
     job_timeout: float
-    model_path: ModelPaths | None  # None: the models are under ``models:``
     backend: str  # auto | torch | onnxruntime (see model.inference.select_backend)
     onnx_cache_dir: Path  # ONNX exports, reused across restarts
     max_batch_size: int  # images one worker runs in one forward pass
     max_queue_delay_ms: float  # how long the first job of a batch may wait for more
-    agnostic_nms: bool = False
-    max_det: int = 300
+    agnostic_nms: bool = defaults.AGNOSTIC_NMS
+    max_det: int = defaults.MAX_DET
     precision: str = "fp32"  # fp32 | int8: the default of every model
 
     @property
     def running_capacity(self) -> int:
         """Images the workers can have in hand at once (every worker a full batch)."""
         return self.max_workers * self.max_batch_size
-
-    def single_model(self) -> ModelConfig:
-        """The model of ``model_path``, named after its cfg file."""
-        if self.model_path is None:
-            raise ValueError("no workers.model_path")
-        return ModelConfig(name=self.model_path.cfg.stem, cfg=self.model_path.cfg,
-                           weights=self.model_path.weights, names=self.model_path.data,
-                           img_size=self.img_size, conf_thres=self.conf_thres,
-                           iou_thres=self.iou_thres, agnostic_nms=self.agnostic_nms,
-                           max_det=self.max_det, workers=self.max_workers,
-                           precision=self.precision)
 
 
 @dataclass(frozen=True)
@@ -202,12 +187,12 @@ class Config:
     storage: StorageConfig
     auth: AuthConfig
     log_level: str
+    models: tuple[ModelConfig, ...]  # the default first; never empty
     source: Path | None = None
-    models: tuple[ModelConfig, ...] = ()  # the default first
 
     @property
     def default_model(self) -> ModelConfig:
-        return self.models[0] if self.models else self.workers.single_model()
+        return self.models[0]
 
     def model(self, name: str | None) -> ModelConfig:
         """The model called ``name`` (the default for None); KeyError if there is none."""
@@ -387,42 +372,28 @@ def _img_size(s: _Section, default: int) -> int:
     return img_size
 
 
-def _workers(raw: _Section, *, models_listed: bool) -> WorkersConfig:
+def _workers(raw: _Section) -> WorkersConfig:
     s = raw.section("workers")
-    model_path = None
-    if s.get("model_path") is not None or not models_listed:
-        if models_listed:
-            raise ConfigError(s.key("model_path"), "remove it: the models are listed under "
-                                                   "models:")
-        paths = s.section("model_path")
-        model_path = ModelPaths(
-            data=paths.path("data", required=True, must_exist=True),
-            weights=paths.path("weights", required=True, must_exist=True),
-            cfg=paths.path("cfg", required=True, must_exist=True),
-        )
-        paths.check_unknown()
-    else:
-        s.get("model_path")
-    img_size = _img_size(s, 512)
+    s.get("model_path")  # translated into models: before (translate_model_path)
+    img_size = _img_size(s, defaults.IMG_SIZE)
     device = _device(s)
     config = WorkersConfig(
         max_workers=s.integer("max_workers", 1, maximum=256),
         device=device,
         threads_per_worker=s.optional_integer("threads_per_worker"),
         img_size=img_size,
-        conf_thres=s.number("conf_thres", 0.3, high=1.0),
-        iou_thres=s.number("iou_thres", 0.6, high=1.0),
+        conf_thres=s.number("conf_thres", defaults.CONF_THRES, high=1.0),
+        iou_thres=s.number("iou_thres", defaults.IOU_THRES, high=1.0),
         warmup_timeout=s.number("warmup_timeout", 300.0),
         max_queue=s.integer("max_queue", 8, minimum=0, maximum=100_000),
         job_timeout=s.number("job_timeout", 60.0),
-        model_path=model_path,
         backend=_backend(s, device),
         onnx_cache_dir=s.path("onnx_cache_dir", "var/onnx"),
         max_batch_size=s.integer("max_batch_size", 1, maximum=256),
         max_queue_delay_ms=s.number("max_queue_delay_ms", 0.0, high=10_000.0,
                                     low_inclusive=True),
-        agnostic_nms=s.boolean("agnostic_nms", False),
-        max_det=s.integer("max_det", 300, maximum=100_000),
+        agnostic_nms=s.boolean("agnostic_nms", defaults.AGNOSTIC_NMS),
+        max_det=s.integer("max_det", defaults.MAX_DET, maximum=100_000),
         precision=_precision(s, "fp32", device, s.get("backend", "auto")),
     )
     s.check_unknown()
@@ -430,9 +401,10 @@ def _workers(raw: _Section, *, models_listed: bool) -> WorkersConfig:
 
 
 def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
-    """The ``models:`` mapping, default first; else the one model of ``model_path``."""
+    """The ``models:`` mapping, default first."""
     if raw.get("models") is None:
-        return (workers.single_model(),)
+        raise ConfigError("models", "is required: name -> {cfg, weights, names} "
+                                    "(see config/config.yaml)")
     s = raw.section("models")
     if not s.raw:
         raise ConfigError(s.prefix, "must name at least one model")
@@ -530,6 +502,27 @@ def _auth(raw: _Section) -> AuthConfig:
     return config
 
 
+def translate_model_path(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The older one-model form, ``workers.model_path: {cfg, weights, data}``, as the
+    ``models:`` entry it stands for (named after the cfg file; its settings come from
+    ``workers:`` as for any entry). Refused beside a ``models:`` section. The files are
+    checked here, so that an error names the key the file has."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("workers"), Mapping) \
+            or data["workers"].get("model_path") is None:
+        return data
+    if data.get("models") is not None:
+        raise ConfigError("workers.model_path", "remove it: the models are listed under "
+                                                "models:")
+    paths = _Section(data["workers"]["model_path"], "workers.model_path")
+    entry = {"cfg": paths.path("cfg", required=True, must_exist=True),
+             "weights": paths.path("weights", required=True, must_exist=True),
+             "names": paths.path("data", required=True, must_exist=True)}
+    paths.check_unknown()
+    workers = {key: value for key, value in data["workers"].items() if key != "model_path"}
+    return {**data, "workers": workers,
+            "models": {entry["cfg"].stem: {key: str(path) for key, path in entry.items()}}}
+
+
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge (a deep copy): mappings merge, other values replace."""
     merged = copy.deepcopy(dict(base))
@@ -545,8 +538,8 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
                  source: Path | None = None) -> Config:
     """Validate an already-parsed YAML mapping; raise ConfigError naming the bad key."""
     env = {} if env is None else env
-    root = _Section(data, "")
-    workers = _workers(root, models_listed=root.get("models") is not None)
+    root = _Section(translate_model_path(data), "")
+    workers = _workers(root)
     config = Config(
         server=_server(root),
         postgres=_postgres(root, env),

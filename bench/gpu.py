@@ -12,7 +12,7 @@ bounded so that the rest still fits):
    ``max_batch_size: 16``, ``max_queue_delay_ms: 2``, concurrency 1, 8 and 32, with the
    bare engine in turns at concurrency 1;
 3. **parity**: the GPU tests of the suite (``pytest -k "gpu or cuda"`` on
-   ``tests/unit/model/test_inference.py``: fp16 on the GPU against fp32 on the CPU).
+   ``tests/model/test_inference.py``: fp16 on the GPU against fp32 on the CPU).
 
 Without CUDA it says so in one line per step and exits with status 0, having measured
 nothing (``--allow-cpu`` runs the same steps on the CPU instead, to check the script
@@ -166,7 +166,7 @@ def _num(value: Any) -> float:
 
 def parity_rows(timeout: float) -> list[Row]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "tests/unit/model/test_inference.py", "-k", "gpu or cuda", "-rs"]
+               "tests/model/test_inference.py", "-k", "gpu or cuda", "-rs"]
     try:
         completed = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout, check=False,
                                    stdin=subprocess.DEVNULL, capture_output=True, text=True)

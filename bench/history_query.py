@@ -41,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 import db
+from service import history_stats
 from model.detection import Detection
 from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import migrate
@@ -80,7 +81,7 @@ async def seed(pool: asyncpg.Pool, n: int, end: datetime) -> float:
         await db.save_records(pool, make_records(min(BATCH, n - offset), end, rng))
     # Steady state: what the service's compaction task (service/counts.py) and autovacuum
     # do soon after a bulk load (counts folded, statistics, visibility map).
-    await db.compact_history_counts(pool)
+    await history_stats.compact_history_counts(pool)
     async with pool.acquire() as conn:
         await conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - started
@@ -129,7 +130,7 @@ async def run(dsn: str, n: int, limit: int, repeat: int) -> None:
             seconds = await seed(pool, n - existing, end)
             print(f"seeded {n - existing:,} records in {seconds:.1f} s "
                   f"({(n - existing) / seconds:,.0f} records/s)")
-        await db.compact_history_counts(pool)
+        await history_stats.compact_history_counts(pool)
         total = await pool.fetchval("SELECT count(*) FROM detections")
         boxes = await pool.fetchval("SELECT count(*) FROM detection_labels")
         print(f"{total:,} records, {boxes:,} (record, label) index rows\n")
@@ -158,7 +159,7 @@ async def run(dsn: str, n: int, limit: int, repeat: int) -> None:
                 lambda f=filters, c=cursor: db.list_detections(pool, f, limit=limit, cursor=c),
                 repeat)
             print(f"{name:48} {execution:10.2f} {median:10.2f} {p95:8.2f}  {plan[:60]}")
-        median, p95 = await timed(lambda: db.stats(pool), max(3, repeat // 4))
+        median, p95 = await timed(lambda: history_stats.stats(pool), max(3, repeat // 4))
         print(f"{'stats (all labels, all days)':48} {'':>10} {median:10.2f} {p95:8.2f}")
         await history_pages(pool, end, repeat)
         await thumbnails(pool)
@@ -272,7 +273,7 @@ async def write_cost(pool: asyncpg.Pool, end: datetime, rounds: int = 4,
             await _triggers(pool, on)
             await pool.execute("DELETE FROM detections WHERE id = ANY($1::uuid[])", written[on])
         await _triggers(pool, True)
-        await db.compact_history_counts(pool)
+        await history_stats.compact_history_counts(pool)
     print(f"\nsave_records, one record per call ({rounds} alternating rounds of {per_round})")
     for concurrency in (1, 4):
         on, off = sorted(times[(True, concurrency)]), sorted(times[(False, concurrency)])

@@ -1,13 +1,15 @@
-"""Command line detection: ``python -m model.detect [--config PATH | --cfg C --weights W
---names N] IMAGE...``.
+"""Command line detection: ``python -m model.detect --cfg C --weights W --names N
+IMAGE...``.
 
-Without ``--cfg``/``--weights``/``--names`` it runs the service's default model with the
-service's settings, read from the service's YAML config (``--config``, else
-``$YOLO_CONFIG``, else ``config/config.yaml`` of the project; see
-:func:`model.service_config.read_service_model`), and it decodes images exactly as the
-service's workers do (:func:`model.preprocess.decode_for_network`, then
+The engine alone (``model/`` reads no service config): the model is the files named on
+the command line, the settings are the flags, else the defaults the service has too
+(:mod:`model.defaults`). To run a model of the service with the service's settings, as
+its config says, use ``python -m service.detect_cli`` (the same command, reading the
+config with ``settings.load_config``, then calling :func:`execute` here with those
+settings as the base). Images are decoded exactly as the service's workers do
+(:func:`model.preprocess.decode_for_network`, then
 :meth:`~model.inference.Detector.detect_decoded`), so an image gives the same detections
-from both.  Flags override the config's values.
+from both.
 
 Prints one JSON object per image per line (``image``, ``width``, ``height``,
 ``detections``); with ``--out DIR`` also writes annotated copies there. A bad input is
@@ -17,19 +19,22 @@ reported as one line on stderr with exit status 1 (2 for usage errors).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 
+from model import defaults
 from model.draw import draw_detections
 from model.errors import ModelError
 from model.inference import Detector, select_device
 from model.preprocess import decode_for_network, decode_image
-from model.service_config import ServiceModel, read_service_model
 
 logger = logging.getLogger("model.detect")
 
@@ -42,47 +47,80 @@ class InputError(Exception):
     """A file given on the command line cannot be used."""
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m model.detect",
-        description="Detect objects in images with a Darknet YOLO network; prints one JSON "
-                    "line per image. Without --cfg/--weights/--names: the service's default "
-                    "model and settings, from its config file.")
-    parser.add_argument("--config", type=Path,
-                        help="the service's config file (default: $YOLO_CONFIG, else "
-                             "config/config.yaml of the project)")
-    parser.add_argument("--cfg", type=Path, help="Darknet .cfg file")
-    parser.add_argument("--weights", type=Path,
-                        help="Darknet .weights or PyTorch .pt checkpoint")
-    parser.add_argument("--names", type=Path, help="class names, one per line")
+@dataclass(frozen=True)
+class DetectSettings:
+    """A model to run and how: files, input size, NMS settings, decode limit, device."""
+
+    name: str
+    cfg: Path
+    weights: Path
+    names: Path
+    img_size: int = defaults.IMG_SIZE
+    conf_thres: float = defaults.CONF_THRES
+    iou_thres: float = defaults.IOU_THRES
+    agnostic_nms: bool = defaults.AGNOSTIC_NMS
+    max_det: int = defaults.MAX_DET
+    max_pixels: int | None = None
+    device: str = "auto"
+    backend: str = "torch"
+    onnx_cache_dir: Path | None = None
+    precision: str = "fp32"  # fp32 | int8 (model.quantize)
+
+    def replace(self, **changes: Any) -> DetectSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def build_parser(prog: str = "python -m model.detect",
+                 description: str = "Detect objects in images with a Darknet YOLO network; "
+                                    "prints one JSON line per image.",
+                 defaults_from: str = "", model_files: bool = True) -> argparse.ArgumentParser:
+    """The command line's parser (``service.detect_cli`` adds its own options to it).
+    ``defaults_from``: where the defaults come from, for the help ("the config's, ");
+    ``model_files``: with ``--cfg``, ``--weights`` and ``--names`` (False where the
+    model comes from elsewhere)."""
+    d = defaults_from
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if model_files:
+        parser.add_argument("--cfg", type=Path, help="Darknet .cfg file")
+        parser.add_argument("--weights", type=Path,
+                            help="Darknet .weights or PyTorch .pt checkpoint")
+        parser.add_argument("--names", type=Path, help="class names, one per line")
     parser.add_argument("--img-size", type=int,
-                        help="square network input size in pixels (default: the config's, "
-                             "else 512)")
+                        help=f"square network input size in pixels (default: {d}"
+                             f"{defaults.IMG_SIZE})")
     parser.add_argument("--conf-thres", type=float,
-                        help="minimum confidence (default: the config's, else 0.3)")
+                        help=f"minimum confidence (default: {d}{defaults.CONF_THRES})")
     parser.add_argument("--iou-thres", type=float,
-                        help="NMS IoU threshold (default: the config's, else 0.6)")
+                        help=f"NMS IoU threshold (default: {d}{defaults.IOU_THRES})")
     parser.add_argument("--max-det", type=int,
-                        help="at most this many detections per image (default: the config's, "
-                             "else 300)")
+                        help=f"at most this many detections per image (default: {d}"
+                             f"{defaults.MAX_DET})")
     parser.add_argument("--agnostic", action=argparse.BooleanOptionalAction, default=None,
                         help="class-agnostic NMS: boxes of different classes suppress each "
-                             "other (default: the config's agnostic_nms, else off)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's "
-                                         "workers.device, else auto)")
+                             f"other (default: {d}off)")
+    parser.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {d}auto)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
-                        help="what runs the network (default: the config's workers.backend, "
-                             "else torch)")
+                        help=f"what runs the network (default: {d}torch)")
     parser.add_argument("--out", type=Path, help="write annotated copies of the images here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None,
+               parser: argparse.ArgumentParser | None = None, *,
+               model_files: bool = True) -> argparse.Namespace:
+    """Parse and check the arguments. ``parser``: :func:`build_parser`'s by default;
+    ``model_files``: as it was built with (False: the model comes from elsewhere, and
+    ``args.cfg``, ``args.weights`` and ``args.names`` are None)."""
+    parser = parser or build_parser(model_files=model_files)
     args = parser.parse_args(argv)
+    for name in ("cfg", "weights", "names"):
+        setattr(args, name, getattr(args, name, None))
     given = [name for name in ("cfg", "weights", "names") if getattr(args, name) is not None]
-    if given and len(given) != 3:
-        parser.error("--cfg, --weights and --names go together (or none of them: the "
-                     "service's model)")
-    if given and args.config is not None:
-        parser.error("--config names the service's model; it cannot be combined with --cfg")
+    if model_files and len(given) != 3:
+        parser.error("--cfg, --weights and --names go together; they name the model "
+                     "(a model of the service's config: python -m service.detect_cli)")
     if args.img_size is not None and args.img_size <= 0:
         parser.error(f"--img-size must be positive, got {args.img_size}")
     for name in ("conf_thres", "iou_thres"):
@@ -94,17 +132,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_model(args: argparse.Namespace) -> ServiceModel:
-    """The model and settings to run: the files named on the command line, or the
-    service's default model from its config; flags override either."""
+def resolve_model(args: argparse.Namespace,
+                  base: DetectSettings | None = None) -> DetectSettings:
+    """The model and settings to run: the files named on the command line, else ``base``
+    (the service's model, from ``service.detect_cli``); flags override either."""
     if args.cfg is not None:
-        base = ServiceModel(name=args.cfg.stem, cfg=args.cfg, weights=args.weights,
-                            names=args.names)
-    else:
-        try:
-            base = read_service_model(args.config)
-        except ModelError as exc:
-            raise InputError(str(exc)) from exc
+        base = DetectSettings(name=args.cfg.stem, cfg=args.cfg, weights=args.weights,
+                              names=args.names)
+    elif base is None:
+        raise InputError("no model: --cfg, --weights and --names name one")
     overrides = {"img_size": args.img_size, "conf_thres": args.conf_thres,
                  "iou_thres": args.iou_thres, "max_det": args.max_det,
                  "agnostic_nms": args.agnostic, "device": args.device,
@@ -112,7 +148,7 @@ def resolve_model(args: argparse.Namespace) -> ServiceModel:
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _check_files(model: ServiceModel, args: argparse.Namespace) -> None:
+def _check_files(model: DetectSettings, args: argparse.Namespace) -> None:
     """Fail before loading the model if any named file is missing."""
     for label, path in [("cfg", model.cfg), ("weights", model.weights),
                         ("names", model.names)]:
@@ -138,8 +174,8 @@ def _output_path(out_dir: Path, image: Path, used: set[str]) -> Path:
     return out_dir / name
 
 
-def run(args: argparse.Namespace) -> None:
-    model = resolve_model(args)
+def run(args: argparse.Namespace, base: DetectSettings | None = None) -> None:
+    model = resolve_model(args, base)
     _check_files(model, args)
     try:
         select_device(model.device)
@@ -177,16 +213,25 @@ def run(args: argparse.Namespace) -> None:
             logger.info("wrote %s", target)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def report_error(message: str) -> int:
+    """A bad input: one line on stderr; the exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def execute(args: argparse.Namespace, base: DetectSettings | None = None) -> int:
+    """Run parsed arguments (see :func:`run`); the exit status."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        run(args)
+        run(args, base)
     except (InputError, ModelError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_error(str(exc))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return execute(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 image's first bytes (:func:`sniff_content_type`), never from what a client says it sent.
 
 The README's list of accepted formats and the upload page's are rendered from, or checked
-against, :data:`FORMATS` (``tests/unit/model/test_formats.py``).
+against, :data:`FORMATS` (``tests/model/test_formats.py``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 _OPENCV_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP"})
 _ORIENTATION = 0x0112  # the EXIF tag
 # What Pillow and its plugins raise on broken files (the AVIF and HEIF decoders:
-# RuntimeError; seen by tests/unit/model/test_preprocess.py's mutated files).
+# RuntimeError; seen by tests/model/test_preprocess.py's mutated files).
 _PILLOW_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
                   ZeroDivisionError, RuntimeError)
 

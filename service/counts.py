@@ -1,7 +1,7 @@
 """Keeps the history counts compact: inserts append rows to ``history_count_deltas``
 (a trigger, ``migrations/0005_history_counts.sql``), and this task folds them into
 ``history_counts`` every :data:`COMPACT_INTERVAL_S` seconds, so the reads of
-``db.stats`` stay a few hundred rows however many records come in.
+``service.history_stats.stats`` stay a few hundred rows however many records come in.
 
 Appending, rather than updating one counter row per day, keeps concurrent inserts from
 waiting on each other's counters until they commit.
@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 import asyncpg
 
 import db
+from service.history_stats import compact_history_counts
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ async def compact_forever(pool: asyncpg.Pool, interval: float) -> None:
     tried again next time."""
     while True:
         try:
-            moved = await db.compact_history_counts(pool)
+            moved = await compact_history_counts(pool)
             if moved:
                 log.debug("history counts: %d delta rows folded", moved)
         except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:

@@ -4,7 +4,7 @@
 (never the global default one: tests build many apps in one process). It holds the HTTP
 metrics (recorded by ``service.web.middlewares.metrics_middleware``) and, at each
 scrape, reads every component that the app has started through the small ``collect()``
-each offers (the pool, the record writer, the admission queue): this module knows none
+each offers (the pool, the record writer, the admission queue, the database's health): this module knows none
 of their insides.
 
 Label values stay bounded: ``endpoint`` is the matched route's canonical path
@@ -50,9 +50,11 @@ class MetricSources:
     pool: Collectable | None = None
     records: Collectable | None = None
     admission: Collectable | None = None
+    database: Collectable | None = None
 
 
-_WHAT = {"pool": "the model servers", "records": "the spool", "admission": "the uploads received"}
+_WHAT = {"pool": "the model servers", "records": "the spool", "admission": "the uploads received",
+         "database": "the database's health"}
 
 
 class ServiceMetrics:

@@ -35,6 +35,7 @@ import asyncpg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import db
+from service.database_health import DatabaseHealth
 from settings import Config
 from utils.spool import Frame, Spool, SpoolError
 
@@ -150,12 +151,14 @@ class RecordWriter:
     """The one way records are stored by the service."""
 
     def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float,
-                 group_commit: bool = True) -> None:
+                 group_commit: bool = True, health: DatabaseHealth | None = None) -> None:
+        """``health``: the service's one :class:`DatabaseHealth`, which the writes report
+        into and :meth:`images_ahead` reads (default: one of the writer's own)."""
         self.pool = pool
         self.spool = spool
         self.write_timeout = write_timeout
         self.group_commit = group_commit
-        self.database_up = True  # as last seen by a write
+        self.health = health if health is not None else DatabaseHealth(embedded=False)
         self.spooled_total = 0
         self.replayed_total = 0
         self.commits_total = 0  # commits of requests' records (not replays)
@@ -238,7 +241,7 @@ class RecordWriter:
         except db.UNAVAILABLE_ERRORS as exc:
             await self._database_lost(exc)
             return False
-        self.database_up = True
+        self.health.answered()
         self.commits_total += 1
         self.committed_records_total += len(records)
         return True
@@ -306,16 +309,15 @@ class RecordWriter:
             if len(group) == 1:
                 return [exc]
             return [outcome for waiting in group for outcome in await self._commit_group([waiting])]
-        self.database_up = True
+        self.health.answered()
         self.commits_total += 1
         self.committed_records_total += len(records)
         return [True] * len(group)
 
     async def _database_lost(self, exc: BaseException) -> None:
-        if self.database_up:
+        if self.health.lost(exc):
             log.error("database unavailable (%s: %s); spooling records to %s",
                       type(exc).__name__, exc, self.spool.path)
-        self.database_up = False
         await self._forget_connections()
 
     @asynccontextmanager
@@ -330,7 +332,7 @@ class RecordWriter:
         is away or records wait in the spool: :meth:`save` then takes everything.
         """
         task = None
-        if images and self.database_up and self.spool.pending_entries == 0:
+        if images and self.health.up and self.spool.pending_entries == 0:
             task = asyncio.create_task(self._store_ahead(images))
         ahead = ImagesAhead(task)
         try:
@@ -439,7 +441,7 @@ class RecordWriter:
                 continue
             replayed += await self._replay(frames)
         if replayed:
-            self.database_up = True
+            self.health.answered()
             log.info("replayed %d spooled record(s) into the database; spool removed",
                      replayed)
         return replayed
@@ -486,7 +488,8 @@ class RecordWriter:
 
 
 @asynccontextmanager
-async def records_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[RecordWriter]:
+async def records_context(config: Config, pool: asyncpg.Pool,
+                          health: DatabaseHealth | None = None) -> AsyncIterator[RecordWriter]:
     """The service's record writer: its spool (records already in it are replayed first),
     the background task that replays the spool into PostgreSQL and the one that sweeps
     away images no record refers to. On exit the spool is emptied into the database if it
@@ -496,7 +499,7 @@ async def records_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[R
                                     reserve_bytes=config.storage.spool_reserve_bytes)
     try:
         writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout,
-                              group_commit=config.postgres.group_commit)
+                              group_commit=config.postgres.group_commit, health=health)
         # Long after any request that could still save a record for the image.
         grace = max(SWEEP_GRACE_S, 4 * (config.server.request_timeout
                                          + config.postgres.write_timeout))

@@ -13,8 +13,9 @@ from tests.paths import TEST_CONFIG
 
 async def host(weights: str) -> None:
     config = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"max_workers": 2, "model_path": {"weights": weights}}})
-    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+        "workers": {"max_workers": 2}, "models": {"service-6cls": {"weights": weights}}})
+    pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
+                        model=config.default_model)
     await pool.start()
     sys.stdout.write(" ".join(str(info.pid) for info in pool.workers) + "\n")
     sys.stdout.flush()

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
-from db import DatabaseHealth
+from service.database_health import DatabaseHealth
 from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
 from service.renditions import Renditions
@@ -19,7 +19,9 @@ from utils.embedded_pg import EmbeddedPostgres
 
 config_key = web.AppKey("config", Config)
 db_key = web.AppKey("db", asyncpg.Pool)
-db_health_key = web.AppKey("db_health", DatabaseHealth)  # kept by db.pg_context's watcher
+# The one database health: kept by its watcher (service.database_health) and the writes;
+# read by /readyz, the record writer and /metrics.
+db_health_key = web.AppKey("db_health", DatabaseHealth)
 embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)  # only when embedded
 servers_key = web.AppKey("servers", ModelServers)  # every model's server, by name
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import asyncpg
 
-import db
+from service.history_stats import list_labels
 from service.serving.server import ModelServer
 from service.web.errors import ApiError
 
@@ -37,7 +37,7 @@ def served_labels(servers: Iterable[ModelServer]) -> list[str]:
 async def known_labels(servers: Iterable[ModelServer], pool: asyncpg.Pool) -> list[str]:
     """The served models' classes, then the other labels found in the history (sorted)."""
     served = served_labels(servers)
-    stored = [label for label in await db.list_labels(pool) if label not in served]
+    stored = [label for label in await list_labels(pool) if label not in served]
     return [*served, *stored]
 
 

@@ -81,16 +81,16 @@ class DetectorPool:
     """One model's warm workers (``model.workers`` of them) fed from one queue."""
 
     def __init__(self, config: WorkersConfig, *, max_pixels: int,
-                 model: ModelConfig | None = None, total_workers: int | None = None,
+                 model: ModelConfig, total_workers: int | None = None,
                  log_level: str = "INFO", detect_fn: Callable[..., Any] | None = None,
                  metrics: stats.PoolMetrics | None = None) -> None:
-        """``model``: what it serves (default: ``config``'s ``model_path``);
+        """``model``: what it serves;
         ``total_workers``: the workers of every model, which share the cores (default: this
         pool's). ``detect_fn``: a module-level function run in the workers instead of
         ``child.detect_batch`` (tests inject faults with it). ``metrics``: histograms that
         outlive the pool (its model server's, kept across versions)."""
         self.config = config
-        self.model = model if model is not None else config.single_model()
+        self.model = model
         total = total_workers or self.model.workers
         self.spec = WorkerSpec(
             cfg=str(self.model.cfg), weights=str(self.model.weights),

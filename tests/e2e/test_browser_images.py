@@ -196,10 +196,10 @@ async def test_coco_classes_on_real_photos(make_config: Any, aiohttp_client: Any
     """zidane.jpg and bus.jpg with the real COCO model: crowded labels, all readable."""
     source = shared("models", "yolov3-tiny-coco")
     photos = [shared("images", name) for name in ("zidane.jpg", "bus.jpg")]
-    config = make_config({"workers": {"model_path": None}, "models": {"coco": {
+    config = make_config(models={"coco": {
         "cfg": str(source / "yolov3-tiny.cfg"), "weights": str(source / "yolov3-tiny.weights"),
         "names": str(source / "coco.names"), "img_size": 416, "conf_thres": 0.1,
-        "iou_thres": 0.45}}})
+        "iou_thres": 0.45}})
     client = await aiohttp_client(await init_app(config))
     await client.server.app[keys.warmup_task_key]
     page = await page_factory()
@@ -225,11 +225,11 @@ async def test_traffic_lights_in_their_colours(make_config: Any, aiohttp_client:
     from model.draw import label_style
 
     data = BASE_DIR / "model" / "data"
-    config = make_config({"workers": {"model_path": None}, "models": {"traffic-lights": {
+    config = make_config(models={"traffic-lights": {
         "cfg": str(data / "traffic-lights-yolov3-tiny.cfg"),
         "weights": str(data / "traffic-lights-yolov3-tiny.pt"),
         "names": str(data / "traffic_light.names"), "agnostic_nms": True,
-        "img_size": 512, "conf_thres": 0.25}}})
+        "img_size": 512, "conf_thres": 0.25}})
     client = await aiohttp_client(await init_app(config))
     await client.server.app[keys.warmup_task_key]
     page = await page_factory()

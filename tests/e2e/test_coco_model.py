@@ -15,7 +15,7 @@ from main import init_app
 from model.coco import TARGET, InstallError, install
 from service.web import keys
 from settings import BASE_DIR, load_config
-from tests.conftest import form
+from tests.helpers import form
 from tests.paths import shared
 
 
@@ -53,10 +53,10 @@ async def test_the_service_finds_the_bus_and_the_people(make_config: Any, tmp_pa
                                                         aiohttp_client: Any) -> None:
     source = shared("models", "yolov3-tiny-coco")
     bus = shared("images", "bus.jpg").read_bytes()
-    config = make_config({"workers": {"model_path": None}, "models": {"coco": {
+    config = make_config(models={"coco": {
         "cfg": str(source / "yolov3-tiny.cfg"), "weights": str(source / "yolov3-tiny.weights"),
         "names": str(source / "coco.names"), "img_size": 416, "conf_thres": 0.25,
-        "iou_thres": 0.45}}})
+        "iou_thres": 0.45}})
     client = await aiohttp_client(await init_app(config))
     await client.server.app[keys.warmup_task_key]
     response = await client.post("/detect?model=coco", data=form(("bus.jpg", bus,

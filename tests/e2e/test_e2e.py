@@ -14,8 +14,9 @@ from main import init_app
 from model.train.scenes import make_scene
 from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, load_config
-from tests.conftest import encode, shared_pool
-from tests.conftest import form
+from tests.helpers import encode
+from tests.service.conftest import shared_pool
+from tests.helpers import form
 
 SCENE_SEED = 777_001  # held out: neither a training, validation nor evaluation seed
 SCENES = 10

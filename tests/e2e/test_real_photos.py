@@ -3,7 +3,7 @@
 Twelve real photos from the held-out split of the CINTA set (never trained on; credits and
 labels in tests/data/real/) go through the engine exactly as the service runs it: the
 default model of the service's config (``$YOLO_CONFIG``, else ``config/config.yaml``, read
-by ``model.service_config.read_service_model``) with its input size, thresholds, NMS
+by ``settings.load_config`` as ``python -m service.detect_cli`` reads it) with its input size, thresholds, NMS
 settings and backend, the JPEG bytes decoded by ``decode_for_network`` and detected by
 ``Detector.detect_decoded``. The test
 fails when the share of lights found (class-agnostic, IoU >= 0.5) or the share of found
@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.detect import DetectSettings as ServiceModel
 from model.inference import Detector
 from model.preprocess import decode_for_network
-from model.service_config import ServiceModel, read_service_model
+from service.detect_cli import model_settings
+from settings import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT / "tests" / "data" / "real"
@@ -58,7 +60,7 @@ def _row(det: Any) -> tuple[tuple[float, float, float, float], float, int]:
 
 @pytest.fixture(scope="module")
 def service_model() -> ServiceModel:
-    return read_service_model()
+    return model_settings(load_config())
 
 
 @pytest.fixture(scope="module")

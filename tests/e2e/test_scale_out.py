@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from bench._service import ServiceProcess, free_port, write_config
-from tests.conftest import alive, encode
+from tests.helpers import alive, encode
 from tests.paths import TEST_CONFIG
 from utils.embedded_pg import EmbeddedPostgres
 from utils.migrate import LOCK_KEY, discover
@@ -86,7 +86,7 @@ async def services(pg_server: EmbeddedPostgres, database: str, model_weights: Pa
             config = workdir / "service.yaml"
             write_config(TEST_CONFIG, config, workdir, {
                 "postgres.embedded": False,
-                "workers.model_path.weights": str(model_weights)})
+                "models.service-6cls.weights": str(model_weights)})
             created.append(ServiceProcess(config, port, workdir / "service.log", env=env))
         yield created
     finally:

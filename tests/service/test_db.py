@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 import db
+from service import history_stats
 from model.detection import Detection
 from settings import Config
 from utils.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate
@@ -184,7 +185,7 @@ async def test_delete_waits_for_a_saver_holding_the_image(db_pool: asyncpg.Pool)
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = "
                         "current_database() AND wait_event_type = 'Lock'"):
                     await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)
+            # Its backend waits for the saver's lock: it cannot end before the commit.
             assert not delete.done(), "the delete did not wait for the saver"
         except BaseException:
             await transaction.rollback()
@@ -291,7 +292,7 @@ def test_cursor_roundtrip_and_garbage() -> None:
 async def test_stats_match_python(db_pool: asyncpg.Pool) -> None:
     records = seed()
     await db.save_records(db_pool, records)
-    result = await db.stats(db_pool)
+    result = await history_stats.stats(db_pool)
     assert result.records == len(records)
     assert result.boxes == sum(len(r.detections) for r in records)
     per_label: dict[str, tuple[int, int]] = {}
@@ -309,8 +310,8 @@ async def test_stats_match_python(db_pool: asyncpg.Pool) -> None:
     assert {c.day.isoformat(): c.records for c in result.days} == per_day
     assert [c.day for c in result.days] == sorted(c.day for c in result.days)
 
-    window = await db.stats(db_pool, since=T0 + timedelta(days=1), until=T0 + timedelta(days=2))
+    window = await history_stats.stats(db_pool, since=T0 + timedelta(days=1), until=T0 + timedelta(days=2))
     assert window.records == sum(1 for r in records
                                  if T0 + timedelta(days=1) <= r.created_at < T0 + timedelta(days=2))
-    assert await db.list_labels(db_pool) == sorted(per_label)
+    assert await history_stats.list_labels(db_pool) == sorted(per_label)
     assert result.to_json()["days"][0]["day"] == result.days[0].day.isoformat()

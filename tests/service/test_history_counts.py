@@ -1,5 +1,5 @@
-"""The history counts (``history_counts`` + its deltas, ``db.stats``) against the same
-counts made from the records themselves, for every kind of filter: before and after
+"""The history counts (``history_counts`` + its deltas, ``service.history_stats.stats``)
+against the same counts made from the records themselves, for every kind of filter: before and after
 compaction, after deletes, after a record is written again, with two compactions at
 once."""
 
@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import db
+from service import history_stats
 from model.detection import Detection
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
@@ -48,7 +49,7 @@ FILTERS = [
 
 async def assert_counts_match(pool: Any) -> None:
     for filters in FILTERS:
-        assert await db.stats(pool, filters) == await db._stats_from_records(pool, filters), \
+        assert await history_stats.stats(pool, filters) == await history_stats._stats_from_records(pool, filters), \
             filters
 
 
@@ -56,24 +57,24 @@ async def test_counts_match_the_records(db_pool: Any) -> None:
     saved = records(120)
     for start in range(0, len(saved), 7):  # several statements, as requests make them
         await db.save_records(db_pool, saved[start:start + 7])
-    assert (await db.stats(db_pool)).records == 120
+    assert (await history_stats.stats(db_pool)).records == 120
     await assert_counts_match(db_pool)
 
-    assert await db.compact_history_counts(db_pool) > 0
+    assert await history_stats.compact_history_counts(db_pool) > 0
     assert await db_pool.fetchval("SELECT count(*) FROM history_count_deltas") == 0
     await assert_counts_match(db_pool)
 
     # Written again (a retry, a spool replay): counted once.
     await db.save_records(db_pool, saved[:30])
     await assert_counts_match(db_pool)
-    assert (await db.stats(db_pool)).records == 120
+    assert (await history_stats.stats(db_pool)).records == 120
 
     # Deleted: taken away again; and two compactions at once fold each delta once.
     await db_pool.execute("DELETE FROM detections WHERE id = ANY($1::uuid[])",
                           [r.id for r in saved[:40]])
     await db.save_records(db_pool, records(25, seed=9))
-    await asyncio.gather(db.compact_history_counts(db_pool), db.compact_history_counts(db_pool))
+    await asyncio.gather(history_stats.compact_history_counts(db_pool), history_stats.compact_history_counts(db_pool))
     await assert_counts_match(db_pool)
-    assert (await db.stats(db_pool)).records == 120 - 40 + 25
-    assert await db.list_labels(db_pool) == sorted(
+    assert (await history_stats.stats(db_pool)).records == 120 - 40 + 25
+    assert await history_stats.list_labels(db_pool) == sorted(
         {d.label for r in saved[40:] + records(25, seed=9) for d in r.detections})

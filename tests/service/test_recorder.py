@@ -208,7 +208,7 @@ async def test_many_concurrent_detect_requests_are_each_stored_once(
     """Through the real app, workers and group commit: every answered id is in the
     database exactly once, with the image it was answered for."""
     from service.web import keys
-    from tests.conftest import form
+    from tests.helpers import form
     from tests.faults import with_comment
 
     limit = client.server.app[keys.servers_key].default.admission.limit  # more would be 503 overloaded

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from settings import BASE_DIR, Config
-from tests.conftest import alive
+from tests.helpers import alive
 
 CLIENTS = 4
 
@@ -81,7 +81,7 @@ def write_service_config(test_config: Config, tmp_path: Path, **server: Any) -> 
     raw["server"].update({"port": free_port(), **server})
     raw["postgres"].update({"host": postgres.host, "port": postgres.port,
                             "database": postgres.database})
-    raw["workers"]["model_path"]["weights"] = str(test_config.workers.model_path.weights)
+    raw["models"]["service-6cls"]["weights"] = str(test_config.default_model.weights)
     raw["storage"] = {"store_images": True, "spool_dir": str(tmp_path / "spool")}
     path = tmp_path / "service.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -15,7 +15,7 @@ from utils.event_loop import new_event_loop, uvloop_available
 def config(**server: Any) -> Any:
     weights = str(DATA_DIR / "service-6cls.cfg")  # any existing file passes validation
     return load_config(TEST_CONFIG, env={}, overrides={
-        "server": server, "workers": {"model_path": {"weights": weights}}})
+        "server": server, "models": {"service-6cls": {"weights": weights}}})
 
 
 def test_event_loop_setting_is_validated() -> None:

@@ -1,6 +1,8 @@
 """The code's layout rules, checked on its imports (every import, also those inside
 functions): ``model/`` stands alone, ``utils/`` holds leaf helpers, the detect work and
-the worker side know nothing of the web, and no two modules import each other."""
+the worker side know nothing of the web, no two modules import each other, and each
+thing is said in one place (one config reader, one database health, the SQL in ``db``,
+the chart's geometry out of the page handler)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,8 @@ def test_utils_are_leaf_helpers(module: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["service.detect", "service.recorder", "service.metrics",
+                                    "service.database_health", "service.history_stats",
+                                    "service.counts", "service.detect_cli",
                                     *sorted(m for m in MODULES
                                             if m.startswith(("service.workers",
                                                              "service.serving")))])
@@ -127,3 +131,73 @@ def test_each_api_is_a_codec_around_the_one_detect_path() -> None:
     knowing = [module for module, path in MODULES.items()
                if "/v1/vision" in path.read_text() and module != "service.web.apis.deepstack"]
     assert not knowing, knowing
+
+
+def _imports_package(module: str, package: str) -> bool:
+    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(
+                a.name.split(".")[0] == package for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and \
+                (node.module or "").split(".")[0] == package:
+            return True
+    return False
+
+
+def test_one_config_reader() -> None:
+    """settings.py reads the service's config; nothing else parses YAML (the OpenAPI
+    document aside), and model/ (which may not import settings) reads no config:
+    ``python -m service.detect_cli`` hands ``model.detect`` what settings read."""
+    readers = {m for m in MODULES if _top(m) != "bench" and _imports_package(m, "yaml")}
+    assert readers == {"settings", "service.web.handlers.docs"}, readers
+    assert "model.service_config" not in MODULES
+    assert {"settings", "model.detect"} <= GRAPH["service.detect_cli"]
+    assert "model.defaults" in GRAPH["settings"]  # one set of detection defaults
+
+
+def test_db_is_the_sql_and_knows_nothing_of_the_service() -> None:
+    """db.py: the SQL and pg_context; the database's health and the embedded server's
+    supervision are service.database_health, the history's counts service.history_stats."""
+    assert {_top(m) for m in GRAPH["db"]} <= {"settings", "model", "utils"}, GRAPH["db"]
+    text = MODULES["db"].read_text()
+    for moved in ("class DatabaseHealth", "async def watch(", "async def restart(",
+                  "async def stats(", "async def list_labels("):
+        assert moved not in text, moved
+    assert "db" in GRAPH["service.history_stats"] and "db" in GRAPH["service.database_health"]
+
+
+def test_one_database_health() -> None:
+    """/readyz, the record writer and /metrics read service.database_health's one
+    object: none keeps a health of its own or pings the database itself."""
+    defined = [m for m in MODULES if "class DatabaseHealth" in MODULES[m].read_text()]
+    assert defined == ["service.database_health"], defined
+    for module in ("service.recorder", "service.web.keys", "main"):
+        assert "service.database_health" in GRAPH[module], module
+    assert "database_up" not in MODULES["service.recorder"].read_text()
+    pinging = [m for m in MODULES if m.startswith("service.web")
+               and "db.ping(" in MODULES[m].read_text()]
+    assert not pinging, pinging
+
+
+def test_the_chart_geometry_is_plain_data_outside_the_handlers() -> None:
+    assert not GRAPH["service.web.chart"], GRAPH["service.web.chart"]
+    assert "aiohttp" not in MODULES["service.web.chart"].read_text()
+    assert "def day_chart(" not in MODULES["service.web.handlers.pages"].read_text()
+
+
+def test_the_test_tiers() -> None:
+    """tests/unit is light (tests/unit/test_fast_tier.py runs it and checks); the engine's
+    tests are tests/model; the service fixtures are tests/service/conftest.py (e2e takes
+    them from there) and the top conftest imports nothing heavy."""
+    tests = BASE_DIR / "tests"
+    assert not (tests / "unit" / "model").exists()
+    assert (tests / "model").is_dir() and (tests / "service" / "conftest.py").is_file()
+    top = ast.parse((tests / "conftest.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(top)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(top)
+                 if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"torch", "asyncpg", "main", "service", "db"}, imported
+    e2e = (tests / "e2e" / "conftest.py").read_text()
+    assert "from tests.service.conftest import" in e2e

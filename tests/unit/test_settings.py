@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-import main
-from settings import BASE_DIR, ConfigError, config_path, load_config, merge
+from model import defaults
+from settings import BASE_DIR, ConfigError, config_path, load_config, merge, parse_config
+from tests.configs import load_test_config
 from tests.paths import DATA_DIR
 
 TEST_CONFIG = BASE_DIR / "config" / "test.yaml"
 DATA = DATA_DIR
-MODEL = {"workers": {"model_path": {"weights": str(DATA / "service-6cls.cfg")}}}
+MODEL = {"models": {"service-6cls": {"weights": str(DATA / "service-6cls.cfg")}}}
 
 
 def load(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None):
@@ -62,8 +63,9 @@ def test_default_config_shape() -> None:
 
 def test_test_config_loads_and_resolves_paths() -> None:
     config = load()
-    assert config.workers.model_path.cfg == DATA / "service-6cls.cfg"
-    assert config.workers.model_path.data == DATA / "service-6cls.names"
+    assert [m.name for m in config.models] == ["service-6cls"]
+    assert config.default_model.cfg == DATA / "service-6cls.cfg"
+    assert config.default_model.names == DATA / "service-6cls.names"
     assert config.workers.max_workers == 1
     assert config.postgres.embedded is False
     assert config.postgres.connect_kwargs()["database"] == "postgres"
@@ -92,7 +94,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 def test_yolo_config_env_is_read(tmp_path: Path) -> None:
     raw = yaml.safe_load(TEST_CONFIG.read_text())
     raw["server"]["port"] = 9123
-    raw["workers"]["model_path"]["weights"] = str(DATA / "service-6cls.cfg")
+    raw["models"]["service-6cls"]["weights"] = str(DATA / "service-6cls.cfg")
     path = tmp_path / "custom.yaml"
     path.write_text(yaml.safe_dump(raw))
     config = load_config(env={"YOLO_CONFIG": str(path)})
@@ -109,9 +111,9 @@ def test_yolo_config_env_is_read(tmp_path: Path) -> None:
     ({"workers": {"img_size": 500}}, "workers.img_size: must be a multiple of 32"),
     ({"workers": {"conf_thres": 0}}, r"workers.conf_thres: must be in \(0.0, 1.0\]"),
     ({"workers": {"iou_thres": 1.5}}, r"workers.iou_thres: must be in \(0.0, 1.0\]"),
-    ({"workers": {"model_path": {"cfg": "nope/missing.cfg"}}},
-     "workers.model_path.cfg: file not found: .*nope/missing.cfg"),
-    ({"workers": {"model_path": {"data": None}}}, "workers.model_path.data: is required"),
+    ({"models": {"service-6cls": {"cfg": "nope/missing.cfg"}}},
+     "models.service-6cls.cfg: file not found: .*nope/missing.cfg"),
+    ({"models": {"service-6cls": {"names": None}}}, "models.service-6cls.names: is required"),
     ({"workers": {"batch": 4}}, "workers.batch: unknown key"),
     ({"workers": {"backend": "tensorrt"}}, "workers.backend: must be one of auto, torch, "),
     ({"workers": {"backend": "onnxruntime", "device": "cuda:0"}},
@@ -174,25 +176,71 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_config(listing, env={})
 
 
-def test_main_refuses_bad_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _legacy(**paths: str) -> dict[str, Any]:
+    """config/test.yaml in the older one-model form, ``workers.model_path``."""
     raw = yaml.safe_load(TEST_CONFIG.read_text())
-    raw["workers"]["max_workers"] = -3
-    raw["workers"]["model_path"]["weights"] = str(DATA / "service-6cls.cfg")
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main.main(["--config", str(path)]) == 2
-    assert "workers.max_workers: must be a positive integer" in caplog.text
+    del raw["models"]
+    raw["workers"]["model_path"] = {"cfg": str(DATA / "service-6cls.cfg"),
+                                    "weights": str(DATA / "service-6cls.cfg"),
+                                    "data": str(DATA / "service-6cls.names"), **paths}
+    return raw
+
+
+def test_model_path_is_read_as_the_models_entry_it_stands_for() -> None:
+    """One reader: the older form becomes a models: entry (named after its cfg), so the
+    config has one shape whichever form the file has."""
+    legacy = parse_config(_legacy())
+    documented = load()
+    assert legacy.models == documented.models
+    assert legacy.workers == documented.workers
+    assert not hasattr(legacy.workers, "model_path")
+
+
+@pytest.mark.parametrize(("paths", "message"), [
+    ({"cfg": "nope/missing.cfg"}, "^workers.model_path.cfg: file not found: .*nope/missing.cfg"),
+    ({"data": None}, "^workers.model_path.data: is required"),
+    ({"names": "x"}, "^workers.model_path.names: unknown key"),
+])
+def test_model_path_errors_name_its_keys(paths: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_legacy(**paths))
+
+
+def test_model_path_beside_models_is_refused_with_the_replacement() -> None:
+    raw = _legacy()
+    raw["models"] = {"a": {"cfg": str(DATA / "tiny.cfg"), "weights": str(DATA / "tiny.cfg"),
+                           "names": str(DATA / "tiny.names")}}
+    with pytest.raises(ConfigError, match="^workers.model_path: remove it: the models are "
+                                          "listed under models:"):
+        parse_config(raw)
+
+
+def test_a_config_without_models_names_the_section() -> None:
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    del raw["models"]
+    with pytest.raises(ConfigError, match="^models: is required"):
+        parse_config(raw)
+
+
+def test_detection_defaults_are_the_engines() -> None:
+    """One set of defaults (model/defaults.py), which python -m model.detect uses too."""
+    raw = yaml.safe_load(TEST_CONFIG.read_text())
+    for key in ("img_size", "conf_thres", "iou_thres", "agnostic_nms", "max_det"):
+        raw["workers"].pop(key, None)
+    raw["models"]["service-6cls"]["weights"] = str(DATA / "service-6cls.cfg")
+    model = parse_config(raw).default_model
+    assert (model.img_size, model.conf_thres, model.iou_thres, model.agnostic_nms,
+            model.max_det) == (defaults.IMG_SIZE, defaults.CONF_THRES, defaults.IOU_THRES,
+                               defaults.AGNOSTIC_NMS, defaults.MAX_DET)
 
 
 def test_precision_is_per_model_with_the_workers_default() -> None:
     entry = {"cfg": str(DATA / "tiny.cfg"), "weights": str(DATA / "tiny.cfg"),
              "names": str(DATA / "tiny.names")}
-    config = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"model_path": None, "backend": "auto", "precision": "int8"},
-        "models": {"a": entry, "b": {**entry, "precision": "FP32"}}})
+    config = load_test_config({"workers": {"backend": "auto", "precision": "int8"}},
+                              models={"a": entry, "b": {**entry, "precision": "FP32"}})
     assert config.workers.precision == "int8"
     assert (config.model("a").precision, config.model("b").precision) == ("int8", "fp32")
     with pytest.raises(ConfigError, match="^models.b.precision: int8 runs on ONNX Runtime"):
-        load_config(TEST_CONFIG, env={}, overrides={
-            "workers": {"model_path": None, "backend": "torch"},
-            "models": {"a": entry, "b": {**entry, "precision": "int8"}}})
+        load_test_config({"workers": {"backend": "torch"}},
+                         models={"a": entry, "b": {**entry, "precision": "int8"}})

@@ -12,6 +12,7 @@ from uuid import UUID
 from aiohttp import web
 
 import db
+from service import history_stats
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.renditions import SIZES
 from service.web import keys, params
@@ -60,7 +61,7 @@ async def stats(request: web.Request) -> web.Response:
     filters = params.history_filter(request.query)
     pool = request.app[keys.db_key]
     await check_label(request.app[keys.servers_key], pool, filters.label)
-    result = await db.stats(pool, filters)
+    result = await history_stats.stats(pool, filters)
     return web.json_response(result.to_json())
 
 
@@ -119,9 +120,10 @@ async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: 200 once the default model's workers are warm and records can be made
     durable.
 
-    ``checks.database``: ``ok``, ``replaying spool`` (it answers; spooled records are
-    going in), ``unavailable``, ``restarting`` or ``recovering`` (the embedded server
-    died and is being started again: ``db.DatabaseHealth``). ``checks.storage``: the
+    ``checks.database``: the one ``DatabaseHealth``'s state (``service.database_health``,
+    kept by its watcher and the writes): ``ok``, ``replaying spool`` (it answers; spooled
+    records are going in), ``unavailable``, ``restarting`` or ``recovering`` (the
+    embedded server died and is being started again). ``checks.storage``: the
     spool's ``ok``, ``full`` (its limit, or the disk's reserve, reached) or ``failing``.
     Records are durable while the database answers with nothing spooled, or while the
     spool takes them; when neither holds the answer is 503 (``not_ready``). So it is
@@ -138,17 +140,11 @@ async def readyz(request: web.Request) -> web.Response:
     problems = []
     if not server.ready:
         problems.append(server.error or f"workers are {server.state}")
-    try:
-        await db.ping(request.app[keys.db_key])
-    except db.UNAVAILABLE_ERRORS as exc:
-        # The watcher knows more: a dead embedded server being restarted.
-        database = health.state if health.state in ("restarting", "recovering") \
-            else "unavailable"
-        why = health.detail if database != "unavailable" else \
-            f"{type(exc).__name__}: {exc}".rstrip(": ")
-    else:
+    if health.up:
         database = "replaying spool" if writer.spool.pending_entries else "ok"
-        why = None
+    else:
+        database = health.state
+    why = health.detail
     checks["database"] = database
     checks["storage"] = writer.spool.state
     if database != "ok" and not writer.accepting:

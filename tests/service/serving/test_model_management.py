@@ -21,7 +21,7 @@ from main import init_app
 from service.web.handlers.docs import load_openapi
 from service.web import keys
 from service.web.tokens import create_token
-from tests.conftest import TINY_CFG, two_models
+from tests.service.conftest import TINY_CFG, two_models
 from tests.paths import DATA_DIR
 
 JPEG = {"Content-Type": "image/jpeg"}

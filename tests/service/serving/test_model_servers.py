@@ -17,7 +17,8 @@ import pytest_asyncio
 from main import init_app
 from service.web import keys
 from service.workers.pool import DetectorPool
-from tests.conftest import form, pool_config, shared_pool, two_models
+from tests.helpers import form
+from tests.service.conftest import pool_config, shared_pool, two_models
 from tests.faults import detect_with_faults, with_comment
 
 JPEG = {"Content-Type": "image/jpeg"}

@@ -23,7 +23,7 @@ from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config
-from tests.conftest import alive, encode, form, webp_bytes
+from tests.helpers import alive, encode, form, webp_bytes
 
 CONF = 0.2  # random weights: low enough to get boxes, high enough to keep the list short
 
@@ -78,7 +78,7 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     assert record["inference_ms"] > 0
     assert record["sha256"] == hashlib.sha256(portrait_jpeg).hexdigest()
     assert record["detections"], "random weights at conf 0.2 should give boxes"
-    names = (test_config.workers.model_path.data.read_text().split())
+    names = (test_config.default_model.names.read_text().split())
     for det in record["detections"]:
         assert set(det) == {"label", "class_id", "confidence", "box"}
         assert det["label"] == names[det["class_id"]]
@@ -100,9 +100,9 @@ async def test_detections_match_the_engine_in_process(client: Any, landscape_jpe
     from model.inference import Detector
     from model.preprocess import decode_for_network
 
-    paths = test_config.workers.model_path
+    paths = test_config.default_model
     img_size = test_config.workers.img_size
-    detector = Detector.load(paths.cfg, paths.weights, paths.data, img_size=img_size,
+    detector = Detector.load(paths.cfg, paths.weights, paths.names, img_size=img_size,
                              device="cpu")
     decoded = decode_for_network(landscape_jpeg, None, img_size)
     assert decoded.scale_x > 1  # 1280x720 at 128: the reduced decode is what runs
@@ -457,7 +457,8 @@ async def test_health_and_readiness(client: Any, detector_pool: DetectorPool) ->
 
 async def test_not_ready_until_workers_are_warm(test_config: Config, portrait_jpeg: bytes,
                                                 aiohttp_client: Any) -> None:
-    cold = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels)
+    cold = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels,
+                        model=test_config.default_model)
     client = await aiohttp_client(await init_app(test_config, detector_pool=cold))
     response = await client.get("/readyz")
     body = await assert_error(response, 503, "not_ready")

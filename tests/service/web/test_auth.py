@@ -190,7 +190,7 @@ def test_tokens_command_stores_only_hashes(tokens_file: Path, tmp_path: Path) ->
 
     # Without --file, the command uses auth.tokens_file of the service's configuration.
     raw = yaml.safe_load((BASE_DIR / "config" / "test.yaml").read_text())
-    raw["workers"]["model_path"]["weights"] = "tests/data/service-6cls.cfg"  # any file
+    raw["models"]["service-6cls"]["weights"] = "tests/data/service-6cls.cfg"  # any file
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     raw["auth"] = {"tokens_file": str(tokens_file)}

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool
+from service.database_health import DatabaseHealth
 from service.recorder import RecordWriter
 from settings import Config
 from service.metrics import BATCH_BUCKETS, MetricSources, ServiceMetrics
@@ -165,6 +166,7 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
         "yolo_admission_in_progress": 0,
         "yolo_admission_limit": client.server.app[keys.servers_key].default.admission.limit,
         "yolo_http_requests_in_flight": 1,
+        "yolo_database_up": 1,
     }
     for name, expected in expected_gauges.items():
         assert types[name] == "gauge", name
@@ -172,9 +174,29 @@ async def test_pool_spool_and_admission_figures(client: Any, detector_pool: Dete
         assert value(samples, name, **labels) == expected, name
     assert value(samples, "yolo_spooled_records_total") == 0
     assert value(samples, "yolo_admission_rejected_total", **MODEL) == 0
+    assert value(samples, "yolo_database_restarts_total") == 0
     for name in ("yolo_queue_seconds", "yolo_batch_size", "yolo_inference_seconds",
                  "yolo_http_request_duration_seconds"):
         assert types[name] == "histogram", name
+
+
+async def test_the_database_figures_are_the_one_health_objects() -> None:
+    """/metrics, /readyz and the record writer read one DatabaseHealth."""
+    health = DatabaseHealth(embedded=True)
+    metrics = ServiceMetrics(lambda: MetricSources(database=health))
+    assert value(exposition(metrics)[0], "yolo_database_up") == 1
+    assert health.lost(ConnectionRefusedError("refused")) is True
+    assert health.lost(ConnectionRefusedError("refused")) is False  # not news
+    samples, _ = exposition(metrics)
+    assert value(samples, "yolo_database_up") == 0
+    assert health.snapshot()["detail"] == "ConnectionRefusedError: refused"
+    health.set("restarting")
+    assert health.answered() is False  # the watcher owns a restart
+    health.restarts += 1
+    health.set("ok")
+    samples, _ = exposition(metrics)
+    assert value(samples, "yolo_database_up") == 1
+    assert value(samples, "yolo_database_restarts_total") == 1
 
 
 async def test_spool_depth_counts_records_and_bytes(db_pool: Any, tmp_path: Path) -> None:
@@ -200,7 +222,8 @@ async def test_scrapes_survive_missing_stopped_and_broken_resources(
     samples, types = exposition(ServiceMetrics())  # nothing started yet
     assert "yolo_http_requests" in types and "yolo_workers" not in types
 
-    pool = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels)
+    pool = DetectorPool(test_config.workers, max_pixels=test_config.server.max_pixels,
+                        model=test_config.default_model)
     metrics = ServiceMetrics(lambda: MetricSources(pool=pool))
     samples, types = exposition(metrics)  # never started
     assert types["yolo_workers"] == "gauge"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from settings import ConfigError, load_config
-from tests.conftest import form
-from tests.paths import TEST_CONFIG
+from settings import ConfigError
+from tests.configs import load_test_config
+from tests.helpers import form
 
 JPEG = {"Content-Type": "image/jpeg"}
 
@@ -108,14 +108,12 @@ async def test_a_model_that_cannot_load_does_not_take_the_others_down(
         portrait_jpeg: bytes) -> None:
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    config = make_config({
-        "workers": {"model_path": None},
-        "models": {
-            "good": {"cfg": "tests/data/service-6cls.cfg", "weights": str(model_weights),
-                     "names": "tests/data/service-6cls.names"},
-            "broken": {"cfg": "tests/data/service-6cls.cfg", "weights": str(broken),
-                       "names": "tests/data/service-6cls.names"},
-        }})
+    config = make_config(models={
+        "good": {"cfg": "tests/data/service-6cls.cfg", "weights": str(model_weights),
+                 "names": "tests/data/service-6cls.names"},
+        "broken": {"cfg": "tests/data/service-6cls.cfg", "weights": str(broken),
+                   "names": "tests/data/service-6cls.names"},
+    })
     from main import init_app
     from service.web import keys
 
@@ -140,8 +138,7 @@ def test_models_section_validation(model_weights: Any) -> None:
              "names": "tests/data/tiny.names"}
 
     def load(models: Any, **workers: Any) -> Any:
-        return load_config(TEST_CONFIG, env={}, overrides={
-            "workers": {"model_path": None, **workers}, "models": models})
+        return load_test_config({"workers": workers}, models=models)
 
     config = load({"a": entry, "b": {**entry, "default": True, "workers": 3}}, max_workers=2)
     assert [m.name for m in config.models] == ["b", "a"]  # the default first
@@ -155,12 +152,6 @@ def test_models_section_validation(model_weights: Any) -> None:
         load({"a": {"cfg": entry["cfg"], "names": entry["names"]}})
     with pytest.raises(ConfigError, match="models.a.colour: unknown key"):
         load({"a": {**entry, "colour": "red"}})
-    with pytest.raises(ConfigError, match="workers.model_path: remove it"):
-        load_config(TEST_CONFIG, env={}, overrides={
-            "workers": {"model_path": {"weights": str(model_weights)}}, "models": {"a": entry}})
-    legacy = load_config(TEST_CONFIG, env={}, overrides={
-        "workers": {"model_path": {"weights": str(model_weights)}}})
-    assert [m.name for m in legacy.models] == ["service-6cls"]  # model_path: one model
 
 
 async def test_one_model_has_nothing_to_pick(client: Any) -> None:

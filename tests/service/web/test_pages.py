@@ -17,6 +17,7 @@ import pytest
 from aiohttp import FormData
 
 import db
+from service.web.chart import MAX_BAR_WIDTH
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
 from model.detection import Detection
 from service.web import keys
@@ -150,7 +151,7 @@ async def test_history_lists_records_with_thumbnails_counts_and_chart(client: An
     xs, widths = [float(x) for _, _, x, _, _ in bars], [float(w) for *_, w, _ in bars]
     slot = (640 - 40 - 8) / 14
     assert xs[1] - xs[0] == pytest.approx(2 * slot, abs=0.05)  # two days apart
-    assert max(widths) <= pages.MAX_BAR_WIDTH
+    assert max(widths) <= MAX_BAR_WIDTH
     assert "3 images from 2024-04-20 to 2024-05-03" in html
     totals = re.sub(r"\s+", " ", re.search(r'id="totals">(.*?)</p>', html, re.S).group(1))
     assert totals.strip() == "3 images · 4 objects"
@@ -355,57 +356,6 @@ async def test_detect_then_record_and_history_pages(client: Any, portrait_jpeg: 
 
 
 # ---------------------------------------------------------------- view helpers
-
-def test_day_chart_one_bar_per_day_on_a_time_axis() -> None:
-    days = [db.DayCount(date(2024, 5, 1), 2, 5), db.DayCount(date(2024, 5, 4), 4, 1)]
-    chart = pages.day_chart(days, width=400, height=100)
-    assert [(b.day, b.count) for b in chart["bars"]] == [("2024-05-01", 2), ("2024-05-04", 4)]
-    assert (chart["first"], chart["last"]) == ("2024-04-21", "2024-05-04")  # 14 days
-    slot = (400 - chart["left"] - 8) / 14
-    first, last = chart["bars"]
-    assert (last.x - first.x) == pytest.approx(3 * slot, abs=0.01)  # three days apart
-    plot_height = chart["baseline"] - chart["top"]
-    assert last.h == pytest.approx(plot_height) and first.h == pytest.approx(plot_height / 2)
-    assert all(b.y + b.h == pytest.approx(chart["baseline"]) for b in chart["bars"])
-    assert chart["left"] < first.x and last.x + last.w <= 400
-    assert chart["max"] == 4
-    assert [g["text"] for g in chart["grid"]] == ["0", "1", "2", "3", "4"]
-
-
-def test_day_chart_spans_the_selected_range() -> None:
-    days = [db.DayCount(date(2024, 5, 10), 3, 3)]
-    since, until = T0.replace(day=1, hour=0), T0.replace(month=6, day=1, hour=0)
-    chart = pages.day_chart(days, since=since, until=until)
-    assert (chart["first"], chart["last"]) == ("2024-05-01", "2024-05-31")
-    bar, = chart["bars"]
-    assert bar.w <= pages.MAX_BAR_WIDTH
-    # Weekly ticks on Mondays (6, 13, 20, 27 May), the year under the first.
-    assert [t["day"] for t in chart["ticks"]] == ["2024-05-06", "2024-05-13", "2024-05-20",
-                                                  "2024-05-27"]
-    assert chart["ticks"][0]["sub"] == "2024" and chart["ticks"][1]["sub"] == ""
-
-
-def test_day_chart_single_day_is_one_narrow_bar() -> None:
-    chart = pages.day_chart([db.DayCount(date(2024, 5, 1), 7, 9)])
-    bar, = chart["bars"]
-    assert bar.w <= pages.MAX_BAR_WIDTH < chart["width"] / 10
-    assert chart["ticks"][-1]["day"] == "2024-05-01"  # the day itself is labelled
-
-
-def test_day_chart_shows_at_most_max_days() -> None:
-    days = [db.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(100)]
-    chart = pages.day_chart(days, max_days=30)
-    assert len(chart["bars"]) == 30
-    assert chart["bars"][-1].day == "2024-04-09"
-    assert len(chart["ticks"]) <= 7
-    assert chart["clipped"] is True
-    assert pages.day_chart(days[:30], max_days=30)["clipped"] is False
-    assert pages.day_chart([])["bars"] == []
-    # A year: monthly ticks.
-    year = [db.DayCount(date(2024, 1, 1) + timedelta(days=i), 1, 1) for i in range(366)]
-    ticks = pages.day_chart(year)["ticks"]
-    assert len(ticks) <= 7 and all(t["day"].endswith("-01") for t in ticks)
-
 
 def test_parse_filters_keeps_the_good_values() -> None:
     filters, kept, errors = pages.parse_filters(

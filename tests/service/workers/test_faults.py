@@ -27,7 +27,7 @@ from service.web import keys
 from main import init_app
 from service.workers.pool import DetectorPool, ImageKilledWorker
 from settings import BASE_DIR
-from tests.conftest import pool_config, shared_pool
+from tests.service.conftest import pool_config, shared_pool
 from tests.faults import detect_with_faults, with_comment
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -85,7 +85,6 @@ async def test_killed_worker_is_replaced_and_its_request_retried(
     await wait_until(lambda: faulty_pool.snapshot()["busy"] == 1, 10, "the job to start")
 
     os.kill(old_pid, signal.SIGKILL)  # kill -9 while it works on the request
-    killed_at = time.monotonic()
     await wait_until(lambda: faulty_pool.state == "recovering", 5, "the death to be noticed")
     response = await client.get("/readyz")
     assert response.status == 503 and response.headers["Retry-After"]
@@ -100,8 +99,8 @@ async def test_killed_worker_is_replaced_and_its_request_retried(
     assert record["sha256"] == hashlib.sha256(slow).hexdigest()
     assert await count_records(client) == 1
 
+    # The deadline: spawn + torch import + model load + warm-up.
     await wait_until(lambda: faulty_pool.ready, 60, "the pool to be ready again")
-    recovery_s = time.monotonic() - killed_at
     ready = await (await client.get("/readyz")).json()
     assert ready["status"] == "ready"
     new_pid = ready["workers"][0]["pid"]
@@ -110,7 +109,6 @@ async def test_killed_worker_is_replaced_and_its_request_retried(
     assert after["worker_deaths"] == before["worker_deaths"] + 1
     assert after["restarts"] == before["restarts"] + 1
     assert after["retried_jobs"] == before["retried_jobs"] + 1
-    assert recovery_s < 60  # seconds: spawn + torch import + model load + warm-up
 
 
 async def test_image_that_kills_twice_is_refused_not_retried_forever(
@@ -142,14 +140,14 @@ async def test_beyond_capacity_is_refused_at_once_with_retry_after(
         make_client: Callable[..., Any], faulty_pool: DetectorPool, portrait_jpeg: bytes) -> None:
     client = await make_client({"workers": {"max_queue": 1}})  # capacity: 1 worker + 1 queued
     admission = client.server.app[keys.servers_key].default.admission
-    slow = [with_comment(portrait_jpeg, f"fault:sleep=0.6 {uuid.uuid4()}") for _ in range(2)]
+    slow = [with_comment(portrait_jpeg, f"fault:sleep=1.5 {uuid.uuid4()}") for _ in range(2)]
     running = [asyncio.create_task(client.post("/detect", data=image, headers=JPEG))
                for image in slow]
     await wait_until(lambda: admission.in_progress == 2, 10, "two requests to be admitted")
 
-    started = time.monotonic()
     response = await client.post("/detect", data=portrait_jpeg, headers=JPEG)
-    assert time.monotonic() - started < 0.5  # refused without waiting
+    # Refused without waiting: answered while both places are still held.
+    assert admission.in_progress == 2 and not any(task.done() for task in running)
     assert response.status == 503
     assert response.headers["Retry-After"] == "1"
     assert (await response.json())["error"]["code"] == "overloaded"
@@ -228,7 +226,7 @@ async def test_hung_worker_is_killed_after_job_timeout(model_weights: Path,
     """A job that outlives ``job_timeout`` costs its worker; twice, and the image is refused."""
     config = pool_config(model_weights, job_timeout=0.5)
     pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
-                        detect_fn=detect_with_faults)
+                        model=config.default_model, detect_fn=detect_with_faults)
     await pool.start()
     try:
         first_pid = pool.workers[0].pid

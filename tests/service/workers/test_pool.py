@@ -21,7 +21,7 @@ from model.errors import ImageDecodeError, ImageTooLargeError
 from service.workers.pool import DetectorPool, PoolUnavailable
 from service.workers.threads import available_cores, threads_per_worker
 from settings import Config
-from tests.conftest import alive
+from tests.helpers import alive, ignores
 
 
 async def wait_ready(client: Any, timeout: float = 180.0) -> dict[str, Any]:
@@ -68,10 +68,11 @@ async def test_app_owned_pool_warms_every_worker_then_stops_them(
 
     # Ctrl-C reaches the whole process group (and a service manager may send SIGTERM to
     # every process): workers leave shutdown to the parent.
+    # Ignored signals are discarded when sent (nothing to wait for), so: ignored, then sent.
     for pid in pids:
+        assert ignores(pid, signal.SIGINT) and ignores(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGINT)
         os.kill(pid, signal.SIGTERM)
-    await asyncio.sleep(0.5)
     assert all(alive(pid) for pid in pids)
 
     # Both workers serve; bad input comes back as a 400, and nobody dies.
@@ -91,10 +92,8 @@ async def test_unloadable_model_fails_start_with_the_reason(test_config: Config,
                                                             tmp_path: Path) -> None:
     garbage = tmp_path / "broken.pt"
     garbage.write_bytes(os.urandom(4096))
-    workers = dataclasses.replace(
-        test_config.workers,
-        model_path=dataclasses.replace(test_config.workers.model_path, weights=garbage))
-    pool = DetectorPool(workers, max_pixels=1000)
+    model = dataclasses.replace(test_config.default_model, weights=garbage)
+    pool = DetectorPool(test_config.workers, max_pixels=1000, model=model)
     with pytest.raises(PoolUnavailable, match="worker 0 could not load the model: .*broken.pt"):
         await pool.start()
     assert pool.state == "failed" and not pool.ready
@@ -106,7 +105,7 @@ async def test_unloadable_model_fails_start_with_the_reason(test_config: Config,
 
 
 async def test_detect_before_start_is_refused(test_config: Config) -> None:
-    pool = DetectorPool(test_config.workers, max_pixels=1000)
+    pool = DetectorPool(test_config.workers, max_pixels=1000, model=test_config.default_model)
     with pytest.raises(PoolUnavailable):
         await pool.detect(b"", conf_thres=0.5, iou_thres=0.5)
     await pool.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.workers.pool import DetectorPool
-from tests.conftest import pool_config
+from tests.service.conftest import pool_config
 from tests.faults import with_comment
 from utils.event_loop import new_event_loop, uvloop_available
 
@@ -29,7 +29,8 @@ def test_large_images_pass_the_worker_pipe_on_uvloop(model_weights: Path,
     assert len(large) > 1 << 20  # more than a Unix socket's send buffer
 
     async def detect_several() -> list[int]:
-        pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels)
+        pool = DetectorPool(config.workers, max_pixels=config.server.max_pixels,
+                        model=config.default_model)
         await pool.start()
         try:
             return [(await pool.detect(large)).width for _ in range(4)]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from model.darknet import Darknet
+from model import defaults
 from model.detect import main, parse_args, resolve_model
 from model.inference import Detector
 from model.preprocess import decode_for_network
@@ -140,6 +141,24 @@ def test_usage_errors_exit_2(weights: Path, images: list[Path], extra: list[str]
     assert "usage:" in capsys.readouterr().err
 
 
+def test_the_model_files_go_together_and_are_required(
+        weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--cfg", str(CFG), "x.jpg"], ["x.jpg"]):
+        with pytest.raises(SystemExit) as exc_info:
+            main(argv)
+        assert exc_info.value.code == 2
+        assert "go together" in capsys.readouterr().err
+
+
+def test_flags_default_to_the_services_defaults(weights: Path) -> None:
+    """model/defaults.py: the numbers settings.py defaults to as well."""
+    model = resolve_model(parse_args(["--cfg", str(CFG), "--weights", str(weights),
+                                      "--names", str(NAMES), "x.jpg"]))
+    assert (model.img_size, model.conf_thres, model.iou_thres, model.agnostic_nms,
+            model.max_det) == (defaults.IMG_SIZE, defaults.CONF_THRES, defaults.IOU_THRES,
+                               defaults.AGNOSTIC_NMS, defaults.MAX_DET)
+
+
 def test_same_file_names_do_not_overwrite(weights: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     img = np.full((40, 40, 3), 200, np.uint8)
@@ -152,107 +171,3 @@ def test_same_file_names_do_not_overwrite(weights: Path, tmp_path: Path,
     assert main([*_model_args(weights), "--out", str(out_dir), *map(str, paths)]) == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["same.png", "same_1.png"]
     assert len(capsys.readouterr().out.splitlines()) == 2
-
-
-# --- the service's model and settings, from its config ---------------------------------
-
-def _config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "service.yaml"
-    path.write_text(text)
-    return path
-
-
-def _jpeg(tmp_path: Path, size: tuple[int, int] = (300, 500)) -> Path:
-    """A large-enough JPEG that the workers' decode takes the reduced-scale path."""
-    rng = np.random.default_rng(3)
-    img = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 3)
-    path = tmp_path / "photo.jpg"
-    assert cv2.imwrite(str(path), img)
-    return path
-
-
-def test_cli_uses_the_services_default_model_and_decodes_as_the_workers(
-        weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """models: mapping, the default: true entry (not the first), its own thresholds and
-    the workers' ones for what it leaves out; paths relative to the project root."""
-    config = _config(tmp_path, f"""
-server:
-  max_pixels: 1000000
-workers:
-  img_size: 64
-  conf_thres: 0.9
-  iou_thres: 0.5
-  agnostic_nms: true
-  max_det: 4
-  device: cpu
-  backend: torch
-models:
-  first:
-    cfg: model/data/does-not-matter.cfg
-    weights: model/data/does-not-matter.pt
-    names: model/data/does-not-matter.names
-  tiny:
-    default: true
-    cfg: tests/data/tiny.cfg
-    weights: {weights}
-    names: tests/data/tiny.names
-    conf_thres: 0.05
-""")
-    image = _jpeg(tmp_path)
-    assert main(["--config", str(config), str(image)]) == 0
-    record = json.loads(capsys.readouterr().out)
-
-    detector = Detector.load(CFG, weights, NAMES, img_size=64, device="cpu")
-    decoded = decode_for_network(image.read_bytes(), 1_000_000, 64)
-    assert decoded.image.shape[:2] != (300, 500)  # the reduced-scale decode
-    expected = detector.detect_decoded([decoded], conf_thres=0.05, iou_thres=0.5,
-                                       agnostic=True, max_det=4)[0]
-    assert (record["width"], record["height"]) == (500, 300)
-    assert len(expected) == 4
-    assert record["detections"] == [d.to_json() for d in expected]
-
-
-def test_cli_model_path_config_env_and_flag_overrides(
-        weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _config(tmp_path, f"""
-workers:
-  img_size: 64
-  conf_thres: 0.2
-  device: cpu
-  backend: torch
-  model_path:
-    cfg: tests/data/tiny.cfg
-    weights: {weights}
-    data: tests/data/tiny.names
-""")
-    monkeypatch.setenv("YOLO_CONFIG", str(config))
-    model = resolve_model(parse_args(["x.jpg"]))
-    assert (model.cfg, model.names, model.weights) == (CFG, NAMES, weights)
-    assert (model.img_size, model.conf_thres, model.iou_thres, model.agnostic_nms,
-            model.max_det, model.max_pixels) == (64, 0.2, 0.6, False, 300, 50_000_000)
-    flags = resolve_model(parse_args(["--conf-thres", "0.7", "--agnostic", "--max-det", "2",
-                                      "x.jpg"]))
-    assert (flags.conf_thres, flags.agnostic_nms, flags.max_det) == (0.7, True, 2)
-
-    image = _jpeg(tmp_path, (80, 120))
-    assert main(["--max-det", "3", str(image)]) == 0
-    record = json.loads(capsys.readouterr().out)
-    detector = Detector.load(CFG, weights, NAMES, img_size=64, device="cpu")
-    decoded = decode_for_network(image.read_bytes(), 50_000_000, 64)
-    expected = detector.detect_decoded([decoded], conf_thres=0.2, iou_thres=0.6, max_det=3)[0]
-    assert record["detections"] == [d.to_json() for d in expected]
-
-
-def test_cli_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    image = _jpeg(tmp_path, (40, 40))
-    missing = tmp_path / "none.yaml"
-    assert _main_error(capsys, ["--config", str(missing), str(image)]).startswith(
-        f"error: cannot read config file {missing}")
-    bad = _config(tmp_path, "workers:\n  img_size: big\n  model_path: {cfg: a, weights: b, "
-                            "data: c}\n")
-    assert _main_error(capsys, ["--config", str(bad), str(image)]) == (
-        f"error: {bad}: workers.img_size must be a int, got 'big'")
-    with pytest.raises(SystemExit):
-        main(["--cfg", str(CFG), str(image)])  # --cfg without --weights and --names
-    assert "go together" in capsys.readouterr().err
