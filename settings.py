@@ -424,6 +424,15 @@ def _models(raw: _Section, workers: WorkersConfig) -> tuple[ModelConfig, ...]:
     return tuple(models)
 
 
+def form_value(text: str) -> Any:
+    """A value typed in a form (``0.5``, ``true``, ``416``, ``auto``) as this config's YAML
+    reads it; text YAML cannot read stays text."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def parse_model(name: Any, raw: Any, workers: WorkersConfig, *,
                 key: str | None = None) -> tuple[ModelConfig, bool]:
     """One model's settings (a ``models:`` entry, or the form of ``PUT /api/models/{name}``

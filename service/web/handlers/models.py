@@ -17,7 +17,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -29,7 +28,7 @@ from service.serving.store import ROLES, file_name, files_in
 from service.web import keys
 from service.web.errors import RETRY_AFTER_S, ApiError
 from service.web.uploads import paced
-from settings import MODEL_NAME, RESERVED_MODEL_NAMES, ConfigError, parse_model
+from settings import MODEL_NAME, RESERVED_MODEL_NAMES, ConfigError, form_value, parse_model
 
 CHUNK = 1 << 16
 MAX_FIELD_BYTES = 256  # a setting's value
@@ -224,10 +223,7 @@ async def _small(part: BodyPartReader) -> str:
 
 def _setting(name: str, text: str) -> Any:
     """A form value as the config's YAML would read it (``0.5``, ``true``, ``416``)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        value = text
+    value = form_value(text)
     if isinstance(value, dict | list):
         raise ApiError(400, "bad_parameter", f"{name}: a single value, got {text[:40]!r}")
     return value
