@@ -41,9 +41,7 @@ async def test_sighup_adds_and_removes_models_while_serving(
     raw["storage"]["models_dir"] = str(tmp_path / "models")
     path.write_text(yaml.safe_dump(raw))
     url = f"http://127.0.0.1:{raw['server']['port']}"
-    paths = raw["workers"].pop("model_path")
-    one = {"service-6cls": {"cfg": paths["cfg"], "weights": paths["weights"],
-                            "names": paths["data"]}}
+    one = {"service-6cls": raw["models"]["service-6cls"]}
     two = {**one, "colours": {"cfg": str(DATA_DIR / "tiny.cfg"), "weights": str(tiny_weights),
                               "names": str(DATA_DIR / "tiny.names"), "img_size": 64}}
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "YOLO_CONFIG")}
