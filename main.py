@@ -4,7 +4,7 @@
 templates, resources (``cleanup_ctx``, each opened and closed by the module that owns it:
 PostgreSQL in ``db``, the record writer in ``service.recorder``, the warm workers of
 every model in ``service.workers.models``), routes, middlewares (metrics, JSON errors,
-access control: outermost first).
+the Host allowlist, the same-origin check of POSTs, access control: outermost first).
 
 On SIGTERM or SIGINT, ``web.run_app`` stops listening, lets in-flight requests finish
 (their records durable) for up to ``server.shutdown_timeout`` seconds, then closes the
@@ -39,9 +39,12 @@ from service.web.handlers.docs import load_openapi
 from service.web.middlewares import (
     auth_middleware,
     error_middleware,
+    host_middleware,
     metrics_middleware,
+    same_origin_middleware,
     security_headers,
 )
+from service.web.origin import allowed_hosts
 from service.web.tokens import TokenError, TokenStore
 from service.web.uploads import max_parts
 from service.workers.models import ModelPools, models_context
@@ -119,6 +122,8 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     app[keys.config_key] = config
     app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue,
                                         config.server.max_uploads)
+    app[keys.anonymous_admission_key] = Admission(config.server.anonymous_uploads,
+                                                  config.server.anonymous_uploads)
     metrics = ServiceMetrics(partial(metric_sources, app))
     app[keys.metrics_key] = metrics
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
@@ -128,13 +133,17 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
                             _workers(model_pools)])
     setup_routes(app)
-    # Outermost first: metrics count the status the client gets (errors already JSON).
-    app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error)])
+    # Outermost first: metrics count the status the client gets (errors already JSON);
+    # then hosts, origins and credentials, all from the headers, before any body is read.
+    hosts = allowed_hosts(config.server.allowed_hosts, config.server.host)
+    app.middlewares.extend([metrics_middleware(metrics), error_middleware(pages.render_error),
+                            host_middleware(hosts), same_origin_middleware])
     app.on_response_prepare.append(security_headers)
     if config.auth.tokens_file is not None:
         auth = Auth(TokenStore(config.auth.tokens_file),
                     session_seconds=config.auth.session_hours * 3600.0,
-                    cookie_secure=config.auth.cookie_secure)
+                    cookie_secure=config.auth.cookie_secure,
+                    per_token=config.auth.max_sessions_per_token)
         app[keys.auth_key] = auth
         app.middlewares.append(auth_middleware(auth))
         log.info("access control on: tokens in %s", config.auth.tokens_file)

@@ -5,32 +5,41 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.web.handlers import api, deepstack, docs, login, pages
+from service.web.uploads import defer_continue
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
 
 
 def setup_routes(app: web.Application) -> None:
+    """Every POST answers ``Expect: 100-continue`` only once its body is wanted
+    (``uploads.defer_continue``): after the checks that would refuse it."""
     router = app.router
     router.add_get("/", pages.index, name="index")
     router.add_get("/history", pages.history, name="history")
     router.add_get("/detections/{id}", pages.record_page, name="record")
     router.add_get("/detections/{id}/image", api.detection_image, name="record_image")
 
-    router.add_post("/detect", api.detect, name="detect")
+    router.add_post("/detect", api.detect, name="detect",
+                    expect_handler=defer_continue)
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
     router.add_get("/api/stats", api.stats, name="api_stats")
     router.add_get("/api/models", api.models, name="api_models")
 
     # DeepStack / CodeProject.AI object detection ("list" before the model names).
-    router.add_post("/v1/vision/detection", deepstack.detection, name="deepstack_detection")
-    router.add_post("/v1/vision/custom/list", deepstack.list_models, name="deepstack_models")
-    router.add_post("/v1/vision/custom/{model}", deepstack.custom, name="deepstack_custom")
+    router.add_post("/v1/vision/detection", deepstack.detection, name="deepstack_detection",
+                    expect_handler=defer_continue)
+    router.add_post("/v1/vision/custom/list", deepstack.list_models, name="deepstack_models",
+                    expect_handler=defer_continue)
+    router.add_post("/v1/vision/custom/{model}", deepstack.custom, name="deepstack_custom",
+                    expect_handler=defer_continue)
 
     router.add_get("/login", login.login_form, name="login")
-    router.add_post("/login", login.login, name="login_submit")
-    router.add_post("/logout", login.logout, name="logout")
+    router.add_post("/login", login.login, name="login_submit",
+                    expect_handler=defer_continue)
+    router.add_post("/logout", login.logout, name="logout",
+                    expect_handler=defer_continue)
 
     router.add_get("/healthz", api.healthz, name="healthz")
     router.add_get("/readyz", api.readyz, name="readyz")

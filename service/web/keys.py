@@ -29,5 +29,7 @@ records_key = web.AppKey("records", RecordWriter)
 renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 admission_key = web.AppKey("admission", Admission)
+# Bodies read for callers with no header credentials (DeepStack's api_key in the form).
+anonymous_admission_key = web.AppKey("anonymous_admission", Admission)
 metrics_key = web.AppKey("metrics", ServiceMetrics)
 openapi_key = web.AppKey("openapi", dict)  # the OpenAPI document, read at start-up

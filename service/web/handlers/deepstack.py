@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from service.detect import DetectOptions, Timing, detect_images
-from service.web import keys
+from service.web import budget, keys
 from service.web.errors import ApiError
 from service.web.handlers.api import client_gone, receive_form, receive_post
 from service.workers.pool import PoolUnavailable
@@ -68,7 +68,9 @@ async def _detect(request: web.Request, name: str | None, command: str) -> web.R
     admission = app[keys.admission_key]
     timing = Timing()
     deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-    with admission.receive():  # no model place while the body arrives (as POST /detect)
+    # No model place while the body arrives (as POST /detect); a caller without header
+    # credentials reads in the anonymous budget, its api_key checked as soon as it is in.
+    with budget.body_place(request):
         uploads, fields = await receive_form(request, deadline, max_files=1)
     timing.lap("upload")
     await _check_key(request, fields)
