@@ -14,10 +14,12 @@ resources in reverse order: workers, spool, database.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -34,6 +36,7 @@ from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
 from service.web.auth import Auth
+from service.web.connections import listen
 from service.web.handlers import pages
 from service.web.handlers.docs import load_openapi
 from service.web.middlewares import (
@@ -51,6 +54,7 @@ from service.workers.models import ModelPools, models_context
 from service.workers.pool import DetectorPool
 from settings import BASE_DIR, Config, ConfigError, load_config
 from utils.admission import Admission
+from utils.allocator import keep_large_buffers_mapped
 from utils.embedded_pg import EmbeddedPostgresError
 from utils.event_loop import new_event_loop
 from utils.migrate import MigrationError
@@ -160,6 +164,52 @@ def server_options(config: Config) -> dict[str, Any]:
     return {"keepalive_timeout": config.server.idle_timeout}
 
 
+async def serve(config: Config, sock: socket.socket) -> None:
+    """Serve until SIGTERM or SIGINT (``GracefulExit``), as ``web.run_app`` does, on a
+    listener capped at ``server.max_connections`` (``service.web.connections``); then stop
+    listening, finish in-flight requests (``server.shutdown_timeout``) and close the
+    resources."""
+    runner = web.AppRunner(await init_app(config), handle_signals=True,
+                           shutdown_timeout=config.server.shutdown_timeout,
+                           **server_options(config))
+    await runner.setup()
+    listener = None
+    try:
+        listener = await listen(runner, sock, config.server.max_connections)
+        host, port = sock.getsockname()[:2]
+        log.info("serving on http://%s:%s (at most %d connections)", host, port,
+                 config.server.max_connections)
+        await asyncio.Event().wait()  # until cancelled (a signal ends the loop)
+    finally:
+        if listener is not None:
+            listener.close()
+        await runner.cleanup()
+
+
+def run(main_coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+    """Run ``main_coro`` on ``loop`` until it ends or a signal stops it (GracefulExit),
+    then cancel what is left and close the loop (``web.run_app``'s ending)."""
+    task = loop.create_task(main_coro)
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(task)
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for leftover in rest:
+                leftover.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="YOLO object detection service")
     parser.add_argument("--config", help="config file (default: $YOLO_CONFIG or "
@@ -185,15 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.getLogger().setLevel(config.log_level)
     log.info("configuration: %s", config.source)
+    keep_large_buffers_mapped()  # uploads' buffers go back to the system after a burst
     try:
         # The port first: taken, it is reported at once, before PostgreSQL and the workers
         # start (seconds); the server then listens on this very socket.
         with socket.create_server((config.server.host, config.server.port)) as sock:
-            web.run_app(init_app(config), sock=sock,
-                        loop=new_event_loop(config.server.event_loop),
-                        shutdown_timeout=config.server.shutdown_timeout,
-                        **server_options(config),
-                        print=lambda text: log.info("%s", text.strip()))
+            run(serve(config, sock), new_event_loop(config.server.event_loop))
     except (OSError, asyncpg.PostgresError, EmbeddedPostgresError, MigrationError,
             TokenError) as exc:
         # The database, the spool directory, the port or the tokens file cannot be used
