@@ -124,10 +124,12 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     app = web.Application(client_max_size=config.server.max_upload_bytes,
                           client_max_fields=max_parts(config.server.max_files))
     app[keys.config_key] = config
+    server = config.server
     app[keys.admission_key] = Admission(config.running_capacity + config.workers.max_queue,
-                                        config.server.max_uploads)
-    app[keys.anonymous_admission_key] = Admission(config.server.anonymous_uploads,
-                                                  config.server.anonymous_uploads)
+                                        server.max_uploads, server.max_receiving_bytes)
+    app[keys.anonymous_admission_key] = Admission(server.anonymous_uploads,
+                                                  server.anonymous_uploads,
+                                                  server.max_receiving_bytes)
     metrics = ServiceMetrics(partial(metric_sources, app))
     app[keys.metrics_key] = metrics
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),

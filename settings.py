@@ -64,11 +64,16 @@ class ServerConfig:
     idle_timeout: float
     allowed_hosts: tuple[str, ...] = ()  # empty: the hosts the service was started for
     anonymous_uploads: int = 8  # bodies read at once for callers with no header credential
+    max_receiving_mb: float = 256.0  # request bodies in transit, together
     max_connections: int = 1024  # open connections at once; more are refused at once
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_receiving_bytes(self) -> int:
+        return int(self.max_receiving_mb * 1024 * 1024)
 
     @property
     def upload_min_rate(self) -> float:
@@ -346,6 +351,7 @@ def _server(raw: _Section) -> ServerConfig:
         idle_timeout=s.number("idle_timeout", 15.0),
         allowed_hosts=_hosts(s),
         anonymous_uploads=s.integer("anonymous_uploads", 8, maximum=100_000),
+        max_receiving_mb=s.number("max_receiving_mb", 256.0, high=1 << 20),
         max_connections=s.integer("max_connections", 1024, maximum=1_000_000),
     )
     s.check_unknown()

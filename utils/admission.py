@@ -2,9 +2,11 @@
 
 Two stages, each with a hard limit:
 
-- *receiving* (``receive()``): at most ``receive_limit`` request bodies are being read at
-  once. A body holds no model place while it arrives, so slow clients cannot take the
-  workers' capacity; this limit bounds the memory that bodies in transit take.
+- *receiving* (``receive(size)``): at most ``receive_limit`` request bodies are being read
+  at once, of at most ``receive_bytes`` bytes together (each counted at its declared
+  length, or the most an upload may be). A body holds no model place while it arrives, so
+  slow clients cannot take the workers' capacity; these limits bound the memory that
+  bodies in transit take.
 - *in progress* (``enter()``): at most ``limit`` requests (a full batch per worker plus
   ``workers.max_queue`` waiting) are admitted to the model at once.
 
@@ -28,15 +30,18 @@ class Admission:
     """Counters of admitted requests with hard limits; ``receive()`` and ``enter()``
     return a place."""
 
-    def __init__(self, limit: int, receive_limit: int | None = None) -> None:
+    def __init__(self, limit: int, receive_limit: int | None = None,
+                 receive_bytes: int | None = None) -> None:
         if limit < 1:
             raise ValueError("the admission limit must be at least 1")
         if receive_limit is not None and receive_limit < 1:
             raise ValueError("the receive limit must be at least 1")
         self.limit = limit
         self.receive_limit = receive_limit if receive_limit is not None else 4 * limit
+        self.receive_bytes = receive_bytes
         self.in_progress = 0
         self.receiving = 0
+        self.receiving_bytes = 0
         self.admitted_total = 0
         self.rejected_total = 0
 
@@ -45,20 +50,28 @@ class Admission:
         return QueueFull(f"the service is at capacity ({self.limit} requests in progress); "
                          "try again shortly")
 
-    def receive(self) -> Place:
-        """A place to read a request body in (``with place:``); raise QueueFull if every
-        place in progress or every receiving place is taken."""
+    def receive(self, size: int = 0) -> Place:
+        """A place to read a request body of at most ``size`` bytes in (``with place:``);
+        raise QueueFull if every place in progress or every receiving place is taken, or
+        the body would take the bodies in transit past ``receive_bytes``."""
         if self.in_progress >= self.limit:
             raise self._full()
         if self.receiving >= self.receive_limit:
             self.rejected_total += 1
             raise QueueFull(f"the service is receiving {self.receive_limit} uploads already; "
                             "try again shortly")
+        if self.receive_bytes is not None and self.receiving \
+                and self.receiving_bytes + size > self.receive_bytes:
+            self.rejected_total += 1
+            raise QueueFull(f"the service is receiving {self.receiving_bytes / (1 << 20):.0f} "
+                            "MiB of uploads already; try again shortly")
         self.receiving += 1
-        return Place(self._received)
+        self.receiving_bytes += size
+        return Place(lambda: self._received(size))
 
-    def _received(self) -> None:
+    def _received(self, size: int) -> None:
         self.receiving -= 1
+        self.receiving_bytes -= size
 
     def enter(self) -> Place:
         """Take a place (give it back with ``with place:``); raise QueueFull if none."""
@@ -74,6 +87,7 @@ class Admission:
     def snapshot(self) -> dict[str, Any]:
         return {"in_progress": self.in_progress, "limit": self.limit,
                 "receiving": self.receiving, "receive_limit": self.receive_limit,
+                "receiving_bytes": self.receiving_bytes, "receive_bytes": self.receive_bytes,
                 "admitted_total": self.admitted_total, "rejected_total": self.rejected_total}
 
     def collect(self) -> Iterator[Metric]:

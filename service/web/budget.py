@@ -1,7 +1,9 @@
 """Where a request body may be read: a receiving place, taken before the first byte.
 
 A caller with valid header credentials (or with access control off) reads its body in one
-of the ``server.max_uploads`` places of the admission queue (``utils.admission``). A caller
+of the ``server.max_uploads`` places of the admission queue (``utils.admission``), the
+bodies in transit together at most ``server.max_receiving_mb`` (each counted at its
+declared length, or ``server.max_upload_mb`` when chunked; one that would pass it: 503). A caller
 without them on a route that takes the token in the body (DeepStack's ``api_key``: the
 access-control middleware marks it ``auth.ANONYMOUS``) reads in one of the
 ``server.anonymous_uploads`` places instead, a budget of its own: anonymous uploads, however
@@ -28,11 +30,19 @@ def anonymous(request: web.Request) -> bool:
     return request.get(ANONYMOUS, False)
 
 
+def body_size(request: web.Request) -> int:
+    """The most bytes the body can take: its declared length, else the upload limit."""
+    limit = request.app[keys.config_key].server.max_upload_bytes
+    declared = request.content_length
+    return limit if declared is None else min(declared, limit)
+
+
 def body_place(request: web.Request) -> Place:
-    """The place to read this request's body in (QueueFull: 503 when none is free)."""
+    """The place to read this request's body in (QueueFull: 503 when none is free, or when
+    the bodies in transit would pass ``server.max_receiving_mb``)."""
     if anonymous(request):
-        return request.app[keys.anonymous_admission_key].receive()
-    return request.app[keys.admission_key].receive()
+        return request.app[keys.anonymous_admission_key].receive(body_size(request))
+    return request.app[keys.admission_key].receive(body_size(request))
 
 
 def key_checker(request: web.Request) -> Callable[[str, str], None] | None:

@@ -73,7 +73,7 @@ async def detect(request: web.Request) -> web.Response:
     admission = app[keys.admission_key]
     timing = Timing()
     deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-    with admission.receive():
+    with budget.body_place(request):  # 503 at once when no place (or byte budget) is free
         uploads = await receive_uploads(request, deadline)
     timing.lap("upload")
     with admission.enter():

@@ -70,6 +70,7 @@ class Trickler:
     port: int
     path: str = "/detect"
     content_type: str = "image/jpeg"
+    length: int = 100_000
     statuses: list[int] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -79,7 +80,7 @@ class Trickler:
             try:
                 writer.write(f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                              f"Content-Type: {self.content_type}\r\n"
-                             "Content-Length: 100000\r\n\r\n".encode())
+                             f"Content-Length: {self.length}\r\n\r\n".encode())
                 answer = asyncio.ensure_future(read_response(reader))
                 while not answer.done() and not stop.is_set():
                     writer.write(b"\xff")
@@ -163,7 +164,7 @@ async def test_a_trickled_small_form_gets_408(serve: Callable[..., Any]) -> None
     """request.post() (DeepStack's model list, the sign-in form) is paced too."""
     client = await serve({"server": {"upload_grace": 0.5}})
     trickler = Trickler(client.host, client.port, path="/v1/vision/custom/list",
-                        content_type="multipart/form-data; boundary=b")
+                        content_type="multipart/form-data; boundary=b", length=10_000)
     stop = asyncio.Event()
     task = asyncio.create_task(trickler.run(stop))
     deadline = time.monotonic() + 10
