@@ -36,6 +36,7 @@ from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
 from service.web.auth import Auth
+from service.web.budget import trim_after_bursts
 from service.web.connections import listen
 from service.web.handlers import pages
 from service.web.handlers.docs import load_openapi
@@ -90,6 +91,11 @@ async def _renditions(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _memory(app: web.Application) -> AsyncIterator[None]:
+    async with trim_after_bursts((app[keys.admission_key], app[keys.anonymous_admission_key])):
+        yield
+
+
 def _workers(shared: ModelPools | None) -> Callable[[web.Application], AsyncIterator[None]]:
     """Every model's pool; or ``shared`` pools (tests), used as they are and left open."""
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -137,7 +143,7 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
     app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
-                            _workers(model_pools)])
+                            _workers(model_pools), _memory])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON);
     # then hosts, origins and credentials, all from the headers, before any body is read.

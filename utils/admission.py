@@ -42,6 +42,7 @@ class Admission:
         self.in_progress = 0
         self.receiving = 0
         self.receiving_bytes = 0
+        self.received_bytes_total = 0  # the sizes of every body received, declared
         self.admitted_total = 0
         self.rejected_total = 0
 
@@ -67,11 +68,17 @@ class Admission:
                             "MiB of uploads already; try again shortly")
         self.receiving += 1
         self.receiving_bytes += size
+        self.received_bytes_total += size
         return Place(lambda: self._received(size))
 
     def _received(self, size: int) -> None:
         self.receiving -= 1
         self.receiving_bytes -= size
+
+    @property
+    def idle(self) -> bool:
+        """No body being received and no request in progress."""
+        return self.receiving == 0 and self.in_progress == 0
 
     def enter(self) -> Place:
         """Take a place (give it back with ``with place:``); raise QueueFull if none."""

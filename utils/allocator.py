@@ -22,15 +22,34 @@ MMAP_THRESHOLD = 256 * 1024  # buffers this large or larger: their own mapping
 TRIM_THRESHOLD = 4 * 1024 * 1024  # free heap top beyond this is returned
 
 
-def keep_large_buffers_mapped() -> bool:
-    """Set the thresholds for this process; False where the C library is not glibc."""
+def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc's, or AttributeError)
     except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def keep_large_buffers_mapped() -> bool:
+    """Set the thresholds for this process; False where the C library is not glibc."""
+    libc = _libc()
+    if libc is None:
         log.info("not glibc: allocator thresholds left as they are")
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) \
         and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def trim() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``); False
+    where there is no such call or nothing was given back."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    libc.malloc_trim.restype = ctypes.c_int
+    return bool(libc.malloc_trim(0))

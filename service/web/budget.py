@@ -14,16 +14,21 @@ with 401 at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 from aiohttp import web
 
 from service.web import keys
 from service.web.auth import ANONYMOUS
 from service.web.errors import ApiError
-from utils.admission import Place
+from utils.admission import Admission, Place
+from utils.allocator import trim
 
 API_KEY_FIELD = "api_key"
+TRIM_AFTER_BYTES = 64 << 20  # bodies received since the last trim worth one
+TRIM_INTERVAL_S = 1.0
 
 
 def anonymous(request: web.Request) -> bool:
@@ -57,3 +62,29 @@ def key_checker(request: web.Request) -> Callable[[str, str], None] | None:
             raise ApiError(401, "unauthorized", "a valid api_key is required")
 
     return check
+
+
+async def _trim_when_idle(admissions: Sequence[Admission], interval: float) -> None:
+    trimmed_at = 0
+    while True:
+        await asyncio.sleep(interval)
+        received = sum(admission.received_bytes_total for admission in admissions)
+        if received - trimmed_at >= TRIM_AFTER_BYTES \
+                and all(admission.idle for admission in admissions):
+            trimmed_at = received
+            await asyncio.to_thread(trim)
+
+
+@asynccontextmanager
+async def trim_after_bursts(admissions: Sequence[Admission],
+                            interval: float = TRIM_INTERVAL_S) -> AsyncIterator[None]:
+    """While open: once no body is being read and no request is in progress, after
+    :data:`TRIM_AFTER_BYTES` of bodies, give the heap's free pages back to the system
+    (``utils.allocator.trim``): bodies arrive in chunks from the heap, and the memory a
+    burst of large uploads freed would otherwise stay held."""
+    task = asyncio.create_task(_trim_when_idle(admissions, interval))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -43,11 +43,6 @@ FieldCheck = Callable[[str, str], None]
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def hashed_upload(filename: str, data: bytes) -> Upload:
-    """An upload read whole (a raw body), hashed now."""
-    return Upload(filename, data, hashlib.sha256(data).hexdigest())
-
-
 def clean_filename(raw: str | None, default: str = "upload") -> str:
     """The last path component, without control characters, at most 255 characters."""
     name = _UNSAFE.sub("", raw or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
