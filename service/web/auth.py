@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 COOKIE_NAME = "yolo_session"
 MAX_KNOWN_SESSIONS = 10_000  # sessions this instance remembers for a database outage
 LOOKUP_TIMEOUT_S = 2.0  # a session lookup slower than this uses what this instance knows
+WRITE_TIMEOUT_S = 5.0  # signing in or out: beyond, 503 database_unavailable
 # Set by the access-control middleware: the session's user (a cookie checked against the
 # database), and whether the request came with no header credentials to a route that
 # takes the token in the body.
@@ -84,15 +85,17 @@ class Auth:
             return None
         session_id = secrets.token_urlsafe(32)
         key = _key(session_id)
-        await sessions.open_session(pool, key, digest, seconds=self.session_seconds,
-                                    per_token=self.per_token)
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await sessions.open_session(pool, key, digest, seconds=self.session_seconds,
+                                        per_token=self.per_token)
         self._remember(key, _Session(digest, time.time() + self.session_seconds))
         return session_id
 
     async def close_session(self, pool: asyncpg.Pool, session_id: str) -> None:
         key = _key(session_id)
         self._known.pop(key, None)
-        await sessions.close_session(pool, key)
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await sessions.close_session(pool, key)
 
     async def session_user(self, pool: asyncpg.Pool, session_id: str) -> str | None:
         """The user of a live session: the database decides; while it does not answer,

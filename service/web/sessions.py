@@ -4,7 +4,9 @@ database sees them, so no sticky sessions are needed behind a proxy.
 Only hashes are stored: the session id's and the token's. Opening a session keeps at most
 ``per_token`` sessions of its token (the oldest beyond are ended: signing in again and
 again with one token ends only that token's sessions) and clears expired ones; opens of one
-token are serialised by an advisory lock, whichever instance runs them.
+token are serialised by an advisory lock, whichever instance runs them. Each runs through
+``db.run``: a caller's deadline (``asyncio.timeout``) ends it at once even when the server
+hangs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
+
+import db
 
 _OPEN = """
 INSERT INTO sessions (id_sha256, token_sha256, expires_at) VALUES ($1, $2, $3)
@@ -33,23 +37,27 @@ async def open_session(pool: asyncpg.Pool, id_sha256: str, token_sha256: str, *,
                        seconds: float, per_token: int) -> datetime:
     """Store a session; end the token's oldest beyond ``per_token``. Returns its expiry."""
     expires = datetime.now(timezone.utc) + timedelta(seconds=seconds)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
-                           token_sha256)
-        await conn.execute(_OPEN, id_sha256, token_sha256, expires)
-        await conn.execute(_TRIM, token_sha256, per_token)
-        await conn.execute(_EXPIRED)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))",
+                               token_sha256)
+            await conn.execute(_OPEN, id_sha256, token_sha256, expires)
+            await conn.execute(_TRIM, token_sha256, per_token)
+            await conn.execute(_EXPIRED)
+
+    await db.run(pool, work)
     return expires
 
 
 async def find_session(pool: asyncpg.Pool, id_sha256: str) -> tuple[str, datetime] | None:
     """(token hash, expiry) of a live session, else None."""
-    row = await pool.fetchrow(_FIND, id_sha256)
+    row = await db.run(pool, lambda conn: conn.fetchrow(_FIND, id_sha256))
     return None if row is None else (row["token_sha256"], row["expires_at"])
 
 
 async def close_session(pool: asyncpg.Pool, id_sha256: str) -> None:
-    await pool.execute(_CLOSE, id_sha256)
+    await db.run(pool, lambda conn: conn.execute(_CLOSE, id_sha256))
 
 
 async def token_sessions(pool: asyncpg.Pool, token_sha256: str) -> int:
