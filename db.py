@@ -208,6 +208,7 @@ class Database:
 
     pool: asyncpg.Pool
     embedded: EmbeddedPostgres | None  # None: an external server
+    connect: dict[str, Any]  # the pool's connection arguments (for a connection apart)
 
 
 @asynccontextmanager
@@ -230,7 +231,7 @@ async def pg_context(config: PostgresConfig) -> AsyncIterator[Database]:
         try:
             applied = await run(pool, migrate)
             log.info("database ready%s", f"; applied migrations {applied}" if applied else "")
-            yield Database(pool, embedded)
+            yield Database(pool, embedded, connect)
         finally:
             await close_pool(pool, config.close_timeout)
     finally:

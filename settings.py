@@ -66,10 +66,18 @@ class ServerConfig:
     upload_min_rate_kb: float
     max_uploads: int
     idle_timeout: float
+    allowed_hosts: tuple[str, ...] = ()  # empty: the hosts the service was started for
+    anonymous_uploads: int = 8  # bodies read at once for callers with no header credential
+    max_receiving_mb: float = 256.0  # request bodies in transit, together
+    max_connections: int = 1024  # open connections at once; more are refused at once
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_receiving_bytes(self) -> int:
+        return int(self.max_receiving_mb * 1024 * 1024)
 
     @property
     def upload_min_rate(self) -> float:
@@ -173,6 +181,7 @@ class AuthConfig:
     tokens_file: Path | None  # None: access control off
     session_hours: float
     cookie_secure: bool | None  # None: Secure on HTTPS requests only
+    max_sessions_per_token: int = 32  # signing in once more ends that token's oldest session
 
     @property
     def enabled(self) -> bool:
@@ -331,9 +340,30 @@ def _server(raw: _Section) -> ServerConfig:
         upload_min_rate_kb=s.number("upload_min_rate_kb", 16.0),
         max_uploads=s.integer("max_uploads", 64, maximum=100_000),
         idle_timeout=s.number("idle_timeout", 15.0),
+        allowed_hosts=_hosts(s),
+        anonymous_uploads=s.integer("anonymous_uploads", 8, maximum=100_000),
+        max_receiving_mb=s.number("max_receiving_mb", 256.0, high=1 << 20),
+        max_connections=s.integer("max_connections", 1024, maximum=1_000_000),
     )
     s.check_unknown()
     return config
+
+
+def _hosts(s: _Section) -> tuple[str, ...]:
+    """``allowed_hosts``: host names (no port), ``[::1]`` or ``::1`` for IPv6, ``*`` for any;
+    null or empty: the default, worked out at start-up (``service.web.origin``)."""
+    value = s.get("allowed_hosts", [])
+    if not isinstance(value, list) or not all(isinstance(h, str) and h.strip() for h in value):
+        raise ConfigError(s.key("allowed_hosts"), f"must be a list of host names, got {value!r}")
+    hosts = []
+    for raw in value:
+        host = raw.strip().lower()
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if host != "*" and not re.fullmatch(r"[a-z0-9_.:-]+", host):
+            raise ConfigError(s.key("allowed_hosts"), f"not a host name: {raw!r}")
+        hosts.append(host)
+    return tuple(hosts)
 
 
 def _postgres(raw: _Section, env: Mapping[str, str]) -> PostgresConfig:
@@ -506,7 +536,9 @@ def _auth(raw: _Section) -> AuthConfig:
         raise ConfigError(s.key("cookie_secure"), f"must be auto, true or false, got {secure!r}")
     config = AuthConfig(tokens_file=tokens_file,
                         session_hours=s.number("session_hours", 12.0, high=24.0 * 365),
-                        cookie_secure=secure)
+                        cookie_secure=secure,
+                        max_sessions_per_token=s.integer("max_sessions_per_token", 32,
+                                                         maximum=100_000))
     s.check_unknown()
     return config
 

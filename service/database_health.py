@@ -95,7 +95,8 @@ async def health_context(database: db.Database, *,
     """The database's health, kept by a watcher task until exit."""
     health = DatabaseHealth(embedded=database.embedded is not None)
     watcher = asyncio.create_task(watch(database.pool, health, database.embedded,
-                                        watch_interval), name="database-watch")
+                                        watch_interval, connect=database.connect),
+                                  name="database-watch")
     try:
         yield health
     finally:
@@ -105,27 +106,75 @@ async def health_context(database: db.Database, *,
 
 
 async def watch(pool: asyncpg.Pool, health: DatabaseHealth, embedded: EmbeddedPostgres | None,
-                interval: float = WATCH_INTERVAL_S) -> None:
+                interval: float = WATCH_INTERVAL_S, *,
+                connect: dict[str, Any] | None = None) -> None:
     """Background task: every ``interval``, is the embedded server's postmaster alive,
     and does the database answer? A dead embedded server is started again
     (:func:`restart`); an external one, or one that is alive but does not answer (hung,
-    out of connections), is only reported (``unavailable``) until it answers."""
-    while True:
-        await asyncio.sleep(interval)
-        if embedded is not None and not await asyncio.to_thread(embedded.alive):
-            await restart(pool, health, embedded)
-            continue
-        try:
+    out of connections), is only reported (``unavailable``) until it answers.
+
+    With ``connect`` (the pool's connection arguments) it asks on a connection of its
+    own, not one of the pool's: a burst of large writes can hold every pooled connection
+    for seconds, which is no outage."""
+    own: asyncpg.Connection | None = None
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            if embedded is not None and not await asyncio.to_thread(embedded.alive):
+                if own is not None:  # its server is gone
+                    own.terminate()
+                    own = None
+                await restart(pool, health, embedded)
+                continue
+            own = await _watch_once(pool, health, own, connect)
+    finally:
+        if own is not None:
+            own.terminate()
+
+
+async def _watch_once(pool: asyncpg.Pool, health: DatabaseHealth,
+                      own: asyncpg.Connection | None,
+                      connect: dict[str, Any] | None) -> asyncpg.Connection | None:
+    """One look; the watcher's own connection for the next (None: make one)."""
+    try:
+        if connect is None:
             await db.ping(pool, WATCH_PING_TIMEOUT_S)
-        except db.UNAVAILABLE_ERRORS as exc:
-            if health.up:
-                log.error("database unavailable: %s: %s", type(exc).__name__, exc)
-            health.set("unavailable", f"{type(exc).__name__}: {exc}".rstrip(": "))
         else:
-            if health.state != "ok":
-                log.info("database available again")
-                await pool.expire_connections()  # those opened before the outage are dead
-            health.set("ok")
+            own = await _ping_alone(own, connect, WATCH_PING_TIMEOUT_S)
+    except db.UNAVAILABLE_ERRORS as exc:
+        own = None
+        if health.up:
+            log.error("database unavailable: %s: %s", type(exc).__name__, exc)
+        health.set("unavailable", f"{type(exc).__name__}: {exc}".rstrip(": "))
+    else:
+        if health.state != "ok":
+            log.info("database available again")
+            await pool.expire_connections()  # those opened before the outage are dead
+        health.set("ok")
+    return own
+
+
+async def _ping_alone(conn: asyncpg.Connection | None, connect: dict[str, Any],
+                      timeout: float) -> asyncpg.Connection:
+    """``SELECT 1`` on ``conn`` (connected first when None or closed) within ``timeout``;
+    the connection, or raise with it terminated (never a graceful cancel, which would
+    wait on a hung server: see :func:`db.run`)."""
+    try:
+        async with asyncio.timeout(timeout):
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(**connect, timeout=timeout)
+            task = asyncio.ensure_future(conn.fetchval("SELECT 1"))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                conn.terminate()
+                task.cancel()
+                raise
+    except BaseException:
+        if conn is not None:
+            conn.terminate()
+        raise
+    return conn
 
 
 async def restart(pool: asyncpg.Pool, health: DatabaseHealth,

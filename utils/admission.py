@@ -7,9 +7,10 @@ Two limits, each hard:
   places taken is refused at once (``QueueFull``: 503, Retry-After); ``check()`` refuses
   it before its body is read. A request of more images than the whole limit is admitted
   only while nothing else is in progress, so it cannot wait for ever.
-- :class:`Receiving` (one per app): at most ``limit`` request bodies are being read at
-  once. A body holds no model place while it arrives, so slow clients cannot take the
-  workers' capacity; this limit bounds the memory that bodies in transit take.
+- :class:`Receiving` (one per app for callers with credentials, one for anonymous ones):
+  at most ``limit`` request bodies are being read at once, of at most ``max_bytes``
+  together. A body holds no model place while it arrives, so slow clients cannot take
+  the workers' capacity; these limits bound the memory that bodies in transit take.
 """
 
 from __future__ import annotations
@@ -80,35 +81,63 @@ class Admission:
 
 
 class Receiving:
-    """Request bodies being read, with a hard limit; ``receive()`` returns a place."""
+    """Request bodies being read, with hard limits; ``receive(size)`` returns a place.
 
-    def __init__(self, limit: int) -> None:
+    At most ``limit`` bodies at once, of at most ``max_bytes`` together (each counted at
+    its declared length, or the most an upload may be; None: no byte limit)."""
+
+    def __init__(self, limit: int, max_bytes: int | None = None, *, name: str = "") -> None:
         if limit < 1:
             raise ValueError("the receive limit must be at least 1")
         self.limit = limit
+        self.max_bytes = max_bytes
+        self.name = name  # "anonymous" for the bodies of callers without credentials
         self.receiving = 0
+        self.receiving_bytes = 0
+        self.received_bytes_total = 0  # the sizes of every body received, declared
         self.rejected_total = 0
 
-    def receive(self) -> Place:
-        """A place to read a request body in (``with place:``); QueueFull if none."""
+    def receive(self, size: int = 0) -> Place:
+        """A place to read a body of at most ``size`` bytes in (``with place:``); QueueFull
+        if every place is taken, or the body would take those in transit past
+        ``max_bytes``."""
         if self.receiving >= self.limit:
             self.rejected_total += 1
             raise QueueFull(f"the service is receiving {self.limit} uploads already; "
                             "try again shortly")
+        if self.max_bytes is not None and self.receiving \
+                and self.receiving_bytes + size > self.max_bytes:
+            self.rejected_total += 1
+            raise QueueFull(f"the service is receiving {self.receiving_bytes / (1 << 20):.0f} "
+                            "MiB of uploads already; try again shortly")
         self.receiving += 1
-        return Place(self._received)
+        self.receiving_bytes += size
+        self.received_bytes_total += size
+        return Place(lambda: self._received(size))
 
-    def _received(self) -> None:
+    def _received(self, size: int) -> None:
         self.receiving -= 1
+        self.receiving_bytes -= size
+
+    @property
+    def idle(self) -> bool:
+        """No body being received."""
+        return self.receiving == 0
 
     def snapshot(self) -> dict[str, Any]:
         return {"receiving": self.receiving, "receive_limit": self.limit,
+                "receiving_bytes": self.receiving_bytes, "receive_bytes": self.max_bytes,
                 "receive_rejected_total": self.rejected_total}
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("yolo_admission_receiving",
-                                "request bodies being received (no model place yet)",
+        suffix = f"_{self.name}" if self.name else ""
+        whose = f" ({self.name} callers)" if self.name else ""
+        yield GaugeMetricFamily(f"yolo_admission_receiving{suffix}",
+                                f"request bodies being received{whose} (no model place yet)",
                                 value=self.receiving)
+        yield GaugeMetricFamily(f"yolo_admission_receiving_bytes{suffix}",
+                                f"declared bytes of the bodies being received{whose}",
+                                value=self.receiving_bytes)
 
 
 class Place:

@@ -53,13 +53,16 @@ import yaml
 
 from bench._service import PROJECT_ROOT, ServiceError, parse_assignment, scratch_dir
 from bench.common import load_images, materialize_weights, resolve_model
-from bench.reliability import phases, slow
+from bench.reliability import memory, phases, slow
 from bench.reliability.live import LiveInstance, LiveInstanceError
+from service.web.tokens import create_token
 
 log = logging.getLogger("bench.reliability")
 
-PHASES = ("kill", "postgres", "hung", "overload", "hostile", "soak", "slow", "killed", "disk")
+PHASES = ("kill", "postgres", "hung", "overload", "hostile", "soak", "slow", "killed", "disk",
+          "memory")
 OWN_DATABASE_PHASES = ("killed", "disk")  # on the second instance
+OWN_INSTANCE_PHASES = ("memory",)  # on an instance of its own: access control on
 QUICK = {"calibrate_s": 8.0, "kill_stream_s": 15.0, "outage_s": 10.0, "overload_s": 15.0,
          "soak_s": 60.0, "soak_warmup_s": 15.0, "hang_s": 10.0, "slow_s": 15.0}
 
@@ -154,7 +157,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
         capacity.figures["admission_limit"] = limit
         rps = float(capacity.figures["capacity_rps"])
         log.info("capacity: %.2f requests/s", rps)
-        for name in [p for p in args.phases if p not in OWN_DATABASE_PHASES]:
+        for name in [p for p in args.phases
+                     if p not in OWN_DATABASE_PHASES + OWN_INSTANCE_PHASES]:
             log.info("phase %s", name)
             if name == "kill":
                 report = await phases.worker_kill(
@@ -195,7 +199,25 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[phases.PhaseRepor
     if own:
         reports += await _own_database_phases(args, own, workdir / "own-database",
                                               overrides, images, clients)
+    if "memory" in args.phases:
+        reports.append(await _memory_phase(args, workdir / "memory", overrides, images))
     return reports
+
+
+async def _memory_phase(args: argparse.Namespace, workdir: Path, overrides: dict[str, Any],
+                        images: Sequence[Any]) -> phases.PhaseReport:
+    """Issue 25's memory rows on an instance with access control on and 20 MiB uploads."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokens = workdir / "tokens.json"
+    token = create_token(tokens, "bench")
+    async with LiveInstance(args.config, workdir,
+                            {**overrides, "auth.tokens_file": str(tokens),
+                             "server.max_upload_mb": 20}) as live:
+        await live.wait_ready(args.ready_timeout)
+        log.info("phase memory (access control on, 20 MiB uploads)")
+        report = await memory.large_bodies(live, token, images[0].data)
+    print_report(report)
+    return report
 
 
 async def _own_database_phases(args: argparse.Namespace, names: Sequence[str], workdir: Path,

@@ -44,7 +44,7 @@ class Trickler:
                 continue
             started = time.monotonic()
             try:
-                writer.write(b"POST /detect HTTP/1.1\r\nHost: bench\r\n"
+                writer.write(b"POST /detect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                              b"Content-Type: image/jpeg\r\n"
                              b"Content-Length: %d\r\n\r\n" % CLAIMED_BYTES)
                 answer = asyncio.ensure_future(reader.readline())

@@ -6,7 +6,7 @@ once: 404, 400, 503 at the model's capacity, before a byte of the body is read),
 decodes from the body (its form fields: options, a key), and how it encodes the records
 as its answer. :func:`detect_with` does the rest, the same for all: the deadline
 (``server.request_timeout``), the body read holding no model place
-(``Receiving``), the detect work (:func:`service.detect.detect_images`: the model's
+(``service.web.budget``), the detect work (:func:`service.detect.detect_images`: the model's
 places, the model server, the durable records) and the ``Server-Timing`` phases.
 """
 
@@ -24,7 +24,7 @@ import db
 from service.detect import Timing, detect_images
 from service.serving.options import DetectOptions
 from service.serving.server import ModelServer
-from service.web import keys
+from service.web import budget, keys
 from service.web.receive import Form, client_gone, receive_form
 
 
@@ -73,7 +73,9 @@ async def detect_with(request: web.Request, codec: Codec) -> web.StreamResponse:
         early.server.check()  # at capacity or not serving: refused before the body
     timing = Timing()
     deadline = asyncio.get_running_loop().time() + config.server.request_timeout
-    with state[keys.receiving_key].receive():  # no model place while the body arrives
+    # No model place while the body arrives; a caller without header credentials reads
+    # in the anonymous budget, its api_key checked as soon as it is in.
+    with budget.body_place(request):
         form = await receive_form(request, deadline, max_files=codec.max_files(request))
     timing.lap("upload")
     decoded = await codec.decode(request, form, early)

@@ -29,6 +29,8 @@ records_key = web.AppKey("records", RecordWriter)
 renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 receiving_key = web.AppKey("receiving", Receiving)  # request bodies being read
+# Bodies read for callers with no header credentials (DeepStack's api_key in the form).
+anonymous_receiving_key = web.AppKey("anonymous_receiving", Receiving)
 metrics_key = web.AppKey("metrics", ServiceMetrics)
 openapi_key = web.AppKey("openapi", dict)  # the OpenAPI document, read at start-up
 # on a sub-app whose own middleware checks access (DeepStack's api_key form field)

@@ -1,5 +1,6 @@
 """The app's middlewares, outermost first: metrics (count the status the client gets),
-errors (every failure as JSON, through ``errors.for_exception``), access control.
+errors (every failure as JSON, through ``errors.for_exception``), the Host allowlist,
+the same-origin check of POSTs, access control.
 
 The one exception to JSON errors: a browser asking for a page that does not exist (GET,
 ``Accept: text/html``, not under ``/api/``) gets the HTML error page, when the app gives
@@ -17,7 +18,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from service.metrics import ServiceMetrics
-from service.web import keys
+from service.web import keys, origin
 from service.web.auth import Auth, is_public
 from service.web.errors import CODES, ApiError, ErrorRenderer, error_response, for_exception
 
@@ -108,7 +109,7 @@ def error_middleware(render_page: PageRenderer | None = None, *,
             if exc.status == 404 and render_page is not None and _wants_page(request):
                 return render_page(request, 404, "Page not found",
                                    f"There is no page at {request.path[:200]}.")
-            return _from_http_exception(exc, render)
+            return _unread_closes(request, _from_http_exception(exc, render))
         except Exception as exc:
             error = for_exception(exc)
             if error is None:
@@ -117,10 +118,18 @@ def error_middleware(render_page: PageRenderer | None = None, *,
             if error.code == "database_unavailable":
                 log.warning("%s %s: database unavailable: %s: %s", request.method,
                             request.path, type(exc).__name__, exc)
-            return render(error.status, error.code, error.message, error.headers,
-                          error.details)
+            return _unread_closes(request, render(error.status, error.code, error.message,
+                                                  error.headers, error.details))
 
     return errors
+
+
+def _unread_closes(request: web.Request, response: web.Response) -> web.Response:
+    """A refused request whose body was not read closes its connection after the answer,
+    rather than aiohttp reading (and dropping) the rest of the body for up to 10 s."""
+    if request.can_read_body and not request.content.is_eof():
+        response.force_close()
+    return response
 
 
 # ---------------------------------------------------------------- security headers
@@ -155,13 +164,19 @@ def checks_own_access(request: web.Request) -> bool:
 
 
 def auth_middleware(auth: Auth) -> Middleware:
-    """Access control: a public path, a valid token or a session, else 401 (a browser
-    asking for a page without credentials: a redirect to the sign-in form)."""
+    """Access control, from the request's headers, before any body is read: a public path,
+    a valid token or a session, else 401 (a browser asking for a page without credentials:
+    a redirect to the sign-in form). A request with ``Authorization`` is judged by it
+    alone. On a route that takes the token in the body (DeepStack's ``api_key``), a
+    request without header credentials goes on marked ``ANONYMOUS``: its body is read
+    under the anonymous budget (``service.web.budget``) and its key checked there."""
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_public(request.path) or checks_own_access(request) \
-                or auth.user(request) is not None:
+        if checks_own_access(request):
+            return await handler(request)  # a sub-app that judges its callers itself
+        user = await auth.identify(request, request.app.get(keys.db_key))
+        if user is not None or is_public(request.path):
             return await handler(request)
         wants_page = request.method == "GET" and "text/html" in request.headers.get(hdrs.ACCEPT, "")
         if wants_page and hdrs.AUTHORIZATION not in request.headers:
@@ -171,3 +186,25 @@ def auth_middleware(auth: Auth) -> Middleware:
                        {"WWW-Authenticate": 'Bearer realm="yolo-detect"'})
 
     return require_token
+
+
+# ---------------------------------------------------------------- hosts and origins
+
+def host_middleware(allowed: frozenset[str]) -> Middleware:
+    """DNS rebinding: a ``Host`` outside ``allowed`` gets 421, a malformed one 400
+    (``service.web.origin``)."""
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin.check_host(request.headers.get(hdrs.HOST), allowed)
+        return await handler(request)
+
+    return check_host
+
+
+@web.middleware
+async def same_origin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CSRF: a POST that a browser sent from another origin gets 403 ``cross_origin``, on
+    every route, access control on or off (``service.web.origin``)."""
+    origin.check_same_origin(request.method, request.headers, request.headers.get(hdrs.HOST))
+    return await handler(request)

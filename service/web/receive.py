@@ -12,8 +12,14 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from service.detect import Upload
-from service.web import keys
-from service.web.uploads import paced, read_form
+from service.web import budget, keys
+from service.web.uploads import (
+    SMALL_FORM_BYTES,
+    paced,
+    read_form,
+    send_continue,
+    small_form_size,
+)
 
 
 @dataclass(frozen=True)
@@ -32,18 +38,23 @@ async def receive_form(request: web.Request, deadline: float, *,
     async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
                      deadline=deadline):
         uploads, fields = await read_form(request, max_bytes=server.max_upload_bytes,
-                                          max_files=max_files or server.max_files)
+                                          max_files=max_files or server.max_files,
+                                          on_field=budget.key_checker(request))
     return Form(uploads, fields)
 
 
 async def receive_post(request: web.Request) -> MultiDictProxy[str | web.FileField]:
-    """``request.post()`` (a small form: sign-in, DeepStack's list), paced as uploads are
-    and bounded by ``server.request_timeout``; ``client_max_fields`` bounds its parts."""
+    """``request.post()`` of a small form (sign-in, DeepStack's list): at most
+    ``uploads.SMALL_FORM_BYTES`` (413 beyond, before reading when the length is declared),
+    paced as uploads are and bounded by ``server.request_timeout``; ``client_max_fields``
+    bounds its parts."""
     server = request.config_dict[keys.config_key].server
+    small_form_size(request)
     deadline = asyncio.get_running_loop().time() + server.request_timeout
     async with paced(request, grace=server.upload_grace, min_rate=server.upload_min_rate,
                      deadline=deadline):
-        return await request.post()
+        await send_continue(request)
+        return await request.clone(client_max_size=SMALL_FORM_BYTES).post()
 
 
 def client_gone(request: web.Request) -> bool:

@@ -7,6 +7,11 @@ arrive: 408 for a body that, after a grace period, averages less than a minimum 
 not in by a deadline. What a client says it sent (the part's or the body's Content-Type) is
 not trusted either way: the bytes decide, in ``service.detect`` (415 with the same
 sentence, whatever the client, for anything that is not an accepted image).
+
+``Expect: 100-continue`` is answered only when the body is about to be read, after every
+check that could refuse it (:func:`defer_continue` is the routes' expect handler,
+:func:`send_continue` sends the 100): a refused request gets its 4xx and no 100. Small forms
+(sign-in, DeepStack's model list) may be at most :data:`SMALL_FORM_BYTES` (413 beyond).
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from aiohttp import BodyPartReader, web
-from aiohttp.hdrs import CONTENT_DISPOSITION
+from aiohttp import BodyPartReader, HttpVersion11, web
+from aiohttp.hdrs import CONTENT_DISPOSITION, EXPECT
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from service.detect import Upload
-from service.web.errors import ApiError
+from service.web.errors import ApiError, error_response
 
 FIELD = "image"
 MAX_FILENAME = 255
@@ -31,12 +36,11 @@ MAX_FIELDS = 16  # short text fields of a form that are kept (others are read an
 MAX_EXTRA_PARTS = 16  # parts of a form besides its images (text fields); more -> 413
 MAX_FIELD_BYTES = 1024
 CHUNK = 1 << 16
+SMALL_FORM_BYTES = 16 * 1024  # the sign-in form, DeepStack's model list
+CONTINUE = "100-continue"
+# (name, value) of each short text field as it is read; may raise to end the read
+FieldCheck = Callable[[str, str], None]
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def hashed_upload(filename: str, data: bytes) -> Upload:
-    """An upload read whole (a raw body), hashed now."""
-    return Upload(filename, data, hashlib.sha256(data).hexdigest())
 
 
 def clean_filename(raw: str | None, default: str = "upload") -> str:
@@ -45,6 +49,32 @@ def clean_filename(raw: str | None, default: str = "upload") -> str:
     if name in ("", ".", ".."):
         return default
     return name[:MAX_FILENAME]
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """The routes' expect handler: no ``100 Continue`` now (aiohttp's default sends it
+    before any check); :func:`send_continue` sends it once the body is wanted. An Expect
+    other than 100-continue: 417."""
+    if request.headers.get(EXPECT, "").lower() != CONTINUE:
+        return error_response(417, "expectation_failed", "only Expect: 100-continue is "
+                              "understood", path=request.path)
+    return None
+
+
+async def send_continue(request: web.Request) -> None:
+    """``100 Continue``, if the client waits for it: call just before reading the body."""
+    if request.version == HttpVersion11 \
+            and request.headers.get(EXPECT, "").lower() == CONTINUE \
+            and request.writer.output_size == 0 and not request.content.total_bytes:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+
+
+def small_form_size(request: web.Request) -> None:
+    """413 for a small form whose declared length is over :data:`SMALL_FORM_BYTES`."""
+    if request.content_length is not None and request.content_length > SMALL_FORM_BYTES:
+        raise ApiError(413, "payload_too_large",
+                       f"the form exceeds the limit of {SMALL_FORM_BYTES // 1024} KiB")
 
 
 def max_parts(max_files: int) -> int:
@@ -106,40 +136,55 @@ async def read_uploads(request: web.Request, *, max_bytes: int, max_files: int) 
     return uploads
 
 
-async def read_form(request: web.Request, *, max_bytes: int,
-                    max_files: int) -> tuple[list[Upload], dict[str, str]]:
+async def read_form(request: web.Request, *, max_bytes: int, max_files: int,
+                    on_field: FieldCheck | None = None) -> tuple[list[Upload], dict[str, str]]:
     """Every uploaded image of the request, in order, and the short text fields of a
     multipart form (the first of each name; DeepStack clients send ``api_key`` and
-    ``min_confidence`` so). 499 if the client leaves mid-way."""
+    ``min_confidence`` so), each given to ``on_field`` as soon as it is read. 499 if the
+    client leaves mid-way."""
     try:
-        return await _read_uploads(request, max_bytes=max_bytes, max_files=max_files)
+        return await _read_uploads(request, max_bytes=max_bytes, max_files=max_files,
+                                   on_field=on_field)
     except ConnectionResetError:
         raise ApiError(499, "client_closed_request",
                        "the client closed the connection during the upload") from None
 
 
-async def _read_uploads(request: web.Request, *, max_bytes: int,
-                        max_files: int) -> tuple[list[Upload], dict[str, str]]:
+async def _read_uploads(request: web.Request, *, max_bytes: int, max_files: int,
+                        on_field: FieldCheck | None) -> tuple[list[Upload], dict[str, str]]:
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(max_bytes)
     content_type = request.content_type.lower()
     fields: dict[str, str] = {}
+    await send_continue(request)
     if content_type == "multipart/form-data":
-        uploads = await _read_multipart(request, max_bytes, max_files, fields)
+        uploads = await _read_multipart(request, max_bytes, max_files, fields, on_field)
     else:  # one raw image body, whatever its declared type (curl --data-binary sends
         # application/x-www-form-urlencoded)
-        data = await request.read()  # client_max_size applies: 413 beyond it
-        if len(data) > max_bytes:
-            raise _too_large(max_bytes)
-        uploads = [hashed_upload(clean_filename(request.query.get("filename")), data)]
+        uploads = [await _read_raw(request, max_bytes)]
     for upload in uploads:
         if not upload.data:
             raise ApiError(400, "empty_image", f"{upload.filename}: the image is empty")
     return uploads, fields
 
 
+async def _read_raw(request: web.Request, max_bytes: int) -> Upload:
+    """A raw body, hashed as it arrives and joined once (``request.read()`` would hold a
+    growing copy and then another)."""
+    chunks, digest, total = [], hashlib.sha256(), 0
+    while chunk := await request.content.read(CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        digest.update(chunk)
+    data = b"".join(chunks)
+    del chunks
+    return Upload(clean_filename(request.query.get("filename")), data, digest.hexdigest())
+
+
 async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
-                          fields: dict[str, str]) -> list[Upload]:
+                          fields: dict[str, str], on_field: FieldCheck | None) -> list[Upload]:
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
@@ -171,6 +216,8 @@ async def _read_multipart(request: web.Request, max_bytes: int, max_files: int,
                     # A value too long is kept cut one byte past the limit, so that its
                     # reader can refuse it (400) instead of finding the field absent.
                     fields[name] = value[:MAX_FIELD_BYTES + 1].decode("utf-8", "replace").strip()
+                    if on_field is not None:
+                        on_field(name, fields[name])
                 continue
             if len(uploads) >= max_files:
                 raise ApiError(400, "too_many_files",

@@ -18,6 +18,7 @@ import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ import pytest_asyncio
 
 from main import init_app
 from service.web import keys
+from service.web.auth import COOKIE_NAME, LOOKUP_TIMEOUT_S
+from service.web.tokens import create_token
 from service.workers.pool import DetectorPool
 from settings import Config, load_config
 from tests.helpers import form
@@ -203,6 +206,34 @@ async def test_a_hung_database_costs_a_request_its_write_timeout_not_more(
             os.kill(pid, signal.SIGCONT)
     await wait_for_empty_spool(client)
     assert await stored(own_database) == {record_id: 1 for record_id in ids}
+
+
+async def test_sessions_seen_here_outlive_a_hung_database(
+        own_database: EmbeddedPostgres, outage_config: Config, detector_pool: DetectorPool,
+        aiohttp_client: Any, tmp_path: Path) -> None:
+    """Sessions are in PostgreSQL; while it hangs, an instance honours the sessions it
+    opened (each lookup gives up after its deadline), refuses others, and bearer tokens
+    need no database at all."""
+    tokens = tmp_path / "tokens.json"
+    token = create_token(tokens, "web")
+    config = replace(outage_config, auth=replace(outage_config.auth, tokens_file=tokens))
+    client = await aiohttp_client(await init_app(config, detector_pool=detector_pool))
+    response = await client.post("/login", data={"token": token}, allow_redirects=False)
+    assert response.status == 303
+    hung = own_database.processes()
+    for pid in hung:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert (await client.get("/api/models")).status == 200  # the session, from memory
+        assert time.monotonic() - started < LOOKUP_TIMEOUT_S + 3
+        unknown = {COOKIE_NAME: "x" * 43}
+        assert (await client.get("/api/models", cookies=unknown)).status == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert (await client.get("/api/models", headers=bearer, cookies={})).status == 200
+    finally:
+        for pid in hung:
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture

@@ -143,6 +143,12 @@ def test_yolo_config_env_is_read(tmp_path: Path) -> None:
     ({"auth": {"cookie_secure": "maybe"}}, "auth.cookie_secure: must be auto, true or false"),
     ({"auth": {"tokens_file": ""}}, "auth.tokens_file: must be a non-empty string"),
     ({"auth": {"token": "x"}}, "auth.token: unknown key"),
+    ({"server": {"allowed_hosts": "a.example"}}, "server.allowed_hosts: must be a list"),
+    ({"server": {"allowed_hosts": ["a b"]}}, "server.allowed_hosts: not a host name"),
+    ({"server": {"max_connections": 0}}, "server.max_connections: must be a positive"),
+    ({"server": {"anonymous_uploads": 0}}, "server.anonymous_uploads: must be a positive"),
+    ({"server": {"max_receiving_mb": 0}}, "server.max_receiving_mb: must be in"),
+    ({"auth": {"max_sessions_per_token": 0}}, "auth.max_sessions_per_token: must be a posit"),
     ({"serverr": {}}, "serverr: unknown key"),
     ({"server": "fast"}, "server: must be a mapping"),
 ])

@@ -32,15 +32,16 @@ from aiohttp import hdrs, web
 
 from service.serving.options import DetectOptions
 from service.web import keys
+from service.web.auth import ANONYMOUS
 from service.web.detecting import Answer, Decoded, detect_with
 from service.web.errors import ApiError
 from service.web.middlewares import error_middleware
 from service.web.receive import Form, receive_post
+from service.web.uploads import defer_continue
 
 PREFIX = "/v1/vision"
 MODULE_ID = "darknet-yolo"
 MODULE_NAME = "Darknet YOLO detection service"
-_KEY_NEEDED = web.RequestKey("deepstack_api_key_needed", bool)  # known only by api_key
 
 
 def render_error(status: int, code: str, message: str,
@@ -58,27 +59,26 @@ def _unauthorized() -> ApiError:
 
 @web.middleware
 async def access(request: web.Request, handler: Any) -> web.StreamResponse:
-    """With access control on: an Authorization header decides alone (401 if it names no
-    valid token); a session lets the request in; else the handler must find a valid
-    ``api_key`` in the form (:func:`_api_key_caller`) before anything else."""
+    """With access control on, from the headers before any body is read: an Authorization
+    header decides alone (401 if it names no valid token); a session lets the request in;
+    else the caller is anonymous: its body is read in the anonymous budget
+    (``service.web.budget``) and must carry a valid ``api_key`` (:func:`_api_key_caller`)."""
     auth = request.config_dict.get(keys.auth_key)
-    if auth is not None:
+    if auth is not None and \
+            await auth.identify(request, request.config_dict.get(keys.db_key)) is None:
         if hdrs.AUTHORIZATION in request.headers:
-            if auth.user(request) is None:
-                raise _unauthorized()
-        elif auth.user(request) is None:
-            request[_KEY_NEEDED] = True
+            raise _unauthorized()
+        request[ANONYMOUS] = True
     return await handler(request)
 
 
 def _api_key_caller(request: web.Request, fields: dict[str, str]) -> None:
-    """The one place where the ``api_key`` form field is read and checked (the form has
-    been read by then: bound it before this when the caller is anonymous)."""
-    if not request.get(_KEY_NEEDED):
+    """The one place where the ``api_key`` form field is judged, once the form is read
+    (an anonymous body is bounded, and a wrong key ends its read at once:
+    ``budget.key_checker``)."""
+    if not request.get(ANONYMOUS):
         return
-    auth = request.config_dict[keys.auth_key]
-    key = fields.get("api_key", "")
-    if not key or auth.tokens.name_for(key) is None:
+    if request.config_dict[keys.auth_key].key_user(fields.get("api_key", "")) is None:
         raise _unauthorized()
 
 
@@ -94,10 +94,10 @@ class DeepStackCodec:
     def before_body(self, request: web.Request) -> Decoded | None:
         if request.content_type.lower() in ("application/x-www-form-urlencoded", ""):
             # A form without a file (DeepStack answers this with 400 too).
-            if request.get(_KEY_NEEDED):
+            if request.get(ANONYMOUS):
                 raise _unauthorized()
             raise ApiError(400, "missing_field", "no file in multipart field 'image'")
-        if request.get(_KEY_NEEDED):
+        if request.get(ANONYMOUS):
             return None  # who it is, and so which model, only once the form is read
         return Decoded(self._server(request), DetectOptions())
 
@@ -187,7 +187,8 @@ def deepstack_app() -> web.Application:
     app[keys.checks_own_access_key] = True
     router = app.router
     # "list" before the model names
-    router.add_post("/detection", detection, name="deepstack_detection")
-    router.add_post("/custom/list", list_models, name="deepstack_models")
-    router.add_post("/custom/{model}", custom, name="deepstack_custom")
+    for path, handler, name in (("/detection", detection, "deepstack_detection"),
+                                ("/custom/list", list_models, "deepstack_models"),
+                                ("/custom/{model}", custom, "deepstack_custom")):
+        router.add_post(path, handler, name=name, expect_handler=defer_continue)
     return app

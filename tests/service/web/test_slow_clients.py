@@ -70,6 +70,7 @@ class Trickler:
     port: int
     path: str = "/detect"
     content_type: str = "image/jpeg"
+    length: int = 100_000
     statuses: list[int] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
@@ -77,9 +78,9 @@ class Trickler:
         while not stop.is_set():
             reader, writer = await asyncio.open_connection(self.host, self.port)
             try:
-                writer.write(f"POST {self.path} HTTP/1.1\r\nHost: test\r\n"
+                writer.write(f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                              f"Content-Type: {self.content_type}\r\n"
-                             "Content-Length: 100000\r\n\r\n".encode())
+                             f"Content-Length: {self.length}\r\n\r\n".encode())
                 answer = asyncio.ensure_future(read_response(reader))
                 while not answer.done() and not stop.is_set():
                     writer.write(b"\xff")
@@ -164,7 +165,7 @@ async def test_a_trickled_small_form_gets_408(serve: Callable[..., Any]) -> None
     """request.post() (DeepStack's model list, the sign-in form) is paced too."""
     client = await serve({"server": {"upload_grace": 0.5}})
     trickler = Trickler(client.host, client.port, path="/v1/vision/custom/list",
-                        content_type="multipart/form-data; boundary=b")
+                        content_type="multipart/form-data; boundary=b", length=10_000)
     stop = asyncio.Event()
     task = asyncio.create_task(trickler.run(stop))
     deadline = time.monotonic() + 10
@@ -191,7 +192,7 @@ async def test_too_many_parts_are_refused_at_the_first_part_too_many(
         + b"y" * 300_000
     for path, code in (("/detect", "too_many_parts"), ("/v1/vision/custom/list", None)):
         reader, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: test\r\n"
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      "Content-Type: multipart/form-data; boundary=b\r\n"
                      f"Content-Length: {len(body) + 500_000}\r\n\r\n".encode() + body)
         await writer.drain()
@@ -225,7 +226,7 @@ async def test_idle_and_half_sent_connections_are_closed(serve: Callable[..., An
 
     # Idle after a response on a kept-alive connection.
     reader, writer = await connect()
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     status, headers, _ = await read_response(reader)
     assert status == 200 and headers.get("connection", "").lower() != "close"
     assert IDLE_S * 0.8 <= await closed_after(reader, IDLE_S + 5) <= IDLE_S + 2
@@ -233,13 +234,13 @@ async def test_idle_and_half_sent_connections_are_closed(serve: Callable[..., An
 
     # Half a request head, then silence.
     reader, writer = await connect()
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: te")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0")
     assert IDLE_S * 0.8 <= await closed_after(reader, IDLE_S + 5) <= IDLE_S + 2
     writer.close()
 
     # A head trickled a byte at a time: the bytes do not move the deadline on.
     reader, writer = await connect()
-    head = b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: " + b"a" * 1000
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
 
     async def trickle() -> None:
         for byte in head:
