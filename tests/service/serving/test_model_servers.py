@@ -37,7 +37,7 @@ async def _client(make_config: Any, model_weights: Path, tiny_weights: Path,
                   slow_pool: DetectorPool, colours_pool: DetectorPool, aiohttp_client: Any,
                   **workers: Any) -> Any:
     overrides = two_models(model_weights, tiny_weights)
-    overrides["workers"].update(workers)
+    overrides.setdefault("workers", {}).update(workers)
     config = make_config(overrides)
     pools = {"service-6cls": slow_pool, "colours": colours_pool}
     return await aiohttp_client(await init_app(config, model_pools=pools))

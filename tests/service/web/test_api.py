@@ -67,9 +67,9 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
                            "inference_ms", "detections", "api", "model_version"}
     assert record["api"] == "native"
     # The version: SHA-256 over the cfg, weights and names (each after its size and a NUL).
-    paths = test_config.workers.model_path
+    model = test_config.default_model
     digest = hashlib.sha256()
-    for path in (paths.cfg, paths.weights, paths.data):
+    for path in (model.cfg, model.weights, model.names):
         digest.update(b"%d\0" % path.stat().st_size + path.read_bytes())
     assert record["model_version"] == digest.hexdigest()[:16]
     assert record["filename"] == "bus.jpg"
