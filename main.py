@@ -30,6 +30,7 @@ import db
 from routes import setup_routes
 from service.metrics import MetricSources, ServiceMetrics
 from service.counts import counts_context
+from service.events.context import events_context
 from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
@@ -66,8 +67,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    async with events_context(app[keys.config_key], app[keys.db_key]) as events:
+        app[keys.events_key] = events
+        yield
+
+
 async def _records(app: web.Application) -> AsyncIterator[None]:
-    async with records_context(app[keys.config_key], app[keys.db_key]) as writer:
+    async with records_context(app[keys.config_key], app[keys.db_key],
+                               in_transaction=app[keys.events_key].in_transaction) as writer:
         app[keys.records_key] = writer
         yield
 
@@ -103,7 +111,7 @@ def _workers(shared: ModelPools | None) -> Callable[[web.Application], AsyncIter
 def metric_sources(app: web.Application) -> MetricSources:
     """What /metrics reads at each scrape (resources appear once started)."""
     return MetricSources(pool=app.get(keys.models_key), records=app.get(keys.records_key),
-                         admission=app.get(keys.admission_key))
+                         admission=app.get(keys.admission_key), events=app.get(keys.events_key))
 
 
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
@@ -125,7 +133,7 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
-    app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
+    app.cleanup_ctx.extend([_database, _events, _records, _counts, _renditions,
                             _workers(model_pools)])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON).

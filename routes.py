@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.web.handlers import api, deepstack, docs, login, pages
+from service.web.handlers import api, deepstack, docs, events, login, pages
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
@@ -22,6 +22,10 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
     router.add_get("/api/stats", api.stats, name="api_stats")
     router.add_get("/api/models", api.models, name="api_models")
+    router.add_get("/api/events", events.list_events, name="api_events")
+    router.add_get("/api/events/{name}", events.get_event, name="api_event")
+    router.add_put("/api/events/{name}", events.put_event, name="api_event_put")
+    router.add_delete("/api/events/{name}", events.delete_event, name="api_event_delete")
 
     # DeepStack / CodeProject.AI object detection ("list" before the model names).
     router.add_post("/v1/vision/detection", deepstack.detection, name="deepstack_detection")

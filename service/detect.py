@@ -87,9 +87,10 @@ class DetectOptions:
 async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Sequence[Upload], *,
                         options: DetectOptions, store_images: bool, deadline: float,
                         client_gone: Callable[[], bool], timing: Timing | None = None,
-                        api: str = "native") -> list[db.Record]:
+                        api: str = "native", source: str | None = None) -> list[db.Record]:
     """Detect objects in every upload with ``pool``'s model and return their records
-    (marked with the model's name and the ``api`` the request came through), durable.
+    (marked with the model's name, the ``api`` the request came through and the image's
+    ``source``), durable.
 
     ``deadline`` is on the running loop's clock (``loop.time()``); past it,
     :class:`DetectTimeout`. ``client_gone`` is polled while the images wait: when it
@@ -111,7 +112,8 @@ async def detect_images(pool: DetectorPool, writer: RecordWriter, uploads: Seque
         now = datetime.now(timezone.utc)
         records = [db.Record(id=uuid4(), created_at=now, filename=u.filename, sha256=u.sha256,
                              width=r.width, height=r.height, model=pool.model.name,
-                             inference_ms=r.inference_ms, detections=r.detections, api=api)
+                             inference_ms=r.inference_ms, detections=r.detections, api=api,
+                             source=source)
                    for u, r in zip(uploads, results, strict=True)]
         await ahead.settled()
         await writer.save(records, images)

@@ -50,9 +50,11 @@ class MetricSources:
     pool: Collectable | None = None
     records: Collectable | None = None
     admission: Collectable | None = None
+    events: Collectable | None = None
 
 
-_WHAT = {"pool": "the detector pool", "records": "the spool", "admission": "the admission queue"}
+_WHAT = {"pool": "the detector pool", "records": "the spool", "admission": "the admission queue",
+         "events": "the event outbox"}
 
 
 class ServiceMetrics:

@@ -23,6 +23,7 @@ from model.errors import (
     UnsupportedImageError,
 )
 from service.detect import ClientGone, DetectTimeout
+from service.events.rules import FixedEvent, InvalidEvent, UnknownEvent
 from service.recorder import StorageUnavailable
 from service.workers.models import UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
@@ -39,6 +40,7 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
@@ -89,6 +91,9 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(ClientGone, 499, "client_closed_request"),
     ErrorRule(db.RecordNotFound, 404, "not_found"),
     ErrorRule(UnknownModel, 404, "unknown_model"),
+    ErrorRule(UnknownEvent, 404, "unknown_event"),
+    ErrorRule(FixedEvent, 409, "event_in_config"),
+    ErrorRule(InvalidEvent, 400, "invalid_event"),
     ErrorRule(db.UNAVAILABLE_ERRORS, 503, "database_unavailable", RETRY_AFTER_S,
               message="the database is unavailable; try again shortly"),
 )

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from db import DatabaseHealth
+from service.events.context import Events
 from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
 from service.renditions import Renditions
@@ -26,6 +27,7 @@ models_key = web.AppKey("models", ModelPools)  # every model's pool, by name
 detector_pool_key = web.AppKey("detector_pool", DetectorPool)  # the default model's
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
 records_key = web.AppKey("records", RecordWriter)
+events_key = web.AppKey("events", Events)  # event rules, outbox, delivery
 renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 admission_key = web.AppKey("admission", Admission)

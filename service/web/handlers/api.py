@@ -64,6 +64,7 @@ async def detect(request: web.Request) -> web.Response:
         iou_thres=params.unit_interval(query, "iou", None),
         agnostic=params.optional_flag(query, "agnostic", pool.model.agnostic_nms),
         max_det=params.positive_int(query, "max_det", pool.model.max_det, MAX_DET))
+    source = params.source(query)
     admission = app[keys.admission_key]
     timing = Timing()
     deadline = asyncio.get_running_loop().time() + config.server.request_timeout
@@ -74,7 +75,7 @@ async def detect(request: web.Request) -> web.Response:
         records = await detect_images(
             pool, app[keys.records_key], uploads, options=options,
             store_images=config.storage.store_images, deadline=deadline,
-            client_gone=lambda: client_gone(request), timing=timing)
+            client_gone=lambda: client_gone(request), timing=timing, source=source)
     headers = {"Server-Timing": timing.header()}
     if len(records) == 1:
         return web.json_response(records[0].to_json(), headers=headers)
@@ -247,9 +248,12 @@ async def readyz(request: web.Request) -> web.Response:
     models = {other.model.name: {"state": other.state, "ready": other.ready,
                                  "error": other.error} for other in pools}
     degraded = degraded or not all(other.ready for other in pools)
+    events = request.app[keys.events_key]
+    checks["events"] = events.problem() or "ok"
+    degraded = degraded or checks["events"] != "ok"
     body = {"checks": checks, "pool": pool.snapshot(), "models": models,
             "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot(),
-            "database": health.snapshot()}
+            "database": health.snapshot(), "events": events.snapshot()}
     if problems:
         return web.json_response(
             {"status": "not_ready", **body,

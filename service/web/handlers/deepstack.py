@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from service.detect import DetectOptions, Timing, detect_images
-from service.web import keys
+from service.web import keys, params
 from service.web.errors import ApiError
 from service.web.handlers.api import client_gone, receive_form, receive_post
 from service.workers.pool import PoolUnavailable
@@ -77,7 +77,8 @@ async def _detect(request: web.Request, name: str | None, command: str) -> web.R
         records = await detect_images(
             pool, app[keys.records_key], uploads, options=options,
             store_images=config.storage.store_images, deadline=deadline,
-            client_gone=lambda: client_gone(request), timing=timing, api="deepstack")
+            client_gone=lambda: client_gone(request), timing=timing, api="deepstack",
+            source=params.source(request.query, fields))
     record = records[0]
     predictions = [{"label": d.label, "confidence": d.confidence,
                     "x_min": math.floor(d.x1), "y_min": math.floor(d.y1),

@@ -1,0 +1,156 @@
+"""The event outbox in PostgreSQL (``migrations/0009_events.sql``): events written in
+the transaction that inserts their records, read back in order per target.
+
+Delivery takes a target's head under a transaction-level advisory lock on the target, so
+that of several instances sharing the database only one sends a given target's events
+at a time, in order, and a crashed sender's lock (and event) is free again at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+import db
+from service.events.rules import label_set, matching, payload
+from settings import EventRule
+
+LOCK_NAMESPACE = 0x59_4F_4C_4F  # "YOLO": the advisory-lock key space of event targets
+
+_CHANGED = """
+WITH prev AS (
+    SELECT labels FROM event_sources WHERE target = $1 AND source = $2 FOR UPDATE
+)
+INSERT INTO event_sources (target, source, labels) VALUES ($1, $2, $3::text[])
+ON CONFLICT (target, source) DO UPDATE SET labels = EXCLUDED.labels
+    WHERE event_sources.labels IS DISTINCT FROM EXCLUDED.labels
+RETURNING coalesce((SELECT labels FROM prev), '{}'::text[]) AS previous
+"""
+
+_INSERT = """
+INSERT INTO event_outbox (target, record_id, payload)
+SELECT e.target, e.record_id, e.payload::jsonb
+FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY
+     AS e(target, record_id, payload, n)
+ORDER BY e.n
+"""
+
+
+async def write_events(conn: asyncpg.Connection, rules: Sequence[EventRule],
+                       records: Sequence[db.Record], *, base_url: str) -> int:
+    """Add the events ``records`` send under ``rules`` (in the caller's transaction);
+    returns how many. A ``changes_only`` rule sends only when the set of its labels
+    seen from the record's source differs from the last one (an empty set too, once
+    something was seen)."""
+    targets: list[str] = []
+    ids: list[UUID] = []
+    bodies: list[str] = []
+    for record in sorted(records, key=lambda r: r.created_at):
+        for rule in rules:
+            detections = matching(rule, record)
+            if detections is None:
+                continue
+            previous = None
+            if rule.changes_only:
+                labels = label_set(detections)
+                row = await conn.fetchrow(_CHANGED, rule.name, record.source or "", labels)
+                if row is None or (not labels and not row["previous"]):
+                    continue  # unchanged; or nothing, where nothing was seen before
+                previous = list(row["previous"])
+            elif not detections:
+                continue
+            targets.append(rule.name)
+            ids.append(record.id)
+            bodies.append(json.dumps(payload(rule, record, detections, base_url=base_url,
+                                             previous_labels=previous)))
+    if targets:
+        await conn.execute(_INSERT, targets, ids, bodies)
+    return len(targets)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    target: str
+    record_id: UUID
+    payload: dict[str, Any]
+    attempts: int
+
+
+async def lock_target(conn: asyncpg.Connection, target: str) -> bool:
+    """Take the target's delivery lock for this transaction; False when another
+    connection (instance) holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                                    LOCK_NAMESPACE, target))
+
+
+async def due_head(conn: asyncpg.Connection, target: str) -> Event | None:
+    """The target's oldest pending event, if its time has come (the head waits out its
+    back-off before any later event is sent: order per target)."""
+    row = await conn.fetchrow(
+        "SELECT id, target, record_id, payload, attempts, next_at <= now() AS due "
+        "FROM event_outbox WHERE target = $1 AND dead_at IS NULL ORDER BY id LIMIT 1",
+        target)
+    if row is None or not row["due"]:
+        return None
+    return Event(row["id"], row["target"], row["record_id"], row["payload"], row["attempts"])
+
+
+async def delivered(conn: asyncpg.Connection, event: Event) -> None:
+    await conn.execute("DELETE FROM event_outbox WHERE id = $1", event.id)
+
+
+async def failed(conn: asyncpg.Connection, event: Event, error: str, *, retry_in: float | None
+                 ) -> None:
+    """A try failed: retry in ``retry_in`` seconds, or (None) set it aside as dead."""
+    if retry_in is None:
+        await conn.execute("UPDATE event_outbox SET attempts = attempts + 1, last_error = $2, "
+                           "dead_at = now() WHERE id = $1", event.id, error[:1000])
+    else:
+        await conn.execute("UPDATE event_outbox SET attempts = attempts + 1, last_error = $2, "
+                           "next_at = now() + make_interval(secs => $3) WHERE id = $1",
+                           event.id, error[:1000], retry_in)
+
+
+async def heads(pool: asyncpg.Pool) -> list[tuple[str, float]]:
+    """Each target with pending events, and in how many seconds its head is due
+    (<= 0: now)."""
+    rows = await pool.fetch(
+        "SELECT target, extract(epoch FROM next_at - now())::float8 AS wait FROM ("
+        "SELECT DISTINCT ON (target) target, next_at FROM event_outbox "
+        "WHERE dead_at IS NULL ORDER BY target, id) h")
+    return [(row["target"], row["wait"]) for row in rows]
+
+
+@dataclass(frozen=True)
+class TargetCounts:
+    pending: int = 0
+    dead: int = 0
+    oldest_pending_s: float | None = None  # age of the oldest pending event
+
+
+async def counts(pool: asyncpg.Pool) -> dict[str, TargetCounts]:
+    rows = await pool.fetch(
+        "SELECT target, count(*) FILTER (WHERE dead_at IS NULL) AS pending, "
+        "count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead, "
+        "extract(epoch FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL))::float8 "
+        "AS oldest FROM event_outbox GROUP BY target")
+    return {row["target"]: TargetCounts(row["pending"], row["dead"], row["oldest"])
+            for row in rows}
+
+
+async def dead_events(pool: asyncpg.Pool, target: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest events set aside as dead, for ``GET /api/events/{name}``."""
+    rows = await pool.fetch(
+        "SELECT record_id, created_at, attempts, last_error, dead_at FROM event_outbox "
+        "WHERE target = $1 AND dead_at IS NOT NULL ORDER BY id DESC LIMIT $2", target, limit)
+    iso: Callable[[datetime], str] = datetime.isoformat
+    return [{"record_id": str(row["record_id"]), "created_at": iso(row["created_at"]),
+             "attempts": row["attempts"], "last_error": row["last_error"],
+             "dead_at": iso(row["dead_at"])} for row in rows]
