@@ -23,15 +23,23 @@ from settings import EventRule
 
 LOCK_NAMESPACE = 0x59_4F_4C_4F  # "YOLO": the advisory-lock key space of event targets
 
-_CHANGED = """
-WITH prev AS (
-    SELECT labels FROM event_sources WHERE target = $1 AND source = $2 FOR UPDATE
-)
-INSERT INTO event_sources (target, source, labels) VALUES ($1, $2, $3::text[])
-ON CONFLICT (target, source) DO UPDATE SET labels = EXCLUDED.labels
-    WHERE event_sources.labels IS DISTINCT FROM EXCLUDED.labels
-RETURNING coalesce((SELECT labels FROM prev), '{}'::text[]) AS previous
-"""
+async def _changed(conn: asyncpg.Connection, target: str, source: str,
+                   labels: list[str]) -> list[str] | None:
+    """The labels last seen from ``source`` under ``target`` when ``labels`` differ from
+    them (and ``labels`` kept in their place); None when they are the same. The row
+    is locked to the end of the transaction, so that concurrent records of one source
+    are compared one after the other."""
+    await conn.execute("INSERT INTO event_sources (target, source, labels) "
+                       "VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING", target, source)
+    previous = list(await conn.fetchval(
+        "SELECT labels FROM event_sources WHERE target = $1 AND source = $2 FOR UPDATE",
+        target, source))
+    if previous == labels:
+        return None
+    await conn.execute("UPDATE event_sources SET labels = $3 WHERE target = $1 "
+                       "AND source = $2", target, source, labels)
+    return previous
+
 
 _INSERT = """
 INSERT INTO event_outbox (target, record_id, payload)
@@ -59,10 +67,9 @@ async def write_events(conn: asyncpg.Connection, rules: Sequence[EventRule],
             previous = None
             if rule.changes_only:
                 labels = label_set(detections)
-                row = await conn.fetchrow(_CHANGED, rule.name, record.source or "", labels)
-                if row is None or (not labels and not row["previous"]):
-                    continue  # unchanged; or nothing, where nothing was seen before
-                previous = list(row["previous"])
+                previous = await _changed(conn, rule.name, record.source or "", labels)
+                if previous is None:
+                    continue  # the same labels as last time (none at first)
             elif not detections:
                 continue
             targets.append(rule.name)
