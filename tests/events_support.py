@@ -94,14 +94,19 @@ class Receiver:
 
 
 class Mosquitto:
-    """A Mosquitto broker on 127.0.0.1:``port``, anonymous, no persistence."""
+    """A Mosquitto broker on 127.0.0.1:``port``, anonymous, its sessions kept in
+    ``folder`` across restarts."""
 
     def __init__(self, folder: Path, port: int) -> None:
         self.port = port
         self.conf = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
+        # Persistence: a subscriber's session (its subscriptions and the QoS 1 messages
+        # queued for it) outlives a restart. As root Mosquitto would switch to its own
+        # user, who cannot write here; "user root" keeps it (no effect for others).
         self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\n")
+                             f"persistence true\npersistence_location {folder}/\n"
+                             "user root\n")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
