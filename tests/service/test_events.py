@@ -251,3 +251,18 @@ async def test_rules_through_the_api(make_config: Callable[..., Config],
     missing = await client.get("/api/events/added")
     assert missing.status == 404 and (await missing.json())["error"]["code"] == "unknown_event"
     assert (await client.delete("/api/events/added")).status == 404
+
+
+async def test_the_deepstack_routes_record_the_source_field(client: Any,
+                                                            portrait_jpeg: bytes) -> None:
+    data = form(("p.jpg", portrait_jpeg, "image/jpeg"))
+    data.add_field("source", "driveway")
+    response = await client.post("/v1/vision/detection", data=data)
+    answer = await response.json()
+    assert response.status == 200, answer
+    stored = await db.get_detection(client.server.app[keys.db_key],
+                                    uuid.UUID(answer["requestId"]))
+    assert stored.source == "driveway"
+    bad = await client.post("/detect?source=" + "x" * 300,
+                            data=form(("p.jpg", portrait_jpeg, "image/jpeg")))
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_parameter"

@@ -249,8 +249,9 @@ async def readyz(request: web.Request) -> web.Response:
                                  "error": other.error} for other in pools}
     degraded = degraded or not all(other.ready for other in pools)
     events = request.app[keys.events_key]
-    checks["events"] = events.problem() or "ok"
-    degraded = degraded or checks["events"] != "ok"
+    if events.rules.all():  # pending events are not a readiness matter; dead ones degrade
+        checks["events"] = events.problem() or "ok"
+        degraded = degraded or checks["events"] != "ok"
     body = {"checks": checks, "pool": pool.snapshot(), "models": models,
             "admission": request.app[keys.admission_key].snapshot(), "spool": writer.snapshot(),
             "database": health.snapshot(), "events": events.snapshot()}

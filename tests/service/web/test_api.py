@@ -64,7 +64,7 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     assert response.status == 200, await response.text()
     record = await response.json()
     assert set(record) == {"id", "created_at", "filename", "sha256", "width", "height", "model",
-                           "inference_ms", "detections", "api"}
+                           "inference_ms", "detections", "api", "source"}
     assert record["api"] == "native"
     assert record["filename"] == "bus.jpg"
     assert (record["width"], record["height"]) == (810, 1080)
