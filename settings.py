@@ -18,7 +18,7 @@ import copy
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -634,9 +634,10 @@ def _topic_template(s: _Section) -> str:
 
 
 def parse_event_rule(name: Any, raw: Any, *, mqtt: MqttConfig | None,
+                     models: Collection[str] | None = None,
                      prefix: str = "events") -> EventRule:
     """One event rule, checked (the config's ``events:`` and ``PUT /api/events/{name}``
-    alike); raises ConfigError naming the key."""
+    alike); raises ConfigError naming the key. ``models``: the names served, when known."""
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
         raise ConfigError(f"{prefix}.{name}", "an event name is 1-64 letters, digits, '_', "
                                               "'.' or '-'")
@@ -658,13 +659,20 @@ def parse_event_rule(name: Any, raw: Any, *, mqtt: MqttConfig | None,
         max_attempts=s.integer("max_attempts", 20, maximum=1000),
         timeout=s.number("timeout", 10.0, high=300.0),
         max_backoff=s.number("max_backoff", 60.0, high=86400.0))
+    unknown = [m for m in rule.models if models is not None and m not in models]
+    if unknown:
+        raise ConfigError(s.key("models"), f"no model named {', '.join(unknown)}; the models "
+                                           f"are: {', '.join(models or ())}")
     s.check_unknown()
     return rule
 
 
-def _events(raw: _Section, mqtt: MqttConfig | None) -> tuple[EventRule, ...]:
+def _events(raw: _Section, mqtt: MqttConfig | None,
+            models: tuple[ModelConfig, ...]) -> tuple[EventRule, ...]:
     s = raw.section("events")
-    return tuple(parse_event_rule(name, s.get(name), mqtt=mqtt) for name in s.raw)
+    names = [model.name for model in models]
+    return tuple(parse_event_rule(name, s.get(name), mqtt=mqtt, models=names)
+                 for name in s.raw)
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -685,6 +693,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
     root = _Section(data, "")
     workers = _workers(root, models_listed=root.get("models") is not None)
     mqtt = _mqtt(root)
+    models = _models(root, workers)
     config = Config(
         server=_server(root),
         postgres=_postgres(root, env),
@@ -693,9 +702,9 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
         auth=_auth(root),
         log_level=_log_level(root),
         source=source,
-        models=_models(root, workers),
+        models=models,
         mqtt=mqtt,
-        events=_events(root, mqtt),
+        events=_events(root, mqtt, models),
     )
     root.check_unknown()
     return config

@@ -85,7 +85,7 @@ async def events_context(config: Config, pool: asyncpg.Pool) -> AsyncIterator[Ev
     """Rules read, the delivery worker and the MQTT connection started; all stopped on
     exit (events not sent yet stay in the outbox for the next start, or another
     instance)."""
-    rules = RuleSet(config.events, config.mqtt)
+    rules = RuleSet(config.events, config.mqtt, [model.name for model in config.models])
     await rules.refresh(pool)
     async with aiohttp.ClientSession() as session:
         senders: dict[str, Send] = {"webhook": WebhookSender(session).send}

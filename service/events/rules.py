@@ -36,9 +36,11 @@ class InvalidEvent(ValueError):
 class RuleSet:
     """The rules in force: the config file's, then those stored through the API."""
 
-    def __init__(self, fixed: Sequence[EventRule], mqtt: MqttConfig | None) -> None:
+    def __init__(self, fixed: Sequence[EventRule], mqtt: MqttConfig | None,
+                 models: Sequence[str] | None = None) -> None:
         self.fixed = {rule.name: rule for rule in fixed}
         self.mqtt = mqtt
+        self.models = models  # the names served: a rule may name only these
         self.stored: dict[str, EventRule] = {}
 
     def all(self) -> list[EventRule]:
@@ -70,7 +72,8 @@ class RuleSet:
             raise FixedEvent(f"the event rule {name!r} is set in the config file; change it "
                              "there")
         try:
-            return parse_event_rule(name, raw, mqtt=self.mqtt, prefix="event")
+            return parse_event_rule(name, raw, mqtt=self.mqtt, models=self.models,
+                                    prefix="event")
         except ConfigError as exc:
             raise InvalidEvent(str(exc)) from None
 

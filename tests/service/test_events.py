@@ -238,7 +238,9 @@ async def test_rules_through_the_api(make_config: Callable[..., Config],
     assert [e["name"] for e in listed["events"]] == ["fixed", "added"]
     for bad, status, code in [({"webhook": "ftp://x"}, 400, "invalid_event"),
                               ({"webhook": receiver.url, "colour": 1}, 400, "invalid_event"),
-                              ({}, 400, "invalid_event"), ([1], 400, "invalid_json")]:
+                              ({}, 400, "invalid_event"), ([1], 400, "invalid_json"),
+                              ({"webhook": receiver.url, "models": ["nope"]}, 400,
+                               "invalid_event")]:
         response = await client.put("/api/events/bad", json=bad)
         assert (response.status, (await response.json())["error"]["code"]) == (status, code)
     fixed = await client.put("/api/events/fixed", json=rule(receiver.url))

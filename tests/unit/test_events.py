@@ -48,6 +48,12 @@ def test_bad_rules_are_refused_naming_the_key(raw: dict[str, Any], key: str,
     assert caught.value.key == key
 
 
+def test_a_rule_names_only_models_served() -> None:
+    with pytest.raises(ConfigError, match="no model named lights; the models are: a, b"):
+        parse_event_rule("r", {"webhook": "http://h/x", "models": ["a", "lights"]}, mqtt=None,
+                         models=["a", "b"])
+
+
 def test_an_mqtt_rule_needs_the_broker_section() -> None:
     with pytest.raises(ConfigError, match="no broker"):
         parse_event_rule("r", {"mqtt": True}, mqtt=None)
