@@ -55,9 +55,11 @@ class Receiver:
         self.port = port
         self.secret = secret
         self.status = 200
+        self.delay = 0.0  # seconds before answering (a slow receiver)
         self.received: list[dict[str, Any]] = []  # bodies, in arrival order
         self.headers: list[dict[str, str]] = []
         self.bad_signatures = 0
+        self.slow_requests = 0
         self._runner: web.AppRunner | None = None
 
     @property
@@ -66,6 +68,10 @@ class Receiver:
 
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delay:
+            self.slow_requests += 1
+            await asyncio.sleep(self.delay)
+            return web.Response(status=200)
         if self.secret is not None:
             expected = "sha256=" + hmac.new(self.secret.encode(), body,
                                             hashlib.sha256).hexdigest()

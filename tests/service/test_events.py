@@ -186,6 +186,25 @@ async def test_tries_run_out_and_the_event_is_set_aside_as_dead_and_shown(
     assert 'yolo_event_delivery_failures_total{event="flaky"} 4.0' in metrics
 
 
+async def test_a_receiver_slower_than_the_timeout_is_tried_again(
+        make_config: Callable[..., Config], detector_pool: DetectorPool, aiohttp_client: Any,
+        receiver: Receiver) -> None:
+    """Each try is bounded by the rule's timeout: a receiver that does not answer in
+    time counts as down, and the event goes again once it answers."""
+    receiver.delay = 3.0  # six times the timeout
+    client = await app_client(make_config, detector_pool, aiohttp_client, {
+        "slow": rule(receiver.url, timeout=0.5, max_backoff=0.5)})
+    events = client.server.app[keys.events_key]
+    made = record([("stop", 0.9)])
+    await client.server.app[keys.records_key].save([made])
+    await until(lambda: events.delivery.failures_total.get("slow", 0) >= 2, 30,
+                "two tries that timed out")
+    assert "TimeoutError" in (events.delivery.last_error.get("slow") or "")
+    receiver.delay = 0.0
+    await until(lambda: receiver.received, DELIVERY_TIMEOUT_S, "the event")
+    assert receiver.ids() == [str(made.id)] and receiver.slow_requests >= 2
+
+
 async def test_records_replayed_from_the_spool_send_their_events(
         make_config: Callable[..., Config], detector_pool: DetectorPool, aiohttp_client: Any,
         receiver: Receiver) -> None:
