@@ -89,6 +89,9 @@ class Delivery:
                 except db.UNAVAILABLE_ERRORS as exc:
                     log.debug("events wait for the database: %s: %s", type(exc).__name__, exc)
                     await asyncio.sleep(self.poll_s)
+                except asyncpg.PostgresError as exc:  # a refused statement: say so, go on
+                    log.error("events: %s: %s", type(exc).__name__, exc)
+                    await asyncio.sleep(self.poll_s)
         finally:
             drains = list(self._drains.values())
             for task in drains:
@@ -103,6 +106,8 @@ class Delivery:
                     pass
         except db.UNAVAILABLE_ERRORS as exc:
             log.debug("events of %s wait for the database: %s", target, exc)
+        except Exception:  # a bug: logged; the event stays and is tried again
+            log.exception("events of %s: delivery failed", target)
         finally:
             self._drains.pop(target, None)
 

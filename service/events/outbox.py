@@ -23,22 +23,24 @@ from settings import EventRule
 
 LOCK_NAMESPACE = 0x59_4F_4C_4F  # "YOLO": the advisory-lock key space of event targets
 
-async def _changed(conn: asyncpg.Connection, target: str, source: str,
-                   labels: list[str]) -> list[str] | None:
-    """The labels last seen from ``source`` under ``target`` when ``labels`` differ from
-    them (and ``labels`` kept in their place); None when they are the same. The row
-    is locked to the end of the transaction, so that concurrent records of one source
-    are compared one after the other."""
-    await conn.execute("INSERT INTO event_sources (target, source, labels) "
-                       "VALUES ($1, $2, '{}') ON CONFLICT DO NOTHING", target, source)
-    previous = list(await conn.fetchval(
-        "SELECT labels FROM event_sources WHERE target = $1 AND source = $2 FOR UPDATE",
-        target, source))
-    if previous == labels:
-        return None
-    await conn.execute("UPDATE event_sources SET labels = $3 WHERE target = $1 "
-                       "AND source = $2", target, source, labels)
-    return previous
+
+async def _lock_sources(conn: asyncpg.Connection, keys: set[tuple[str, str]]
+                        ) -> dict[tuple[str, str], list[str]]:
+    """The labels last seen per (rule, source), their rows created when missing (no labels
+    yet) and locked to the end of the transaction, always in the same order (so that two
+    transactions cannot deadlock): records of one source are compared one after the
+    other, whichever instance commits them."""
+    ordered = sorted(keys)
+    targets, sources = [k[0] for k in ordered], [k[1] for k in ordered]
+    await conn.execute(
+        "INSERT INTO event_sources (target, source, labels) "
+        "SELECT t, s, '{}' FROM unnest($1::text[], $2::text[]) AS k(t, s) ORDER BY t, s "
+        "ON CONFLICT DO NOTHING", targets, sources)
+    rows = await conn.fetch(
+        "SELECT e.target, e.source, e.labels FROM event_sources e "
+        "JOIN unnest($1::text[], $2::text[]) AS k(t, s) ON e.target = k.t AND e.source = k.s "
+        "ORDER BY e.target, e.source FOR UPDATE OF e", targets, sources)
+    return {(row["target"], row["source"]): list(row["labels"]) for row in rows}
 
 
 _INSERT = """
@@ -59,23 +61,34 @@ async def write_events(conn: asyncpg.Connection, rules: Sequence[EventRule],
     targets: list[str] = []
     ids: list[UUID] = []
     bodies: list[str] = []
-    for record in sorted(records, key=lambda r: r.created_at):
+    records = sorted(records, key=lambda r: r.created_at)
+    keys = {(rule.name, record.source or "") for record in records for rule in rules
+            if rule.changes_only and matching(rule, record) is not None}
+    seen = await _lock_sources(conn, keys) if keys else {}
+    changed: dict[tuple[str, str], list[str]] = {}
+    for record in records:
         for rule in rules:
             detections = matching(rule, record)
             if detections is None:
                 continue
             previous = None
             if rule.changes_only:
+                key = (rule.name, record.source or "")
                 labels = label_set(detections)
-                previous = await _changed(conn, rule.name, record.source or "", labels)
-                if previous is None:
+                previous = seen[key]
+                if labels == previous:
                     continue  # the same labels as last time (none at first)
+                seen[key] = changed[key] = labels
             elif not detections:
                 continue
             targets.append(rule.name)
             ids.append(record.id)
             bodies.append(json.dumps(payload(rule, record, detections, base_url=base_url,
                                              previous_labels=previous)))
+    if changed:  # rows locked above: no deadlock whatever the order
+        await conn.executemany(
+            "UPDATE event_sources SET labels = $3 WHERE target = $1 AND source = $2",
+            [(target, source, labels) for (target, source), labels in sorted(changed.items())])
     if targets:
         await conn.execute(_INSERT, targets, ids, bodies)
     return len(targets)
