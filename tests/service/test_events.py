@@ -312,3 +312,24 @@ async def test_the_deepstack_routes_record_the_source_field(client: Any,
     bad = await client.post("/detect?source=" + "x" * 300,
                             data=form(("p.jpg", portrait_jpeg, "image/jpeg")))
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_parameter"
+
+
+async def test_with_access_control_rules_need_a_token(
+        make_config: Callable[..., Config], detector_pool: DetectorPool, aiohttp_client: Any,
+        receiver: Receiver, tmp_path: Path) -> None:
+    from service.web.tokens import create_token
+
+    tokens = tmp_path / "tokens.json"
+    token = create_token(tokens, "admin")
+    client = await app_client(make_config, detector_pool, aiohttp_client,
+                              {"fixed": rule(receiver.url)},
+                              auth={"tokens_file": str(tokens)})
+    for method, path in [("GET", "/api/events"), ("GET", "/api/events/fixed"),
+                         ("PUT", "/api/events/x"), ("DELETE", "/api/events/fixed")]:
+        response = await client.request(method, path, json=rule(receiver.url))
+        assert response.status == 401, (method, path)
+        assert (await response.json())["error"]["code"] == "unauthorized"
+    signed = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/events/fixed", headers=signed)).status == 200
+    added = await client.put("/api/events/x", json=rule(receiver.url), headers=signed)
+    assert added.status == 201
