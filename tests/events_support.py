@@ -83,9 +83,15 @@ class Receiver:
             self.headers.append(dict(request.headers))
         return web.Response(status=self.status)
 
+    async def _moved(self, request: web.Request) -> web.Response:
+        """``POST /moved``: a redirect to ``/hook`` (which a sender must not follow)."""
+        await request.read()
+        raise web.HTTPTemporaryRedirect("/hook")
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
+        app.router.add_post("/moved", self._moved)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()

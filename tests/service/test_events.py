@@ -230,6 +230,20 @@ async def test_a_receiver_slower_than_the_timeout_is_tried_again(
     assert receiver.ids() == [str(made.id)] and receiver.slow_requests >= 2
 
 
+async def test_redirects_are_not_followed(
+        make_config: Callable[..., Config], detector_pool: DetectorPool, aiohttp_client: Any,
+        receiver: Receiver) -> None:
+    client = await app_client(make_config, detector_pool, aiohttp_client, {
+        "moved": rule(receiver.url.replace("/hook", "/moved"), max_attempts=2,
+                      max_backoff=0.1)})
+    await client.server.app[keys.records_key].save([record([("stop", 0.9)])])
+    events = client.server.app[keys.events_key]
+    await until(lambda: events.delivery.dead_total.get("moved", 0) == 1, DELIVERY_TIMEOUT_S,
+                "the event set aside")
+    assert events.delivery.last_error["moved"].startswith("HTTP 307")
+    assert receiver.received == []  # /hook never saw it
+
+
 async def test_records_replayed_from_the_spool_send_their_events(
         make_config: Callable[..., Config], detector_pool: DetectorPool, aiohttp_client: Any,
         receiver: Receiver) -> None:
