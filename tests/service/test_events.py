@@ -14,12 +14,12 @@ import pytest
 
 import db
 from main import init_app
+from service.recorder import encode_entry
 from service.web import keys
 from service.workers.pool import DetectorPool
 from settings import Config
 from tests.conftest import form
 from tests.events_support import Receiver, free_port, record, until
-from service.recorder import encode_entry
 
 SECRET = "change-me"
 DOWN_S = 30.0  # how long the receiver is away in the outage test
