@@ -77,6 +77,7 @@ class Record:
     detections: list[Detection]
     api: str = "native"  # the API it came through: native (POST /detect) or deepstack
     model_version: str | None = None  # the content hash of the model's files that ran
+    source: str | None = None  # where the image came from (?source=camera-3), if said
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -90,7 +91,8 @@ class Record:
                    inference_ms=float(data["inference_ms"]),
                    detections=[Detection.from_json(d) for d in data["detections"]],
                    api=str(data.get("api", "native")),
-                   model_version=data.get("model_version"))
+                   model_version=data.get("model_version"),
+                   source=None if data.get("source") is None else str(data["source"]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class Record:
             "inference_ms": self.inference_ms,
             "detections": [d.to_json() for d in self.detections],
             "api": self.api,
+            "source": self.source,
         }
 
 
@@ -290,15 +293,15 @@ WITH held AS (
 ), inserted AS (
     INSERT INTO detections (id, created_at, filename, sha256, width, height, model,
                             inference_ms, detections, num_detections, max_confidence, api,
-                            model_version)
+                            model_version, source)
     SELECT r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
            r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence, r.api,
-           r.model_version
+           r.model_version, r.source
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6::int[],
                 $7::text[], $8::real[], $9::text[], $10::int[], $11::real[], $18::text[],
-                $19::text[])
+                $19::text[], $20::text[])
          AS r(id, created_at, filename, sha256, width, height, model, inference_ms,
-              detections, num_detections, max_confidence, api, model_version)
+              detections, num_detections, max_confidence, api, model_version, source)
     WHERE (SELECT count(*) FROM held) = cardinality($12::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -310,7 +313,7 @@ WITH held AS (
     WHERE l.detection_id IN (SELECT id FROM inserted)
     ON CONFLICT DO NOTHING
 )
-SELECT count(*) FROM held
+SELECT (SELECT count(*) FROM held) AS held, ARRAY(SELECT id FROM inserted) AS inserted
 """
 
 
@@ -328,29 +331,46 @@ def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> l
         for column, value in zip(labels, row, strict=True):
             column.append(value)
     return [*columns, list(sha256s), *labels, [r.api for r in records],
-            [r.model_version for r in records]]
+            [r.model_version for r in records], [r.source for r in records]]
+
+
+# Work done in the transaction that inserts records, given the records it inserted (not
+# those that existed already): the event outbox (service/events/outbox.py).
+InTransaction = Callable[[asyncpg.Connection, Sequence[Record]], Awaitable[None]]
 
 
 async def save_records(pool: asyncpg.Pool, records: Sequence[Record],
-                       images: Sequence[StoredImage] = ()) -> None:
+                       images: Sequence[StoredImage] = (), *,
+                       in_transaction: InTransaction | None = None) -> None:
     """Insert records and the original images they refer to, atomically.
 
     Idempotent: a record whose id exists already is left as it is; an image whose
     sha256 is stored already is not sent again (see :func:`store_images`). When every
     image is stored already (written ahead, or a repeated upload) this is one statement;
-    otherwise one transaction that stores the missing images first.
+    otherwise one transaction that stores the missing images first. ``in_transaction``
+    runs in the same transaction as the insert, with the records it inserted.
     """
     sha256s = sorted({img.sha256 for img in images})
     args = _insert_records_args(records, sha256s)
+    by_id = {record.id: record for record in records}
+
+    async def insert(conn: asyncpg.Connection) -> bool:
+        row = await conn.fetchrow(_INSERT_RECORDS, *args)
+        if row["held"] != len(sha256s):
+            return False
+        if in_transaction is not None:
+            await in_transaction(conn, [by_id[i] for i in row["inserted"]])
+        return True
 
     async def save(conn: asyncpg.Connection) -> None:
-        if await conn.fetchval(_INSERT_RECORDS, *args) == len(sha256s):
+        if in_transaction is None and await insert(conn):
             return
         async with conn.transaction():
+            if in_transaction is not None and await insert(conn):
+                return
             await _store_images(conn, images)
-            held = await conn.fetchval(_INSERT_RECORDS, *args)
-            if held != len(sha256s):  # cannot happen: _store_images holds them all
-                raise RuntimeError(f"{len(sha256s) - held} image(s) vanished while locked")
+            if not await insert(conn):  # cannot happen: _store_images holds them all
+                raise RuntimeError("image(s) vanished while locked")
 
     await run(pool, save)
 
@@ -432,7 +452,7 @@ async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
 # ---------------------------------------------------------------- reads
 
 _COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "
-            "d.inference_ms, d.detections, d.api, d.model_version")
+            "d.inference_ms, d.detections, d.api, d.model_version, d.source")
 
 
 def _record(row: asyncpg.Record) -> Record:
@@ -440,7 +460,7 @@ def _record(row: asyncpg.Record) -> Record:
                   sha256=row["sha256"], width=row["width"], height=row["height"],
                   model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
                   detections=[Detection.from_json(d) for d in row["detections"]],
-                  api=row["api"], model_version=row["model_version"])
+                  api=row["api"], model_version=row["model_version"], source=row["source"])
 
 
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:

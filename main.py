@@ -34,6 +34,7 @@ from routes import setup_routes
 from service.metrics import MetricSources, ServiceMetrics
 from service.counts import counts_context
 from service.database_health import health_context
+from service.events.context import events_context
 from service.recorder import records_context
 from service.renditions import renditions_context
 from service.web import keys
@@ -77,9 +78,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    async with events_context(app[keys.config_key], app[keys.db_key]) as events:
+        app[keys.events_key] = events
+        yield
+
+
 async def _records(app: web.Application) -> AsyncIterator[None]:
     async with records_context(app[keys.config_key], app[keys.db_key],
-                               app[keys.db_health_key]) as writer:
+                               app[keys.db_health_key],
+                               in_transaction=app[keys.events_key].in_transaction) as writer:
         app[keys.records_key] = writer
         yield
 
@@ -118,7 +126,7 @@ def metric_sources(app: web.Application) -> MetricSources:
     """What /metrics reads at each scrape (resources appear once started)."""
     return MetricSources(pool=app.get(keys.servers_key), records=app.get(keys.records_key),
                          admission=app.get(keys.receiving_key),
-                         database=app.get(keys.db_health_key))
+                         database=app.get(keys.db_health_key), events=app.get(keys.events_key))
 
 
 async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
@@ -144,7 +152,7 @@ async def init_app(config: Config, *, detector_pool: DetectorPool | None = None,
                          autoescape=jinja2.select_autoescape(["html", "xml"]))
     app[aiohttp_jinja2.static_root_key] = "/static"
     app[keys.openapi_key] = load_openapi()
-    app.cleanup_ctx.extend([_database, _records, _counts, _renditions,
+    app.cleanup_ctx.extend([_database, _events, _records, _counts, _renditions,
                             _servers(model_pools, reload_signal), _memory])
     setup_routes(app)
     # Outermost first: metrics count the status the client gets (errors already JSON);

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.web.apis import deepstack, native
-from service.web.handlers import api, docs, login, models, pages
+from service.web.handlers import api, docs, events, login, models, pages
 from service.web.uploads import defer_continue
 from settings import BASE_DIR
 
@@ -31,6 +31,11 @@ def setup_routes(app: web.Application) -> None:
     router.add_put("/api/models/{name}", models.put_model, name="api_model_put",
                    expect_handler=defer_continue)
     router.add_delete("/api/models/{name}", models.delete_model, name="api_model_delete")
+    router.add_get("/api/events", events.list_events, name="api_events")
+    router.add_get("/api/events/{name}", events.get_event, name="api_event")
+    router.add_put("/api/events/{name}", events.put_event, name="api_event_put",
+                   expect_handler=defer_continue)
+    router.add_delete("/api/events/{name}", events.delete_event, name="api_event_delete")
 
     router.add_get("/login", login.login_form, name="login")
     router.add_post("/login", login.login, name="login_submit",

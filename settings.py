@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Mapping
+import string
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,15 @@ class ServerConfig:
     anonymous_uploads: int = 8  # bodies read at once for callers with no header credential
     max_receiving_mb: float = 256.0  # request bodies in transit, together
     max_connections: int = 1024  # open connections at once; more are refused at once
+    public_url: str | None = None  # how others reach this service (event payloads' links)
+
+    @property
+    def base_url(self) -> str:
+        """``public_url``, else http://host:port (a wildcard host as 127.0.0.1)."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -189,6 +199,59 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT broker that event rules with ``mqtt:`` publish to."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+    topic_prefix: str  # the availability topic is {topic_prefix}/status (retained)
+    discovery: bool  # Home Assistant MQTT discovery
+    discovery_prefix: str
+
+
+EVENT_TOPIC_FIELDS = frozenset({"model", "label", "source", "event"})
+DEFAULT_EVENT_TOPIC = "yolo/{model}/{label}"
+
+
+@dataclass(frozen=True)
+class EventRule:
+    """One ``events:`` entry: which records (filters) go where (a webhook or an MQTT
+    topic template). Empty ``labels``/``models``: any."""
+
+    name: str
+    webhook: str | None
+    mqtt: str | None  # topic template: {model}, {label}, {source}, {event}
+    secret: str | None  # the webhook's HMAC-SHA256 key
+    labels: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    min_confidence: float = 0.0
+    changes_only: bool = False
+    max_attempts: int = 20  # tries before an event is set aside as dead
+    timeout: float = 10.0  # seconds per try
+    max_backoff: float = 60.0  # longest wait between tries
+
+    def to_json(self, *, with_secret: bool = False) -> dict[str, Any]:
+        """The rule as the API shows it (the secret only as whether there is one)."""
+        data: dict[str, Any] = {
+            "labels": list(self.labels), "models": list(self.models),
+            "min_confidence": self.min_confidence, "changes_only": self.changes_only,
+            "max_attempts": self.max_attempts, "timeout": self.timeout,
+            "max_backoff": self.max_backoff}
+        if self.webhook is not None:
+            data["webhook"] = self.webhook
+        if self.mqtt is not None:
+            data["mqtt"] = self.mqtt
+        if with_secret:
+            data["secret"] = self.secret
+        else:
+            data["has_secret"] = self.secret is not None
+        return data
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     postgres: PostgresConfig
@@ -198,6 +261,8 @@ class Config:
     log_level: str
     models: tuple[ModelConfig, ...]  # the default first; never empty
     source: Path | None = None
+    mqtt: MqttConfig | None = None  # None: no broker
+    events: tuple[EventRule, ...] = ()  # the rules of the config file
 
     @property
     def default_model(self) -> ModelConfig:
@@ -344,6 +409,7 @@ def _server(raw: _Section) -> ServerConfig:
         anonymous_uploads=s.integer("anonymous_uploads", 8, maximum=100_000),
         max_receiving_mb=s.number("max_receiving_mb", 256.0, high=1 << 20),
         max_connections=s.integer("max_connections", 1024, maximum=1_000_000),
+        public_url=_url(s, "public_url") if s.get("public_url") is not None else None,
     )
     s.check_unknown()
     return config
@@ -564,6 +630,106 @@ def translate_model_path(data: Mapping[str, Any]) -> Mapping[str, Any]:
             "models": {entry["cfg"].stem: {key: str(path) for key, path in entry.items()}}}
 
 
+def _url(s: _Section, name: str) -> str:
+    value = s.string(name).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(s.key(name), f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _mqtt(raw: _Section) -> MqttConfig | None:
+    if raw.get("mqtt") is None:
+        return None
+    s = raw.section("mqtt")
+    password = s.get("password")
+    if password is not None and not isinstance(password, str):
+        raise ConfigError(s.key("password"), "must be a string")
+    config = MqttConfig(
+        host=s.string("host", "127.0.0.1"), port=s.integer("port", 1883, maximum=65535),
+        username=s.string("username") if s.get("username") is not None else None,
+        password=password, tls=s.boolean("tls", False),
+        topic_prefix=_topic(s, "topic_prefix", "yolo"),
+        discovery=s.boolean("discovery", False),
+        discovery_prefix=_topic(s, "discovery_prefix", "homeassistant"))
+    s.check_unknown()
+    return config
+
+
+def _topic(s: _Section, name: str, default: str) -> str:
+    value = s.string(name, default).strip()
+    if any(ch in value for ch in "+#\0") or value.startswith("/") or value.endswith("/"):
+        raise ConfigError(s.key(name), f"must be an MQTT topic without wildcards, got {value!r}")
+    return value
+
+
+def _strings(s: _Section, name: str) -> tuple[str, ...]:
+    value = s.get(name, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(s.key(name), f"must be a list of non-empty strings, got {value!r}")
+    return tuple(dict.fromkeys(v.strip() for v in value))
+
+
+def _topic_template(s: _Section) -> str:
+    value = s.get("mqtt")
+    if value is True:
+        return DEFAULT_EVENT_TOPIC
+    template = s.string("mqtt").strip()
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template)
+                  if field is not None}
+    except ValueError as exc:
+        raise ConfigError(s.key("mqtt"), f"not a topic template: {exc}") from None
+    if not fields <= EVENT_TOPIC_FIELDS or any(ch in template for ch in "+#\0"):
+        raise ConfigError(s.key("mqtt"), "a topic template: {model}, {label}, {source} and "
+                                         f"{{event}} only, no wildcards; got {template!r}")
+    return template
+
+
+def parse_event_rule(name: Any, raw: Any, *, mqtt: MqttConfig | None,
+                     models: Collection[str] | None = None,
+                     prefix: str = "events") -> EventRule:
+    """One event rule, checked (the config's ``events:`` and ``PUT /api/events/{name}``
+    alike); raises ConfigError naming the key. ``models``: the names served, when known."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ConfigError(f"{prefix}.{name}", "an event name is 1-64 letters, digits, '_', "
+                                              "'.' or '-'")
+    s = _Section(raw, f"{prefix}.{name}")
+    webhook = _url(s, "webhook") if s.get("webhook") is not None else None
+    topic = _topic_template(s) if s.get("mqtt") not in (None, False) else None
+    if (webhook is None) == (topic is None):
+        raise ConfigError(s.prefix, "needs one target: webhook: URL or mqtt: TOPIC")
+    if topic is not None and mqtt is None:
+        raise ConfigError(s.key("mqtt"), "no broker: add the top-level mqtt: section")
+    secret = s.string("secret") if s.get("secret") is not None else None
+    if secret is not None and webhook is None:
+        raise ConfigError(s.key("secret"), "signs webhooks only")
+    rule = EventRule(
+        name=name, webhook=webhook, mqtt=topic, secret=secret,
+        labels=_strings(s, "labels"), models=_strings(s, "models"),
+        min_confidence=s.number("min_confidence", 0.0, high=1.0, low_inclusive=True),
+        changes_only=s.boolean("changes_only", False),
+        max_attempts=s.integer("max_attempts", 20, maximum=1000),
+        timeout=s.number("timeout", 10.0, high=300.0),
+        max_backoff=s.number("max_backoff", 60.0, high=86400.0))
+    unknown = [m for m in rule.models if models is not None and m not in models]
+    if unknown:
+        raise ConfigError(s.key("models"), f"no model named {', '.join(unknown)}; the models "
+                                           f"are: {', '.join(models or ())}")
+    s.check_unknown()
+    return rule
+
+
+def _events(raw: _Section, mqtt: MqttConfig | None,
+            models: tuple[ModelConfig, ...]) -> tuple[EventRule, ...]:
+    s = raw.section("events")
+    names = [model.name for model in models]
+    return tuple(parse_event_rule(name, s.get(name), mqtt=mqtt, models=names)
+                 for name in s.raw)
+
+
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge (a deep copy): mappings merge, other values replace."""
     merged = copy.deepcopy(dict(base))
@@ -581,6 +747,8 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
     env = {} if env is None else env
     root = _Section(translate_model_path(data), "")
     workers = _workers(root)
+    mqtt = _mqtt(root)
+    models = _models(root, workers)
     config = Config(
         server=_server(root),
         postgres=_postgres(root, env),
@@ -589,7 +757,9 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None,
         auth=_auth(root),
         log_level=_log_level(root),
         source=source,
-        models=_models(root, workers),
+        models=models,
+        mqtt=mqtt,
+        events=_events(root, mqtt, models),
     )
     root.check_unknown()
     return config

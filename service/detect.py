@@ -79,10 +79,10 @@ class Timing:
 async def detect_images(server: ModelServer, writer: RecordWriter, uploads: Sequence[Upload],
                         *, options: DetectOptions, store_images: bool, deadline: float,
                         client_gone: Callable[[], bool], timing: Timing | None = None,
-                        api: str = "native") -> list[db.Record]:
+                        api: str = "native", source: str | None = None) -> list[db.Record]:
     """Detect objects in every upload with ``server``'s model and return their records
-    (marked with the model's name and version and the ``api`` the request came
-    through), durable.
+    (marked with the model's name and version, the ``api`` the request came through and
+    the image's ``source``), durable.
 
     The request holds one of the model's places per image until its records are durable
     (``server.admit``: 503 at capacity). ``deadline`` is on the running loop's clock
@@ -109,7 +109,7 @@ async def detect_images(server: ModelServer, writer: RecordWriter, uploads: Sequ
                                  sha256=u.sha256, width=r.width, height=r.height,
                                  model=detected.model, model_version=detected.version,
                                  inference_ms=r.inference_ms, detections=r.detections,
-                                 api=api)
+                                 api=api, source=source)
                        for u, r in zip(uploads, results, strict=True)]
             await ahead.settled()
             await writer.save(records, images)

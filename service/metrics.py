@@ -51,10 +51,11 @@ class MetricSources:
     records: Collectable | None = None
     admission: Collectable | None = None
     database: Collectable | None = None
+    events: Collectable | None = None
 
 
 _WHAT = {"pool": "the model servers", "records": "the spool", "admission": "the uploads received",
-         "database": "the database's health"}
+         "database": "the database's health", "events": "the event outbox"}
 
 
 class ServiceMetrics:

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -151,10 +151,15 @@ class RecordWriter:
     """The one way records are stored by the service."""
 
     def __init__(self, pool: asyncpg.Pool, spool: Spool, *, write_timeout: float,
-                 group_commit: bool = True, health: DatabaseHealth | None = None) -> None:
+                 group_commit: bool = True, health: DatabaseHealth | None = None,
+                 in_transaction: Callable[[], db.InTransaction | None] | None = None
+                 ) -> None:
         """``health``: the service's one :class:`DatabaseHealth`, which the writes report
-        into and :meth:`images_ahead` reads (default: one of the writer's own)."""
+        into and :meth:`images_ahead` reads (default: one of the writer's own).
+        ``in_transaction`` gives the work to do in every transaction that inserts
+        records, requests' and replayed ones alike (the event outbox), or None."""
         self.pool = pool
+        self._in_transaction = in_transaction
         self.spool = spool
         self.write_timeout = write_timeout
         self.group_commit = group_commit
@@ -166,6 +171,9 @@ class RecordWriter:
         self._wake = asyncio.Event()
         self._group_queue: list[_Waiting] = []
         self._committer: asyncio.Task[None] | None = None
+
+    def in_transaction(self) -> db.InTransaction | None:
+        return None if self._in_transaction is None else self._in_transaction()
 
     def snapshot(self) -> dict[str, Any]:
         """Spool state, depth, room and totals for /readyz (``state``: see
@@ -237,7 +245,8 @@ class RecordWriter:
         """One request's records in their own commit; False when the database is away."""
         try:
             async with asyncio.timeout(self.write_timeout):
-                await db.save_records(self.pool, records, images)
+                await db.save_records(self.pool, records, images,
+                                      in_transaction=self.in_transaction())
         except db.UNAVAILABLE_ERRORS as exc:
             await self._database_lost(exc)
             return False
@@ -301,7 +310,8 @@ class RecordWriter:
         images = [image for waiting in group for image in waiting.images]
         try:
             async with asyncio.timeout(self.write_timeout):
-                await db.save_records(self.pool, records, images)
+                await db.save_records(self.pool, records, images,
+                                      in_transaction=self.in_transaction())
         except db.UNAVAILABLE_ERRORS as exc:
             await self._database_lost(exc)
             return [False] * len(group)
@@ -466,7 +476,8 @@ class RecordWriter:
             images += entry_images
         try:
             async with asyncio.timeout(self.write_timeout * max(1, len(batch) // 16)):
-                await db.save_records(self.pool, records, images)
+                await db.save_records(self.pool, records, images,
+                                      in_transaction=self.in_transaction())
         except db.UNAVAILABLE_ERRORS:
             await self._forget_connections()
             raise
@@ -489,7 +500,9 @@ class RecordWriter:
 
 @asynccontextmanager
 async def records_context(config: Config, pool: asyncpg.Pool,
-                          health: DatabaseHealth | None = None) -> AsyncIterator[RecordWriter]:
+                          health: DatabaseHealth | None = None, *,
+                          in_transaction: Callable[[], db.InTransaction | None] | None = None
+                          ) -> AsyncIterator[RecordWriter]:
     """The service's record writer: its spool (records already in it are replayed first),
     the background task that replays the spool into PostgreSQL and the one that sweeps
     away images no record refers to. On exit the spool is emptied into the database if it
@@ -499,7 +512,8 @@ async def records_context(config: Config, pool: asyncpg.Pool,
                                     reserve_bytes=config.storage.spool_reserve_bytes)
     try:
         writer = RecordWriter(pool, spool, write_timeout=config.postgres.write_timeout,
-                              group_commit=config.postgres.group_commit, health=health)
+                              group_commit=config.postgres.group_commit, health=health,
+                              in_transaction=in_transaction)
         # Long after any request that could still save a record for the image.
         grace = max(SWEEP_GRACE_S, 4 * (config.server.request_timeout
                                          + config.postgres.write_timeout))

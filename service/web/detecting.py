@@ -7,7 +7,8 @@ decodes from the body (its form fields: options, a key), and how it encodes the 
 as its answer. :func:`detect_with` does the rest, the same for all: the deadline
 (``server.request_timeout``), the body read holding no model place
 (``service.web.budget``), the detect work (:func:`service.detect.detect_images`: the model's
-places, the model server, the durable records) and the ``Server-Timing`` phases.
+places, the model server, the durable records, marked with the ``source`` the request
+names in its query or form) and the ``Server-Timing`` phases.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import db
 from service.detect import Timing, detect_images
 from service.serving.options import DetectOptions
 from service.serving.server import ModelServer
-from service.web import budget, keys
+from service.web import budget, keys, params
 from service.web.receive import Form, client_gone, receive_form
 
 
@@ -82,5 +83,6 @@ async def detect_with(request: web.Request, codec: Codec) -> web.StreamResponse:
     records = await detect_images(
         decoded.server, state[keys.records_key], form.uploads, options=decoded.options,
         store_images=config.storage.store_images, deadline=deadline,
-        client_gone=lambda: client_gone(request), timing=timing, api=codec.api)
+        client_gone=lambda: client_gone(request), timing=timing, api=codec.api,
+        source=params.source(request.query, form.fields))
     return codec.encode(request, Answer(records, timing, started))

@@ -24,6 +24,7 @@ from model.errors import (
     UnsupportedImageError,
 )
 from service.detect import ClientGone, DetectTimeout
+from service.events.rules import FixedEvent, InvalidEvent, UnknownEvent
 from service.recorder import StorageUnavailable
 from service.serving.servers import DefaultModelRemoval, UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
@@ -40,6 +41,7 @@ CODES = {
     405: "method_not_allowed",
     409: "conflict",
     408: "request_timeout",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable",
@@ -91,6 +93,9 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(db.RecordNotFound, 404, "not_found"),
     ErrorRule(UnknownModel, 404, "unknown_model"),
     ErrorRule(DefaultModelRemoval, 409, "default_model"),
+    ErrorRule(UnknownEvent, 404, "unknown_event"),
+    ErrorRule(FixedEvent, 409, "event_in_config"),
+    ErrorRule(InvalidEvent, 400, "invalid_event"),
     ErrorRule(db.UNAVAILABLE_ERRORS, 503, "database_unavailable", RETRY_AFTER_S,
               message="the database is unavailable; try again shortly"),
 )

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from service.database_health import DatabaseHealth
+from service.events.context import Events
 from service.metrics import ServiceMetrics
 from service.recorder import RecordWriter
 from service.renditions import Renditions
@@ -26,6 +27,7 @@ embedded_pg_key = web.AppKey("embedded_pg", EmbeddedPostgres)  # only when embed
 servers_key = web.AppKey("servers", ModelServers)  # every model's server, by name
 warmup_task_key = web.AppKey("warmup_task", asyncio.Task)
 records_key = web.AppKey("records", RecordWriter)
+events_key = web.AppKey("events", Events)  # event rules, outbox, delivery
 renditions_key = web.AppKey("renditions", Renditions)  # sized images (thumbnails)
 auth_key = web.AppKey("auth", Auth)  # present only when access control is on
 receiving_key = web.AppKey("receiving", Receiving)  # request bodies being read

@@ -114,6 +114,15 @@ def record_id(raw: str) -> UUID:
         raise ParamError("id", f"is not a record id: {raw!r}") from None
 
 
+def source(query: Mapping[str, str], fields: Mapping[str, str] | None = None) -> str | None:
+    """Where the image came from (``source=camera-3``: a query parameter, or a form
+    field of the DeepStack routes), recorded with the detection; None when not said."""
+    value = _text(query, "source")
+    if value is None and fields is not None:
+        value = _text(fields, "source")
+    return value
+
+
 def text(query: Mapping[str, str], name: str) -> str | None:
     """A short printable value; None when absent or empty."""
     return _text(query, name)

@@ -118,7 +118,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def create_token(path: Path, name: str, *, admin: bool = False) -> str:
-    """Add a token called ``name`` (``admin``: it may manage models); return the token
+    """Add a token called ``name`` (``admin``: it may manage models and event rules); return the token
     (it is not stored anywhere)."""
     if not NAME_PATTERN.match(name):
         raise TokenError(f"invalid token name {name!r}: 1-64 letters, digits, '_', '.', '-'")

@@ -157,8 +157,13 @@ async def readyz(request: web.Request) -> web.Response:
     degraded = degraded or not all(other.ready for other in servers)
     admission = {**server.admission.snapshot(),
                  **request.app[keys.receiving_key].snapshot()}
+    events = request.app[keys.events_key]
+    if events.rules.all():  # pending events are not a readiness matter; dead ones degrade
+        checks["events"] = events.problem() or "ok"
+        degraded = degraded or checks["events"] != "ok"
     body = {"checks": checks, "pool": server.snapshot(), "models": models,
-            "admission": admission, "spool": writer.snapshot(), "database": health.snapshot()}
+            "admission": admission, "spool": writer.snapshot(), "database": health.snapshot(),
+            "events": events.snapshot()}
     if problems:
         return web.json_response(
             {"status": "not_ready", **body,

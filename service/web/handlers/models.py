@@ -26,6 +26,7 @@ from service.serving.servers import ModelServers
 from model.weights import DARKNET_SUFFIXES, TORCH_SUFFIXES
 from service.serving.store import ROLES, file_name, files_in
 from service.web import keys
+from service.web.admin import require_admin
 from service.web.errors import RETRY_AFTER_S, ApiError
 from service.web.uploads import paced
 from settings import MODEL_NAME, RESERVED_MODEL_NAMES, ConfigError, form_value, parse_model
@@ -39,17 +40,11 @@ TURN_ON = ("model management needs access control: create a token with `python -
 
 
 def _require_admin(request: web.Request) -> None:
-    """403 unless the caller's token was made with ``--admin``."""
-    auth = request.app.get(keys.auth_key)
-    if auth is None:
+    """403 unless the caller's token was made with ``--admin`` (with access control off:
+    403 with how to turn it on)."""
+    if request.app.get(keys.auth_key) is None:
         raise ApiError(403, "forbidden", TURN_ON)
-    name = auth.user(request)
-    if name is None:
-        raise ApiError(401, "unauthorized", "a valid admin token is required",
-                       {"WWW-Authenticate": 'Bearer realm="yolo-detect"'})
-    if not auth.tokens.is_admin(name):
-        raise ApiError(403, "forbidden", f"token {name!r} may not manage models: that needs "
-                       "a token made with `python -m service.web.tokens create NAME --admin`")
+    require_admin(request, "manage models")
 
 
 def _servers(request: web.Request) -> ModelServers:
