@@ -40,6 +40,7 @@ from model.train.metrics import (
     agnostic_stats,
     colour_accuracy,
 )
+from model.train.proxy import proxy_scene
 from model.train.real import CLASS_COLOUR, RealImage, list_real
 from model.train.scenes import Scene, make_scene
 from model.weights import load_weights
@@ -91,6 +92,31 @@ def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int
 
 
 ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label classes, boxes
+
+
+def to_view(result: ImageResult, scale: float) -> ImageResult:
+    """``result`` with detection and label boxes multiplied by ``scale`` (photo pixels to
+    the network's view of the whole photo: IoU is unchanged, sizes become view sizes)."""
+    det, cls, boxes = result
+    det = np.asarray(det, np.float64).reshape(-1, 6).copy()
+    det[:, :4] *= scale
+    return det, cls, np.asarray(boxes, np.float64).reshape(-1, 4) * scale
+
+
+def run_proxy(net: Darknet, photos: list[RealImage], seed: int, count: int, img_size: int,
+              canvases: tuple[tuple[int, int], ...] = ((1280, 960),), conf_thres: float = 0.001,
+              iou_thres: float = 0.5, forward: Forward | None = None) -> list[ImageResult]:
+    """The whole-photo (untiled) results on ``count`` proxy scenes of each canvas, in view
+    pixels (see :mod:`model.train.proxy`)."""
+    net.eval()
+    out: list[ImageResult] = []
+    for canvas in canvases:
+        for i in range(count):
+            scene = proxy_scene(photos, seed, canvas, i, img_size)
+            det = detect(net, [scene.image], img_size, conf_thres, iou_thres, forward)[0]
+            out.append(to_view((det, scene.classes, scene.boxes),
+                               img_size / max(scene.image.shape[:2])))
+    return out
 
 
 def run_real(net: Darknet, photos: list[RealImage], img_size: int, conf_thres: float = 0.001,
