@@ -6,7 +6,8 @@ The file is ``--config`` (as ``main.py`` takes it), else ``$YOLO_CONFIG``, else
 model is, when a top-level ``models:`` mapping exists, its entry with ``default: true``,
 else its first entry (keys ``cfg``, ``weights``, ``names``, ``img_size``,
 ``conf_thres``, ``iou_thres``, ``agnostic_nms``, ``max_det``, ``precision``; missing ones
-come from ``workers:``); otherwise ``workers.model_path.{cfg, weights, data}`` with
+come from ``workers:``; and ``tiles``: off, auto or {size, overlap}, see
+:mod:`model.tiles`, default off); otherwise ``workers.model_path.{cfg, weights, data}`` with
 ``workers.img_size``, ``conf_thres``, ``iou_thres``, ``agnostic_nms`` and ``max_det``.
 The defaults are the service's (512, 0.3, 0.6, false, 300); relative paths are relative
 to the project root.  ``server.max_pixels`` bounds the decode, ``workers.device``,
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from model.errors import ModelError
+from model.tiles import OFF, TileSetting, parse_tiles
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV = "YOLO_CONFIG"
@@ -50,6 +52,7 @@ class ServiceModel:
     backend: str = "torch"
     onnx_cache_dir: Path | None = None
     precision: str = "fp32"  # fp32 | int8 (model.quantize)
+    tiles: TileSetting = OFF  # model.tiles
 
     def replace(self, **changes: Any) -> ServiceModel:
         return dataclasses.replace(self, **changes)
@@ -134,6 +137,10 @@ def read_service_model(path: str | os.PathLike[str] | None = None,
         entry = entries[chosen]
         files = (entry.path("cfg"), entry.path("weights"), entry.path("names"))
         settings = {key: entry.value(key, kind, defaults[key]) for key, kind in kinds.items()}
+        try:
+            settings["tiles"] = parse_tiles(entry.data.get("tiles"))
+        except ValueError as exc:
+            raise ModelError(f"{source}: {entry.key('tiles')}: {exc}") from exc
         name = chosen
     else:
         paths = workers.section("model_path")

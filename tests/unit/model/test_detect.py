@@ -16,6 +16,7 @@ from model.darknet import Darknet
 from model.detect import main, parse_args, resolve_model
 from model.inference import Detector
 from model.preprocess import decode_for_network
+from model.tiles import parse_tiles
 from model.weights import save_weights
 from settings import BASE_DIR
 from tests.paths import DATA_DIR
@@ -67,7 +68,8 @@ def test_cli_prints_json_lines_and_writes_annotated_images(weights: Path, images
     assert [(r["image"], r["width"], r["height"]) for r in records] == [
         (str(images[0]), 80, 48), (str(images[1]), 60, 100)]
     for record in records:
-        assert set(record) == {"image", "width", "height", "detections"}
+        assert set(record) == {"image", "width", "height", "passes", "detections"}
+        assert record["passes"] == 1  # tiles off: the whole photo only
         assert record["detections"], "random weights at 0.2 should give some boxes"
         for det in record["detections"]:
             assert set(det) == {"label", "class_id", "confidence", "box"}
@@ -130,7 +132,8 @@ def test_bad_device(weights: Path, images: list[Path],
     assert "unknown device" in _main_error(capsys, [*argv, str(images[0])])
 
 
-@pytest.mark.parametrize("extra", [[], ["--conf-thres", "2"], ["--img-size", "0"]])
+@pytest.mark.parametrize("extra", [[], ["--conf-thres", "2"], ["--img-size", "0"],
+                                   ["--tiles", "sometimes"]])
 def test_usage_errors_exit_2(weights: Path, images: list[Path], extra: list[str],
                              capsys: pytest.CaptureFixture[str]) -> None:
     argv = [*_model_args(weights), *extra] + ([str(images[0])] if extra else [])
@@ -210,6 +213,33 @@ models:
     assert (record["width"], record["height"]) == (500, 300)
     assert len(expected) == 4
     assert record["detections"] == [d.to_json() for d in expected]
+
+
+def test_cli_tiles_from_the_config_and_the_flag_equal_the_engines(
+        weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The model's ``tiles`` setting (and ``--tiles`` over it) decodes and tiles as the
+    engine's detect_decoded_tiled does: same detections, passes counted."""
+    config = _config(tmp_path, f"""
+workers: {{img_size: 64, device: cpu, backend: torch}}
+models:
+  tiny:
+    cfg: tests/data/tiny.cfg
+    weights: {weights}
+    names: tests/data/tiny.names
+    conf_thres: 0.2
+    tiles: auto
+""")
+    image = _jpeg(tmp_path, (300, 500))
+    detector = Detector.load(CFG, weights, NAMES, img_size=64, device="cpu")
+    for flag, setting, passes in [([], "auto", 3), (["--tiles", "off"], "off", 1),
+                                  (["--tiles", "200:0.25"], "200:0.25", 7)]:
+        assert main(["--config", str(config), *flag, str(image)]) == 0
+        record = json.loads(capsys.readouterr().out)
+        decoded = decode_for_network(image.read_bytes(), None, 64, parse_tiles(setting))
+        expected = detector.detect_decoded_tiled([decoded], setting, conf_thres=0.2,
+                                                 iou_thres=0.6)[0]
+        assert record["passes"] == expected.passes == passes
+        assert record["detections"] == [d.to_json() for d in expected.detections]
 
 
 def test_cli_model_path_config_env_and_flag_overrides(
