@@ -2,7 +2,7 @@
 #   make run    install into .venv, then serve http://127.0.0.1:8080 (embedded PostgreSQL)
 #   make test   install into .venv, then run the whole test suite
 #   make test-fast   the unit tier only (no PostgreSQL, no worker processes, no browser)
-#   make coco-model  add the original YOLOv3-tiny COCO model (80 classes) as model "coco"
+#   make coco-model  add the official YOLOv4-tiny COCO model (80 classes) as model "coco"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
