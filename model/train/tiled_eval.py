@@ -1,7 +1,8 @@
 """Scores through the engine's own pipeline, tiles off and on: real photos and the
 held-out small-light proxy (:mod:`model.train.proxy`), by label size at the network's view.
 
-Each photo goes as the service takes it: JPEG bytes (quality 95) decoded by
+Each photo goes as the service takes it: its file's bytes (a made proxy scene: JPEG,
+quality 95) decoded by
 :func:`model.preprocess.decode_for_network` with the tile setting (a large photo is decoded
 at a reduced scale when the windows allow it), then
 :meth:`model.inference.Detector.detect_decoded_tiled` (per-class NMS at IoU 0.5, every
@@ -51,35 +52,44 @@ class TiledRun:
     seconds: list[float] = field(default_factory=list)
 
 
-def run_tiled(detector: Detector, photos: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
-              tiles: TileSetting, conf_thres: float = 0.001, iou_thres: float = 0.5
-              ) -> TiledRun:
-    """Run every (BGR image, classes, boxes in its pixels) through the service's path."""
+Photo = tuple[bytes | np.ndarray, np.ndarray, np.ndarray]  # file bytes or BGR, labels
+
+
+def run_tiled(detector: Detector, photos: Iterable[Photo], tiles: TileSetting,
+              conf_thres: float = 0.001, iou_thres: float = 0.5) -> TiledRun:
+    """Run every (file bytes or BGR image, classes, boxes in its pixels) through the
+    service's path."""
     run = TiledRun(tiles)
     for img, classes, boxes in photos:
-        ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-        if not ok:
-            raise ValueError("cannot encode the photo as JPEG")
+        if isinstance(img, bytes):
+            data = img
+        else:
+            ok, encoded = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise ValueError("cannot encode the photo as JPEG")
+            data = encoded.tobytes()
         started = time.perf_counter()
-        decoded = decode_for_network(data.tobytes(), None, detector.img_size, tiles)
+        decoded = decode_for_network(data, None, detector.img_size, tiles)
         found = detector.detect_decoded_tiled([decoded], tiles, conf_thres, iou_thres,
                                               max_det=1000)[0]
         run.seconds.append(time.perf_counter() - started)
         run.passes.append(found.passes)
         det = np.array([[*d.box, d.confidence, d.class_id] for d in found.detections],
                        np.float64).reshape(-1, 6)
-        run.results.append(to_view((det, classes, boxes), detector.img_size / max(img.shape[:2])))
+        long_side = max(decoded.width, decoded.height)
+        run.results.append(to_view((det, classes, boxes), detector.img_size / long_side))
     return run
 
 
-def real_photos(photos: list[RealImage]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The labelled photos, loaded one at a time."""
+def real_photos(photos: list[RealImage]) -> Iterator[Photo]:
+    """The labelled photos' file bytes and labels (in pixels), one at a time."""
     for photo in photos:
-        yield photo.load()
+        _, classes, boxes = photo.load()
+        yield photo.path.read_bytes(), classes, boxes
 
 
 def proxy_photos(photos: list[RealImage], seed: int, canvas: tuple[int, int], count: int,
-                 view: int = 512) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                 view: int = 512) -> Iterator[Photo]:
     """``count`` proxy scenes of one canvas size, built one at a time."""
     for i in range(count):
         scene = proxy_scene(photos, seed, canvas, i, view)
