@@ -3,7 +3,7 @@
 #   make test   install into .venv, then run the whole test suite
 #   make test-fast   the unit tier only: seconds (no torch, no PostgreSQL, no workers, no browser)
 #   make test-model  the engine tier (tests/model: the network, weights, training; torch)
-#   make coco-model  add the original YOLOv3-tiny COCO model (80 classes) as model "coco"
+#   make coco-model  add the official YOLOv4-tiny COCO model (80 classes) as model "coco"
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -78,6 +78,7 @@ class Record:
     api: str = "native"  # the API it came through: native (POST /detect) or deepstack
     model_version: str | None = None  # the content hash of the model's files that ran
     source: str | None = None  # where the image came from (?source=camera-3), if said
+    passes: int = 1  # forward passes the model took over it: the whole photo plus tiles
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -92,7 +93,8 @@ class Record:
                    detections=[Detection.from_json(d) for d in data["detections"]],
                    api=str(data.get("api", "native")),
                    model_version=data.get("model_version"),
-                   source=None if data.get("source") is None else str(data["source"]))
+                   source=None if data.get("source") is None else str(data["source"]),
+                   passes=int(data.get("passes", 1)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class Record:
             "detections": [d.to_json() for d in self.detections],
             "api": self.api,
             "source": self.source,
+            "passes": self.passes,
         }
 
 
@@ -293,15 +296,15 @@ WITH held AS (
 ), inserted AS (
     INSERT INTO detections (id, created_at, filename, sha256, width, height, model,
                             inference_ms, detections, num_detections, max_confidence, api,
-                            model_version, source)
+                            model_version, source, passes)
     SELECT r.id, r.created_at, r.filename, r.sha256, r.width, r.height, r.model,
            r.inference_ms, r.detections::jsonb, r.num_detections, r.max_confidence, r.api,
-           r.model_version, r.source
+           r.model_version, r.source, r.passes
     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::int[], $6::int[],
                 $7::text[], $8::real[], $9::text[], $10::int[], $11::real[], $18::text[],
-                $19::text[], $20::text[])
+                $19::text[], $20::text[], $21::int[])
          AS r(id, created_at, filename, sha256, width, height, model, inference_ms,
-              detections, num_detections, max_confidence, api, model_version, source)
+              detections, num_detections, max_confidence, api, model_version, source, passes)
     WHERE (SELECT count(*) FROM held) = cardinality($12::text[])
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -331,7 +334,8 @@ def _insert_records_args(records: Sequence[Record], sha256s: Sequence[str]) -> l
         for column, value in zip(labels, row, strict=True):
             column.append(value)
     return [*columns, list(sha256s), *labels, [r.api for r in records],
-            [r.model_version for r in records], [r.source for r in records]]
+            [r.model_version for r in records], [r.source for r in records],
+            [r.passes for r in records]]
 
 
 # Work done in the transaction that inserts records, given the records it inserted (not
@@ -452,7 +456,7 @@ async def unreferenced_images(pool: asyncpg.Pool, *, older_than_s: float,
 # ---------------------------------------------------------------- reads
 
 _COLUMNS = ("d.id, d.created_at, d.filename, d.sha256, d.width, d.height, d.model, "
-            "d.inference_ms, d.detections, d.api, d.model_version, d.source")
+            "d.inference_ms, d.detections, d.api, d.model_version, d.source, d.passes")
 
 
 def _record(row: asyncpg.Record) -> Record:
@@ -460,7 +464,8 @@ def _record(row: asyncpg.Record) -> Record:
                   sha256=row["sha256"], width=row["width"], height=row["height"],
                   model=row["model"], inference_ms=round(float(row["inference_ms"]), 2),
                   detections=[Detection.from_json(d) for d in row["detections"]],
-                  api=row["api"], model_version=row["model_version"], source=row["source"])
+                  api=row["api"], model_version=row["model_version"], source=row["source"],
+                  passes=row["passes"])
 
 
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from model import defaults
+from model.tiles import OFF, TileSetting, parse_tiles
 from utils.event_loop import EVENT_LOOPS, uvloop_available
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -134,6 +135,7 @@ class ModelConfig:
     max_det: int  # detections per image at most
     workers: int  # worker processes
     precision: str = "fp32"  # fp32 | int8 (see model.quantize)
+    tiles: TileSetting = OFF  # the whole photo plus overlapping windows (model.tiles)
 
 
 @dataclass(frozen=True)
@@ -551,7 +553,8 @@ def parse_model(name: Any, raw: Any, workers: WorkersConfig, *,
         agnostic_nms=m.boolean("agnostic_nms", workers.agnostic_nms),
         max_det=m.integer("max_det", workers.max_det, maximum=100_000),
         workers=m.integer("workers", workers.max_workers, maximum=256),
-        precision=_precision(m, workers.precision, workers.device, workers.backend))
+        precision=_precision(m, workers.precision, workers.device, workers.backend),
+        tiles=_tiles(m))
     default = m.boolean("default", False)
     m.check_unknown()
     return model, default
@@ -566,6 +569,14 @@ def _backend(section: _Section, device: str) -> str:
         raise ConfigError(section.key("backend"),
                           f"onnxruntime runs on the CPU only; device is {device}")
     return value
+
+
+def _tiles(section: _Section) -> TileSetting:
+    """``tiles``: off (the default), auto or {size, overlap} (``SIZE:OVERLAP``)."""
+    try:
+        return parse_tiles(section.get("tiles"))
+    except ValueError as exc:
+        raise ConfigError(section.key("tiles"), str(exc)) from None
 
 
 def _precision(section: _Section, default: str, device: str, backend: str) -> str:

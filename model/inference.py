@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,22 @@ from model.errors import CfgError, ImageError, ModelError
 from model.postprocess import non_max_suppression, scale_boxes
 from model.preprocess import PAD_COLOR, DecodedImage, letterbox, to_tensor
 from model.quantize import Calibration, check_precision
+from model.tile_merge import merge
+from model.tiles import OFF, TileSetting, Window, parse_tiles, plan_windows
 from model.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
 _CUDA_SPEC = re.compile(r"cuda(?::(\d+))?")
 BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class TiledDetections:
+    """One photo's merged detections (boxes in its pixels) and the forward passes taken."""
+
+    detections: list[Detection]
+    passes: int
 
 
 def select_device(spec: str = "auto", index: int = 0) -> torch.device:
@@ -253,6 +265,76 @@ class Detector:
         """
         if len(images) == 0:
             return []
+        confs, ious, agnostics, max_dets = self._settings(images, conf_thres, iou_thres,
+                                                          agnostic, max_det)
+        with self._light_threads():
+            rows = self._rows(images, confs, ious, agnostics, wide)
+        return [[Detection.from_row(row, self.names) for row in r[:n].tolist()]
+                for r, n in zip(rows, max_dets, strict=True)]
+
+    def detect_tiled(self, images: Sequence[np.ndarray],
+                     tiles: object | Sequence[object] = OFF,
+                     conf_thres: float | Sequence[float] = 0.3,
+                     iou_thres: float | Sequence[float] = 0.6,
+                     agnostic: bool | Sequence[bool] = False,
+                     max_det: int | Sequence[int] = 300, wide: bool = False,
+                     sizes: Sequence[tuple[int, int]] | None = None
+                     ) -> list[TiledDetections]:
+        """:meth:`detect` with tiles (:mod:`model.tiles`): each photo's windows (the whole
+        photo first) are cut out, all windows of all photos run as one batch, and each
+        photo's detections are merged. ``tiles``: one setting for all photos or one per
+        photo (anything :func:`model.tiles.parse_tiles` reads). ``sizes``: the photos'
+        original (width, height) when ``images`` were decoded at a reduced scale: windows
+        are planned on the original size (``auto`` decides on it) and boxes stay in the
+        pixels of ``images``. Returns per photo the merged detections and the number of
+        forward passes; with ``tiles="off"`` the detections equal :meth:`detect`'s."""
+        if len(images) == 0:
+            return []
+        confs, ious, agnostics, max_dets = self._settings(images, conf_thres, iou_thres,
+                                                          agnostic, max_det)
+        if isinstance(tiles, (str, TileSetting, Mapping)) or tiles is None:
+            settings = [parse_tiles(tiles)] * len(images)
+        else:
+            settings = [parse_tiles(t) for t in tiles]
+            if len(settings) != len(images):
+                raise ValueError(f"tiles: {len(settings)} values for {len(images)} images")
+        crops, owners, plans = [], [], []
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            ow, oh = sizes[i] if sizes is not None else (w, h)
+            windows = [_scaled_window(win, w / ow, h / oh, w, h)
+                       for win in plan_windows(ow, oh, self.img_size, settings[i])]
+            plans.append(windows)
+            for win in windows:
+                crops.append(img if win.whole else img[win.y1:win.y2, win.x1:win.x2])
+                owners.append(i)
+        with self._light_threads():
+            rows = self._rows(crops, [confs[i] for i in owners], [ious[i] for i in owners],
+                              [agnostics[i] for i in owners], wide)
+        out, k = [], 0
+        for i, (img, windows) in enumerate(zip(images, plans, strict=True)):
+            parts = []
+            for win in windows:
+                r = rows[k].numpy().astype(np.float64)
+                r[:, [0, 2]] += win.x1
+                r[:, [1, 3]] += win.y1
+                parts.append(r)
+                k += 1
+            h, w = img.shape[:2]
+            if len(windows) == 1:
+                merged = parts[0][:max_dets[i]]
+            else:
+                merged = merge(parts, windows, w, h, self.img_size, ious[i], agnostics[i],
+                               max_dets[i])
+            out.append(TiledDetections(
+                [Detection.from_row(row, self.names) for row in merged.tolist()],
+                len(windows)))
+        return out
+
+    def _settings(self, images: Sequence[np.ndarray], conf_thres: float | Sequence[float],
+                  iou_thres: float | Sequence[float], agnostic: bool | Sequence[bool],
+                  max_det: int | Sequence[int]
+                  ) -> tuple[list[float], list[float], list[bool], list[int]]:
         for position, img in enumerate(images):
             if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
                 raise ImageError(f"image {position}: expected a BGR uint8 HxWx3 array, got "
@@ -263,15 +345,18 @@ class Detector:
         max_dets = _per_image(max_det, len(images), "max_det", int)
         if min(max_dets) < 1:
             raise ValueError(f"max_det must be >= 1, got {min(max_dets)}")
+        return confs, ious, agnostics, max_dets
+
+    def _light_threads(self) -> contextlib.AbstractContextManager[None]:
         # Another runtime runs the forward pass: torch's part (tensors, NMS) is too small
         # to gain from threads, and its idle OpenMP threads spin against that runtime's.
         light = self.backend != "torch" and self.device.type == "cpu"
-        with _torch_threads(1) if light else nullcontext():
-            return self._detect(images, confs, ious, agnostics, max_dets, wide)
+        return _torch_threads(1) if light else nullcontext()
 
-    def _detect(self, images: Sequence[np.ndarray], confs: list[float], ious: list[float],
-                agnostics: list[bool], max_dets: list[int],
-                wide: bool) -> list[list[Detection]]:
+    def _rows(self, images: Sequence[np.ndarray], confs: list[float], ious: list[float],
+              agnostics: list[bool], wide: bool) -> list[torch.Tensor]:
+        """Per image, the NMS rows (x1, y1, x2, y2, confidence, class; CPU) in its pixels,
+        most confident first, without boxes that lie wholly in the letterbox padding."""
         boxed = [letterbox(img, self.img_size, stride=self.stride) for img in images]
         batch = to_tensor([b[0] for b in boxed]).to(self.device)
         if self.half:
@@ -289,12 +374,10 @@ class Detector:
                                                  max_det=nms_det)[0]
                              for i in range(len(images))]
         results = []
-        for img, (_, ratio, pad), dets, max_det in zip(images, boxed, per_image, max_dets,
-                                                       strict=True):
-            rows = scale_boxes(dets.cpu(), ratio, pad, img.shape[:2])
+        for img, (_, ratio, pad), dets in zip(images, boxed, per_image, strict=True):
+            rows = scale_boxes(dets.cpu().float(), ratio, pad, img.shape[:2])
             # A box that lies wholly in the letterbox padding is empty once clipped.
-            rows = rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])][:max_det]
-            results.append([Detection.from_row(row, self.names) for row in rows.tolist()])
+            results.append(rows[(rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])])
         return results
 
     def _forward(self, batch: torch.Tensor, wide: bool) -> torch.Tensor:
@@ -322,6 +405,22 @@ class Detector:
                 if (d.scale_x, d.scale_y) != (1, 1) else dets
                 for d, dets in zip(decoded, found, strict=True)]
 
+    def detect_decoded_tiled(self, decoded: Sequence[DecodedImage],
+                             tiles: object | Sequence[object] = OFF,
+                             conf_thres: float | Sequence[float] = 0.3,
+                             iou_thres: float | Sequence[float] = 0.6, wide: bool = False,
+                             agnostic: bool | Sequence[bool] = False,
+                             max_det: int | Sequence[int] = 300) -> list[TiledDetections]:
+        """:meth:`detect_tiled` on images from :func:`model.preprocess.decode_for_network`
+        (decode them with the same ``tiles`` so that the windows keep their resolution);
+        boxes in the original image's pixels."""
+        found = self.detect_tiled([d.image for d in decoded], tiles, conf_thres, iou_thres,
+                                  agnostic, max_det, wide, [(d.width, d.height) for d in decoded])
+        return [TiledDetections([det.scaled(d.scale_x, d.scale_y, d.width, d.height)
+                                 for det in t.detections]
+                                if (d.scale_x, d.scale_y) != (1, 1) else t.detections, t.passes)
+                for d, t in zip(decoded, found, strict=True)]
+
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run the whole pipeline on blank images once per batch size (allocations, CUDA
         kernels, cuDNN's choice of algorithms for each input shape)."""
@@ -330,3 +429,11 @@ class Detector:
             self.detect([blank] * size)
             if self.wide_threads is not None:
                 self.detect([blank] * size, wide=True)
+
+
+def _scaled_window(win: Window, sx: float, sy: float, width: int, height: int) -> Window:
+    """``win`` (original pixels) in the pixels of an image decoded at scales ``sx``, ``sy``."""
+    if win.whole or (sx, sy) == (1, 1):
+        return Window(0, 0, width, height, True) if win.whole else win
+    return Window(int(win.x1 * sx), int(win.y1 * sy), min(width, round(win.x2 * sx)),
+                  min(height, round(win.y2 * sy)))

@@ -69,6 +69,15 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.3, iou_thres: 
     return output
 
 
+def nms(dets: torch.Tensor, iou_thres: float, agnostic: bool = False,
+        max_det: int = 300) -> torch.Tensor:
+    """Greedy NMS of (n, 6) rows x1, y1, x2, y2, confidence, class: the kept rows, most
+    confident first (as :func:`non_max_suppression` keeps them)."""
+    if dets.shape[0] == 0:
+        return dets
+    return dets[_nms_indices(dets, iou_thres, agnostic, max_det)]
+
+
 def _nms_indices(dets: torch.Tensor, iou_thres: float, agnostic: bool,
                  max_det: int) -> torch.Tensor:
     """Greedy NMS with OpenCV's ``cv2.dnn.NMSBoxes``; kept indices, most confident first."""

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, TiffImagePlugin
 
 from model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from model.formats import NOT_AN_IMAGE, PILLOW_FORMATS, sniff_content_type
+from model.tiles import TileSetting, decode_long_side
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,14 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
 
 
 def decode_for_network(data: bytes, max_pixels: int | None = None,
-                       input_size: int | None = None) -> DecodedImage:
+                       input_size: int | None = None,
+                       tiles: TileSetting | None = None) -> DecodedImage:
     """Like :func:`decode_image`, but a JPEG whose long side is at least twice
     ``input_size`` is decoded at 1/2, 1/4 or 1/8 scale, the smallest that keeps its long
     side at or above ``input_size``: the network sees it shrunk to ``input_size`` anyway,
-    and the reduced decode costs less than a full one plus the resize."""
+    and the reduced decode costs less than a full one plus the resize. With ``tiles``
+    (:mod:`model.tiles`), the long side kept is the one its windows need
+    (:func:`model.tiles.decode_long_side`)."""
     if not data:
         raise ImageDecodeError("empty image data")
     fmt, width, height, needs_pillow = _read_header(data)
@@ -100,6 +104,8 @@ def decode_for_network(data: bytes, max_pixels: int | None = None,
     if fmt not in _OPENCV_FORMATS or needs_pillow:
         return _decode_with_pillow(data, fmt)
     factor = 1
+    if input_size is not None and tiles is not None:
+        input_size = decode_long_side(width, height, input_size, tiles)
     if fmt == "JPEG" and input_size is not None:
         while factor < 8 and max(width, height) / (factor * 2) >= input_size:
             factor *= 2

@@ -58,11 +58,13 @@ class Timing:
     """Phases of one request for its ``Server-Timing`` header (W3C Server Timing):
     ``upload`` (reading the body), ``detect`` (in the pool: queue, transfer and the
     worker), ``decode`` and ``infer`` (the worker's part of ``detect``; the slowest
-    image when there are several), ``store`` (made durable)."""
+    image when there are several), ``store`` (made durable); and ``passes``, the forward
+    passes its images took (more than one per image with tiles)."""
 
     def __init__(self) -> None:
         self._last = time.perf_counter()
         self._phases: list[tuple[str, float]] = []
+        self._counts: list[tuple[str, int]] = []
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
@@ -72,8 +74,14 @@ class Timing:
     def add(self, name: str, ms: float) -> None:
         self._phases.append((name, ms))
 
+    def count(self, name: str, value: int) -> None:
+        """A figure that is no duration (``passes``: the forward passes of the request's
+        images, tiles included), given as the entry's description."""
+        self._counts.append((name, value))
+
     def header(self) -> str:
-        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self._phases)
+        return ", ".join([*(f"{name};dur={ms:.2f}" for name, ms in self._phases),
+                          *(f'{name};desc="{value}"' for name, value in self._counts)])
 
 
 async def detect_images(server: ModelServer, writer: RecordWriter, uploads: Sequence[Upload],
@@ -104,12 +112,13 @@ async def detect_images(server: ModelServer, writer: RecordWriter, uploads: Sequ
             timing.lap("detect")
             timing.add("decode", max(r.decode_ms for r in results))
             timing.add("infer", max(r.inference_ms for r in results))
+            timing.count("passes", sum(r.passes for r in results))
             now = datetime.now(timezone.utc)
             records = [db.Record(id=uuid4(), created_at=now, filename=u.filename,
                                  sha256=u.sha256, width=r.width, height=r.height,
                                  model=detected.model, model_version=detected.version,
                                  inference_ms=r.inference_ms, detections=r.detections,
-                                 api=api, source=source)
+                                 api=api, source=source, passes=r.passes)
                        for u, r in zip(uploads, results, strict=True)]
             await ahead.settled()
             await writer.save(records, images)

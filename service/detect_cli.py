@@ -31,7 +31,7 @@ def model_settings(config: Config, name: str | None = None) -> detect.DetectSett
         agnostic_nms=model.agnostic_nms, max_det=model.max_det,
         max_pixels=config.server.max_pixels, device=config.workers.device,
         backend=config.workers.backend, onnx_cache_dir=config.workers.onnx_cache_dir,
-        precision=model.precision)
+        precision=model.precision, tiles=model.tiles)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+PASSES_BUCKETS = (1, 2, 3, 5, 7, 9, 13, 17, 25, 33)  # the whole photo plus its tiles
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 

@@ -5,11 +5,15 @@
         --img-size 512 --scene-size 256 --real ../shared/datasets/cinta-train
 
 With ``--real`` (a folder of ``images/`` + YOLO ``labels/``, e.g. CINTA), the held-out
-split of those photos (by source photo, see :mod:`model.train.real`) is scored first:
-per class and class-agnostic precision / recall (at ``--conf-thres``) and AP at IoU 0.5
-and 0.3, per box-size band (long side of the label in the photo's pixels: <16, 16-32,
-32-96, >96), and the share of found lights given the right colour. Then, unless
-``--count 0``, the generated set (mAP@0.5 per class).
+split of those photos (by source photo, see :mod:`model.train.real`) is scored first,
+through the engine's own pipeline (:mod:`model.train.tiled_eval`) once per ``--tiles``
+setting (default: off and auto): per class and class-agnostic precision / recall (at
+``--conf-thres``) and AP at IoU 0.5 and 0.3, per size band (the label's long side at the
+network's view: <8, 8-16, 16-32, 32-96, >96 px), and the share of found lights given the
+right colour. Then the held-out small-light proxy (:mod:`model.train.proxy`,
+``--proxy-count`` scenes per canvas size 1280x960, 1920x1080, 4032x3024; 0: none), per
+canvas and tiles setting, with passes and time per photo. Then, unless ``--count 0``,
+the generated set (mAP@0.5 per class; its 256-px scenes are never tiled).
 
 Scenes come from ``make_scene(seed, i, h, w)``; training samples are drawn from
 (seed, epoch, i) triples, so no evaluation scene is ever a training scene. Images go
@@ -33,13 +37,15 @@ from tqdm import tqdm
 from model.darknet import Darknet
 from model.postprocess import non_max_suppression, scale_boxes
 from model.preprocess import letterbox, to_tensor
+from model.tiles import parse_tiles
 from model.train.dataset import source_shape
 from model.train.metrics import (
-    SIZE_BANDS,
+    VIEW_BANDS,
     DetectionStats,
     agnostic_stats,
     colour_accuracy,
 )
+from model.train.proxy import CANVASES, proxy_scene
 from model.train.real import CLASS_COLOUR, RealImage, list_real
 from model.train.scenes import Scene, make_scene
 from model.weights import load_weights
@@ -93,6 +99,31 @@ def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int
 ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label classes, boxes
 
 
+def to_view(result: ImageResult, scale: float) -> ImageResult:
+    """``result`` with detection and label boxes multiplied by ``scale`` (photo pixels to
+    the network's view of the whole photo: IoU is unchanged, sizes become view sizes)."""
+    det, cls, boxes = result
+    det = np.asarray(det, np.float64).reshape(-1, 6).copy()
+    det[:, :4] *= scale
+    return det, cls, np.asarray(boxes, np.float64).reshape(-1, 4) * scale
+
+
+def run_proxy(net: Darknet, photos: list[RealImage], seed: int, count: int, img_size: int,
+              canvases: tuple[tuple[int, int], ...] = ((1280, 960),), conf_thres: float = 0.001,
+              iou_thres: float = 0.5, forward: Forward | None = None) -> list[ImageResult]:
+    """The whole-photo (untiled) results on ``count`` proxy scenes of each canvas, in view
+    pixels (see :mod:`model.train.proxy`)."""
+    net.eval()
+    out: list[ImageResult] = []
+    for canvas in canvases:
+        for i in range(count):
+            scene = proxy_scene(photos, seed, canvas, i, img_size)
+            det = detect(net, [scene.image], img_size, conf_thres, iou_thres, forward)[0]
+            out.append(to_view((det, scene.classes, scene.boxes),
+                               img_size / max(scene.image.shape[:2])))
+    return out
+
+
 def run_real(net: Darknet, photos: list[RealImage], img_size: int, conf_thres: float = 0.001,
              iou_thres: float = 0.5, batch: int = 8, progress: bool = False,
              forward: Forward | None = None) -> list[ImageResult]:
@@ -131,7 +162,8 @@ def real_summary(results: list[ImageResult], conf_thres: float = 0.3) -> dict[st
 
 
 def format_real(results: list[ImageResult], names: list[str], conf_thres: float) -> str:
-    """The real-photo tables: per class, class-agnostic per size band, colour accuracy."""
+    """The real-photo tables: per class, class-agnostic per size band (of the boxes as
+    given: pass them at the network's view, :func:`to_view`), colour accuracy."""
     r50 = real_stats(results, len(names), 0.5).results(conf_thres)
     r30 = real_stats(results, len(names), 0.3).results(conf_thres)
     head = (f"{'':<12}{'labels':>8}{'P':>8}{'R':>8}{'AP@0.5':>9}{'R@0.3':>8}{'AP@0.3':>9}")
@@ -141,8 +173,8 @@ def format_real(results: list[ImageResult], names: list[str], conf_thres: float)
     for name, a, b in zip(names, r50, r30):
         lines.append(f"{name:<12}{a.labels:>8}{a.precision:>8.3f}{a.recall:>8.3f}{a.ap:>9.3f}"
                      f"{b.recall:>8.3f}{b.ap:>9.3f}")
-    lines += ["class-agnostic, by label long side (photo pixels)", head]
-    for label, low, high in (("all", 0.0, np.inf),) + SIZE_BANDS:
+    lines += ["class-agnostic, by label long side (pixels at the network's view)", head]
+    for label, low, high in (("all", 0.0, np.inf),) + VIEW_BANDS:
         band = None if label == "all" else (low, high)
         a = agnostic_stats(results, 0.5, band).results(conf_thres)[0]
         b = agnostic_stats(results, 0.3, band).results(conf_thres)[0]
@@ -221,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="photos without traffic lights: list what is found on them at "
                              "--negative-conf (the service's default confidence)")
     parser.add_argument("--negative-conf", type=float, default=0.5)
+    parser.add_argument("--tiles", nargs="+", default=["off", "auto"],
+                        help="tile settings to score the real photos, the proxy and the "
+                             "negatives with (model.tiles: off, auto, SIZE:OVERLAP)")
+    parser.add_argument("--proxy-count", type=int, default=40,
+                        help="small-light proxy scenes per canvas size (needs --real; 0: none)")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                         help="what runs the network: PyTorch, or ONNX Runtime on its export "
                              "(the service's CPU backend)")
@@ -248,22 +285,45 @@ def main(argv: list[str] | None = None) -> None:
     load_weights(net, args.weights)
     net.eval()
     forward = _forward(net, args)
+    # model.train.tiled_eval builds on this module's helpers: imported here, not above.
+    from model.train.tiled_eval import (
+        engine,
+        format_runs,
+        proxy_photos,
+        real_photos,
+        run_tiled,
+    )
+
+    detector = engine(net, names, args.img_size, forward)
+    settings = [parse_tiles(t) for t in args.tiles]
     for path in args.negatives:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise SystemExit(f"{path}: not a readable image")
-        det = detect(net, [img], args.img_size, args.negative_conf, 0.45, forward)[0]
-        found = ", ".join(f"{names[int(d[5])]} {d[4]:.2f}" for d in det) or "nothing"
-        print(f"{path.name} (no traffic lights) at confidence {args.negative_conf}: "
-              f"{len(det)} detections: {found}")
+        for setting in settings:
+            found = detector.detect_tiled([img], setting, args.negative_conf, 0.45,
+                                          agnostic=True)[0]
+            listed = ", ".join(f"{d.label} {d.confidence:.2f}" for d in found.detections)
+            print(f"{path.name} (no traffic lights) at confidence {args.negative_conf}, tiles "
+                  f"{setting} ({found.passes} passes): {len(found.detections)} detections: "
+                  f"{listed or 'nothing'}")
     if args.real is not None:
         photos = list_real(args.real, args.split)
-        started = time.perf_counter()
-        results = run_real(net, photos, args.img_size, progress=True, forward=forward)
-        logger.info("%d real photos (%d sources) in %.1f s", len(photos),
-                    len({p.source for p in photos}), time.perf_counter() - started)
-        print(format_real(results, names, args.conf_thres))
-        print()
+        for setting in settings:
+            started = time.perf_counter()
+            run = run_tiled(detector, real_photos(photos), setting)
+            logger.info("%d real photos (%d sources), tiles %s, in %.1f s", len(photos),
+                        len({p.source for p in photos}), setting, time.perf_counter() - started)
+            print(f"tiles {setting}: " + format_real(run.results, names, args.conf_thres))
+            print()
+        held = list_real(args.real, "val")
+        for canvas in CANVASES if args.proxy_count > 0 else ():
+            runs = [run_tiled(detector, proxy_photos(held, args.seed, canvas, args.proxy_count,
+                                                     args.img_size), setting)
+                    for setting in settings]
+            print(format_runs(f"small-light proxy {canvas[0]}x{canvas[1]} (seed {args.seed}, "
+                              f"{args.proxy_count} scenes)", runs, args.conf_thres))
+            print()
     if args.count <= 0:
         return
     started = time.perf_counter()

@@ -120,6 +120,10 @@ class DetectionStats:
 
 SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0), (">96", 96.0, np.inf))
+# Bands of the label's long side at the network's view of the whole photo (issue 21).
+VIEW_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<8", 0.0, 8.0), ("8-16", 8.0, 16.0), ("16-32", 16.0, 32.0), ("32-96", 32.0, 96.0),
+    (">96", 96.0, np.inf))
 
 
 def long_side(boxes: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from model.train.dataset import (
     to_gray,
 )
 from model.train.scenes import generate
+from model.train.small import crops_on_scene, zoom_out
 
 # CINTA class -> our class (go, stop, stopLeft, goLeft, warning, warningLeft).
 CINTA_TO_OURS = (0, 1, 4)
@@ -227,17 +228,21 @@ def generated_sample(seed: int, epoch: int, index: int, img_size: int, scene_siz
 
 
 class MixedDataset(Dataset):
-    """Per epoch: ``real_count`` augmented real photos and ``generated_count`` generated
-    scenes, interleaved in an order fixed by (seed, epoch); sample ``i`` of epoch ``e`` is a
-    pure function of (seed, e, i), so a run resumed at an epoch boundary sees the same data.
+    """Per epoch: ``real_count`` augmented real photos, ``small_count`` small-light samples
+    (:mod:`model.train.small`: real photos zoomed out into a real photo, or, a share
+    ``small_crops`` of them, real crops pasted small on one) and ``generated_count``
+    generated scenes, interleaved in an order fixed by (seed, epoch); sample ``i`` of epoch
+    ``e`` is a pure function of (seed, e, i), so a run resumed at an epoch boundary sees the
+    same data.
     """
 
     def __init__(self, seed: int, real: list[RealImage], real_count: int, generated_count: int,
                  img_size: int, scene_size: int | None = None,
                  crops: list[tuple[np.ndarray, int]] | None = None, crop_share: float = 0.5,
-                 magnify: tuple[float, float] = (0.45, 1.6), gray: float = 0.0) -> None:
-        if real_count and not real:
-            raise ValueError("real_count > 0 but no real photos")
+                 magnify: tuple[float, float] = (0.45, 1.6), gray: float = 0.0,
+                 small_count: int = 0, small_crops: float = 0.25) -> None:
+        if (real_count or small_count) and not real:
+            raise ValueError("real_count or small_count > 0 but no real photos")
         self.seed = seed
         self.real = real
         self.real_count = real_count
@@ -248,6 +253,8 @@ class MixedDataset(Dataset):
         self.crop_share = crop_share
         self.magnify = magnify
         self.gray = gray
+        self.small_count = small_count
+        self.small_crops = small_crops if crops else 0.0
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -260,7 +267,7 @@ class MixedDataset(Dataset):
         self.photos = np.concatenate([rng.permutation(n) for _ in range(max(1, reps))])
 
     def __len__(self) -> int:
-        return self.real_count + self.generated_count
+        return self.real_count + self.small_count + self.generated_count
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """BGR image and labels (n, 5) of sample ``index`` of the current epoch."""
@@ -270,8 +277,19 @@ class MixedDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, k, 23])
             img, classes, boxes = photo.load()
             return real_sample(rng, img, classes, boxes, self.img_size, self.magnify, self.gray)
+        if k < self.real_count + self.small_count:
+            return self._small_sample(k)
         return generated_sample(self.seed, self.epoch, k, self.img_size, self.scene_size,
                                 self.crops, self.crop_share, self.gray)
+
+    def _small_sample(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, k, 31])
+        background = self.real[int(rng.integers(len(self.real)))].load()
+        if self.crops and rng.random() < self.small_crops:
+            return crops_on_scene(rng, background, self.crops, self.img_size)
+        picks = rng.integers(len(self.real), size=int(rng.integers(2, 26)))
+        return zoom_out(rng, background, [self.real[int(i)].load() for i in picks],
+                        self.img_size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, labels = self.sample(index)

@@ -41,8 +41,9 @@ from tqdm import tqdm
 from model.darknet import Darknet
 from model.layers import YOLOLayer
 from model.train.dataset import SceneDataset, collate
-from model.train.evaluate import evaluate, real_summary, run_real
+from model.train.evaluate import evaluate, real_summary, run_proxy, run_real
 from model.train.loss import LayerInfo, LossConfig, YoloLoss
+from model.train.metrics import agnostic_stats
 from model.train.real import MixedDataset, list_real, load_crops
 from model.weights import load_weights, save_weights
 
@@ -152,6 +153,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale range of real photos relative to their pixels")
     p.add_argument("--val-real-count", type=int, default=150,
                    help="held-out real photos scored after each epoch (every n-th one)")
+    p.add_argument("--small-count", type=int, default=0,
+                   help="small-light samples per epoch (model.train.small: real photos "
+                        "zoomed out into a real photo, or real crops pasted small)")
+    p.add_argument("--small-crops", type=float, default=0.25,
+                   help="share of the small-light samples made of pasted crops")
+    p.add_argument("--val-proxy-count", type=int, default=0,
+                   help="held-out small-light proxy scenes (1280x960) scored per epoch")
     p.add_argument("--val-size", type=int, default=None,
                    help="input size for validation (default: --img-size)")
     return p.parse_args(argv)
@@ -170,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.init is not None:
         load_weights(net, args.init)
     val_size = args.val_size or args.img_size
-    val_photos = []
+    val_photos: list = []
+    held: list = []
     ema = ModelEMA(net)
     optimizer = build_optimizer(net, args.lr, args.weight_decay)
     criterion = YoloLoss(loss_layers(net), net.num_classes, args.img_size, LossConfig())
@@ -185,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         crops = load_crops(args.crops) if args.crops is not None else None
         dataset = MixedDataset(args.seed, train_photos, args.real_count if train_photos else 0,
                                args.epoch_size, args.img_size, args.scene_size, crops,
-                               args.crop_share, tuple(args.magnify), args.gray)
+                               args.crop_share, tuple(args.magnify), args.gray,
+                               args.small_count if train_photos else 0, args.small_crops)
     else:
         dataset = SceneDataset(args.seed, args.epoch_size, args.img_size,
                                scene_size=args.scene_size, gray=args.gray)
@@ -238,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"colour {summary['colour']:.3f}")
             # Both matter: real photos (class-agnostic AP) and the generated classes.
             fitness = 0.5 * fitness + 0.5 * summary["ap50"]
+        if held and args.val_proxy_count:
+            proxy = run_proxy(ema.ema, held, args.val_seed, args.val_proxy_count, val_size)
+            small = agnostic_stats(proxy, 0.5, (8.0, float("inf"))).results(0.3)[0]
+            real += f" proxy>=8px R {small.recall:.3f} AP50 {small.ap:.3f}"
+            # Small lights weigh as much as the other two together.
+            fitness = 0.5 * fitness + 0.5 * small.ap
         line = (f"epoch {epoch} box {running[0]:.4f} obj {running[1]:.4f} cls {running[2]:.4f} "
                 f"mAP50 {stats.mean_ap():.4f} AP {aps}{real} fitness {fitness:.4f} "
                 f"minutes {(time.monotonic() - started) / 60:.1f}")

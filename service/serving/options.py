@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.tiles import TileSetting
+
 
 @dataclass(frozen=True)
 class DetectOptions:
@@ -14,3 +16,4 @@ class DetectOptions:
     iou_thres: float | None = None
     agnostic: bool | None = None
     max_det: int | None = None
+    tiles: TileSetting | None = None  # off or auto (model.tiles)

@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from model.errors import ImageError
+from model.tiles import TileSetting
 from service.serving.options import DetectOptions
 from service.serving.version import ModelVersion, read_version
 from service.workers import stats
@@ -342,7 +343,13 @@ class ModelServer:
 def model_settings(model: ModelConfig) -> dict[str, Any]:
     """Every setting of ``model`` but its name and files (the defaults of a request's
     options, the workers it runs on): each field of ModelConfig, so a new one is here."""
-    return {f.name: getattr(model, f.name) for f in fields(model) if f.name not in _FILES}
+    return {f.name: _plain(getattr(model, f.name)) for f in fields(model)
+            if f.name not in _FILES}
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON and the config's YAML write it (tiles: ``auto``, ``640:0.2``)."""
+    return str(value) if isinstance(value, TileSetting) else value
 
 
 _FILES = ("name", "cfg", "weights", "names")
@@ -354,7 +361,8 @@ async def _detect_all(pool: DetectorPool, images: Sequence[bytes], options: Dete
     message prefixed with the image's name."""
     outcomes = await asyncio.gather(
         *(pool.detect(data, conf_thres=options.conf_thres, iou_thres=options.iou_thres,
-                      agnostic=options.agnostic, max_det=options.max_det) for data in images),
+                      agnostic=options.agnostic, max_det=options.max_det,
+                      tiles=options.tiles) for data in images),
         return_exceptions=True)
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):

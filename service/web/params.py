@@ -12,6 +12,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from uuid import UUID
 
 from db import Cursor, HistoryFilter, InvalidCursor
+from model.tiles import AUTO, OFF, TileSetting
 from service.web.errors import ApiError
 
 MAX_FILTER_LENGTH = 200
@@ -121,6 +122,20 @@ def source(query: Mapping[str, str], fields: Mapping[str, str] | None = None) ->
     if value is None and fields is not None:
         value = _text(fields, "source")
     return value
+
+
+def tiles(query: Mapping[str, str], name: str = "tiles") -> TileSetting | None:
+    """``auto`` or ``off`` (the model's setting when absent). A request may not ask for
+    windows of its own size: their number is the model's operator's to bound."""
+    raw = _text(query, name)
+    if raw is None:
+        return None
+    value = raw.lower()
+    if value == "auto":
+        return AUTO
+    if value == "off":
+        return OFF
+    raise ParamError(name, f"must be auto or off, got {raw[:40]!r}")
 
 
 def text(query: Mapping[str, str], name: str) -> str | None:

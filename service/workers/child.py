@@ -190,21 +190,24 @@ def detect_batch(jobs: Sequence[DetectJob],
     no other worker is busy, so the forward pass may use every core (``lone_threads``)."""
     from model.errors import ImageError
     from model.preprocess import decode_for_network
+    from model.tiles import parse_tiles
 
     state = _current()
     detector = _detector()
     answers: list[DetectResult | DetectFailure | None] = []
-    decoded, ready, decode_ms = [], [], []
+    decoded, settings, ready, decode_ms = [], [], [], []
     for job in jobs:
         started = time.perf_counter()
         try:
-            image = decode_for_network(job.data, state.max_pixels, detector.img_size)
+            tiles = parse_tiles(job.tiles)
+            image = decode_for_network(job.data, state.max_pixels, detector.img_size, tiles)
         except ImageError as exc:
             answers.append(DetectFailure.of(exc))
             continue
         answers.append(None)
         decode_ms.append(round((time.perf_counter() - started) * 1000.0, 2))
         decoded.append(image)
+        settings.append(tiles)
         ready.append(len(answers) - 1)
     if not decoded:
         return [a for a in answers if a is not None]
@@ -212,17 +215,18 @@ def detect_batch(jobs: Sequence[DetectJob],
     wide = lone and detector.wide_threads is not None
     threads = detector.wide_threads if wide else state.info.threads
     asked = [jobs[i] for i in ready]
-    found = detector.detect_decoded(
-        decoded, conf_thres=[job.conf_thres for job in asked],
+    found = detector.detect_decoded_tiled(
+        decoded, settings, conf_thres=[job.conf_thres for job in asked],
         iou_thres=[job.iou_thres for job in asked], agnostic=[job.agnostic for job in asked],
         max_det=[job.max_det for job in asked], wide=wide)
     inference_ms = round((time.perf_counter() - started) * 1000.0, 2)
-    for position, image, detections, decode_time in zip(ready, decoded, found, decode_ms,
-                                                        strict=True):
+    for position, image, tiled, decode_time in zip(ready, decoded, found, decode_ms,
+                                                   strict=True):
         answers[position] = DetectResult(
             width=image.width, height=image.height, inference_ms=inference_ms,
-            model=state.info.model, detections=detections,
-            batch_size=len(decoded), threads=threads, decode_ms=decode_time)
+            model=state.info.model, detections=tiled.detections,
+            batch_size=len(decoded), threads=threads, decode_ms=decode_time,
+            passes=tiled.passes)
     return [a for a in answers if a is not None]
 
 

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 from prometheus_client.core import Metric
 
+from model.tiles import TileSetting
 from service.workers import stats
 from service.workers.process import WorkerDied, WorkerProcess
 from service.workers.protocol import DetectFailure, DetectJob, DetectResult, WorkerInfo, WorkerSpec
@@ -222,9 +223,11 @@ class DetectorPool:
 
     async def detect(self, data: bytes, *, conf_thres: float | None = None,
                      iou_thres: float | None = None, agnostic: bool | None = None,
-                     max_det: int | None = None) -> DetectResult:
-        """Run the model on one encoded image in a worker (thresholds and NMS settings
-        left out: the model's).
+                     max_det: int | None = None,
+                     tiles: TileSetting | None = None) -> DetectResult:
+        """Run the model on one encoded image in a worker (thresholds, NMS settings and
+        tiles left out: the model's). The windows of a tiled photo run in the worker as
+        one batch, with the other images of its batch.
 
         Raises the image's ``model.errors.ImageError`` (ImageDecodeError,
         ImageTooLargeError) for bad input, ImageKilledWorker for an image that crashed two
@@ -236,7 +239,8 @@ class DetectorPool:
         job = DetectJob(data, model.conf_thres if conf_thres is None else conf_thres,
                         model.iou_thres if iou_thres is None else iou_thres,
                         model.agnostic_nms if agnostic is None else agnostic,
-                        model.max_det if max_det is None else max_det)
+                        model.max_det if max_det is None else max_det,
+                        str(model.tiles if tiles is None else tiles))
         answer = await self._detect(job)
         if isinstance(answer, DetectFailure):
             raise answer.error()
@@ -362,9 +366,10 @@ class DetectorPool:
         lone = len(self._running) == 1 and len(self._queue) == 0
         answers = await proc.call(("detect", [job.work for job in batch], lone),
                                   self.config.job_timeout)
-        timings = [a.inference_ms for a in answers if isinstance(a, DetectResult)]
-        if timings:
-            self.metrics.observe_batch(len(timings), timings[0] / 1000.0)
+        results = [a for a in answers if isinstance(a, DetectResult)]
+        if results:
+            self.metrics.observe_batch(len(results), results[0].inference_ms / 1000.0,
+                                       [r.passes for r in results])
         return list(answers)
 
     async def _replace(self, index: int, reason: WorkerDied) -> WorkerProcess:

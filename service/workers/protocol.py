@@ -68,6 +68,7 @@ class DetectJob:
     iou_thres: float
     agnostic: bool = False  # NMS across classes
     max_det: int = 300
+    tiles: str = "off"  # off | auto | SIZE:OVERLAP (model.tiles.parse_tiles)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class DetectResult:
     batch_size: int = 1
     threads: int = 0  # intra-op threads of the forward pass (CPU)
     decode_ms: float = 0.0  # decoding this image (and its reduced-scale resize)
+    passes: int = 1  # forward passes over it: the whole photo, plus its tiles
 
 
 @dataclass(frozen=True)

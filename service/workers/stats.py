@@ -3,14 +3,14 @@ reliability script) and histograms of its jobs, exposed through :func:`families`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, PASSES_BUCKETS
 
 
 @dataclass
@@ -35,18 +35,24 @@ class PoolMetrics:
             Histogram("yolo_batch_size", "Images per forward batch run by a worker",
                       ["model"], buckets=BATCH_BUCKETS, registry=None),
             Histogram("yolo_inference_seconds", "Worker-side time per forward batch",
-                      ["model"], buckets=LATENCY_BUCKETS, registry=None))
-        self._queue, self._batch_size, self._inference = (h.labels(model)
-                                                          for h in self._histograms)
+                      ["model"], buckets=LATENCY_BUCKETS, registry=None),
+            Histogram("yolo_passes", "Forward passes per image: 1, or the whole photo plus "
+                      "its tiles", ["model"], buckets=PASSES_BUCKETS, registry=None))
+        self._queue, self._batch_size, self._inference, self._passes = (
+            h.labels(model) for h in self._histograms)
 
     def observe_queue(self, seconds: float) -> None:
         """A job waited ``seconds`` in the queue before a worker started it."""
         self._queue.observe(max(0.0, seconds))
 
-    def observe_batch(self, size: int, inference_seconds: float) -> None:
-        """A worker ran one forward batch of ``size`` images in ``inference_seconds``."""
+    def observe_batch(self, size: int, inference_seconds: float,
+                      passes: Sequence[int] = ()) -> None:
+        """A worker ran one forward batch of ``size`` images in ``inference_seconds``,
+        each image in ``passes`` forward passes (tiles)."""
         self._batch_size.observe(size)
         self._inference.observe(max(0.0, inference_seconds))
+        for count in passes:
+            self._passes.observe(count)
 
     def collect(self) -> Iterator[Metric]:
         for histogram in self._histograms:

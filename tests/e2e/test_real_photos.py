@@ -3,9 +3,9 @@
 Twelve real photos from the held-out split of the CINTA set (never trained on; credits and
 labels in tests/data/real/) go through the engine exactly as the service runs it: the
 default model of the service's config (``$YOLO_CONFIG``, else ``config/config.yaml``, read
-by ``settings.load_config`` as ``python -m service.detect_cli`` reads it) with its input size, thresholds, NMS
-settings and backend, the JPEG bytes decoded by ``decode_for_network`` and detected by
-``Detector.detect_decoded``. The test
+by ``settings.load_config`` as ``python -m service.detect_cli`` reads it) with its input size,
+thresholds, NMS settings, tiles and backend, the JPEG bytes decoded by
+``decode_for_network`` and detected by ``Detector.detect_decoded_tiled``. The test
 fails when the share of lights found (class-agnostic, IoU >= 0.5) or the share of found
 lights given the right colour drops below a bound just under what the shipped model
 scores (see model/data/README.md). Needs nothing outside the repository.
@@ -71,11 +71,17 @@ def detector(service_model: ServiceModel, tmp_path_factory: pytest.TempPathFacto
                          threads=2, precision=m.precision)
 
 
+def _detect(detector: Detector, m: ServiceModel, photo: Path) -> tuple[Any, list[Any]]:
+    """The decoded photo and its detections, as the service's workers get them."""
+    decoded = decode_for_network(photo.read_bytes(), input_size=detector.img_size,
+                                 tiles=m.tiles)
+    found = detector.detect_decoded_tiled([decoded], m.tiles, m.conf_thres, m.iou_thres,
+                                          agnostic=m.agnostic_nms, max_det=m.max_det)[0]
+    return decoded, found.detections
+
+
 def _detections(detector: Detector, m: ServiceModel, photo: Path) -> list[Any]:
-    decoded = decode_for_network(photo.read_bytes(), input_size=detector.img_size)
-    return [_row(d) for d in detector.detect_decoded([decoded], m.conf_thres, m.iou_thres,
-                                                     agnostic=m.agnostic_nms,
-                                                     max_det=m.max_det)[0]]
+    return [_row(d) for d in _detect(detector, m, photo)[1]]
 
 
 def test_shipped_model_finds_real_traffic_lights(service_model: ServiceModel,
@@ -86,9 +92,7 @@ def test_shipped_model_finds_real_traffic_lights(service_model: ServiceModel,
     labels = found = colour_right = 0
     missed = []
     for photo in photos:
-        decoded = decode_for_network(photo.read_bytes(), input_size=detector.img_size)
-        dets = detector.detect_decoded([decoded], m.conf_thres, m.iou_thres,
-                                       agnostic=m.agnostic_nms, max_det=m.max_det)[0]
+        decoded, dets = _detect(detector, m, photo)
         gt_cls, gt_boxes = _labels(photo.with_suffix(".txt"), decoded.width, decoded.height)
         used = np.zeros(len(gt_cls), bool)
         for box, _, cls in sorted((_row(d) for d in dets), key=lambda r: -r[1]):

@@ -17,6 +17,7 @@ from model import defaults
 from model.detect import main, parse_args, resolve_model
 from model.inference import Detector
 from model.preprocess import decode_for_network
+from model.tiles import parse_tiles
 from model.weights import save_weights
 from settings import BASE_DIR
 from tests.paths import DATA_DIR
@@ -68,7 +69,8 @@ def test_cli_prints_json_lines_and_writes_annotated_images(weights: Path, images
     assert [(r["image"], r["width"], r["height"]) for r in records] == [
         (str(images[0]), 80, 48), (str(images[1]), 60, 100)]
     for record in records:
-        assert set(record) == {"image", "width", "height", "detections"}
+        assert set(record) == {"image", "width", "height", "passes", "detections"}
+        assert record["passes"] == 1  # tiles off: the whole photo only
         assert record["detections"], "random weights at 0.2 should give some boxes"
         for det in record["detections"]:
             assert set(det) == {"label", "class_id", "confidence", "box"}
@@ -131,7 +133,8 @@ def test_bad_device(weights: Path, images: list[Path],
     assert "unknown device" in _main_error(capsys, [*argv, str(images[0])])
 
 
-@pytest.mark.parametrize("extra", [[], ["--conf-thres", "2"], ["--img-size", "0"]])
+@pytest.mark.parametrize("extra", [[], ["--conf-thres", "2"], ["--img-size", "0"],
+                                   ["--tiles", "sometimes"]])
 def test_usage_errors_exit_2(weights: Path, images: list[Path], extra: list[str],
                              capsys: pytest.CaptureFixture[str]) -> None:
     argv = [*_model_args(weights), *extra] + ([str(images[0])] if extra else [])
@@ -171,3 +174,24 @@ def test_same_file_names_do_not_overwrite(weights: Path, tmp_path: Path,
     assert main([*_model_args(weights), "--out", str(out_dir), *map(str, paths)]) == 0
     assert sorted(p.name for p in out_dir.iterdir()) == ["same.png", "same_1.png"]
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_cli_tiles_equal_the_engines(weights: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--tiles`` decodes and tiles as the engine's detect_decoded_tiled does (the
+    service's workers too): same detections, passes counted."""
+    rng = np.random.default_rng(3)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8), (0, 0), 3)
+    image = tmp_path / "photo.jpg"
+    assert cv2.imwrite(str(image), img)
+    detector = Detector.load(CFG, weights, NAMES, img_size=64, device="cpu")
+    for setting, passes in [("auto", 3), ("off", 1), ("200:0.25", 7)]:
+        argv = [*_model_args(weights), "--conf-thres", "0.2", "--iou-thres", "0.6",
+                "--tiles", setting, str(image)]
+        assert main(argv) == 0
+        record = json.loads(capsys.readouterr().out)
+        decoded = decode_for_network(image.read_bytes(), None, 64, parse_tiles(setting))
+        expected = detector.detect_decoded_tiled([decoded], setting, conf_thres=0.2,
+                                                 iou_thres=0.6)[0]
+        assert record["passes"] == expected.passes == passes
+        assert record["detections"] == [d.to_json() for d in expected.detections]

@@ -7,8 +7,9 @@ Blue Iris, Home Assistant, Frigate, Node-RED, Agent DVR and the ``deepstack-pyth
 - ``POST /v1/vision/detection``: the default model; ``POST /v1/vision/custom/{model}``:
   a named one; ``POST /v1/vision/custom/list``: the models' names.
 - Multipart field ``image``; optional form fields ``min_confidence`` (0 to 1; 0 means
-  every detection, unlike DeepStack, where it hangs) and ``api_key`` (the access token
-  when access control is on).
+  every detection, unlike DeepStack, where it hangs), ``tiles`` (auto or off: the model's
+  setting when absent), ``source`` (recorded, for events) and ``api_key`` (the access
+  token when access control is on).
 - Answer: ``{"success": true, "predictions": [{"label", "confidence", "x_min", "y_min",
   "x_max", "y_max"}], ...}``, integer pixel boxes, highest confidence first, plus
   CodeProject.AI's ``count``, ``inferenceMs``, ``processMs``, ``moduleId`` and friends.
@@ -31,7 +32,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from service.serving.options import DetectOptions
-from service.web import keys
+from service.web import keys, params
 from service.web.auth import ANONYMOUS
 from service.web.detecting import Answer, Decoded, detect_with
 from service.web.errors import ApiError
@@ -106,7 +107,8 @@ class DeepStackCodec:
         server = early.server if early is not None else self._server(request)
         if early is None:
             server.check()
-        return Decoded(server, DetectOptions(conf_thres=_min_confidence(form.fields)))
+        return Decoded(server, DetectOptions(conf_thres=_min_confidence(form.fields),
+                                             tiles=params.tiles(form.fields)))
 
     def _server(self, request: web.Request) -> Any:
         return request.config_dict[keys.servers_key].get(request.match_info.get("model"))

@@ -1,6 +1,6 @@
 """Our own API, ``POST /detect``: images as multipart fields ``image`` (or one raw image
 body); the model and options in the query (``model``, ``conf``, ``iou``, ``agnostic``,
-``max_det``), checked before the body is read; one record as JSON, or
+``max_det``, ``tiles``: auto or off), checked before the body is read; one record as JSON, or
 ``{"results": [...]}`` for several, with a ``Server-Timing`` header."""
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class NativeCodec:
             conf_thres=params.unit_interval(query, "conf", None),
             iou_thres=params.unit_interval(query, "iou", None),
             agnostic=params.optional_flag(query, "agnostic", model.agnostic_nms),
-            max_det=params.positive_int(query, "max_det", model.max_det, MAX_DET)))
+            max_det=params.positive_int(query, "max_det", model.max_det, MAX_DET),
+            tiles=params.tiles(query)))
 
     async def decode(self, request: web.Request, form: Form, early: Decoded | None) -> Decoded:
         assert early is not None

@@ -67,7 +67,7 @@ def test_real_tables_and_summary() -> None:
     assert summary["recall"] == 1.0 and summary["ap50"] == pytest.approx(1.0)
     assert summary["colour"] == 0.5 and summary["found"] == 2
     text = format_real(results, NAMES, 0.3)
-    for word in ("per class", "<16", "16-32", "32-96", ">96", "colour right on 1/2"):
+    for word in ("per class", "<8", "8-16", "16-32", "32-96", ">96", "colour right on 1/2"):
         assert word in text
 
 
@@ -87,9 +87,15 @@ def test_command_line_real_mode(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     from model.darknet import Darknet
     from model.weights import save_weights
 
-    cfg = ROOT / "model" / "data" / "traffic-lights-yolov3-tiny.cfg"
+    cfg = ROOT / "model" / "data" / "traffic-lights-yolov4-tiny-3l.cfg"
     save_weights(Darknet(cfg, img_size=128), tmp_path / "random.pt")
     main(["--cfg", str(cfg), "--weights", str(tmp_path / "random.pt"), "--real", str(tmp_path),
-          "--split", "all", "--count", "2", "--img-size", "128", "--threads", "1"])
+          "--split", "all", "--count", "2", "--img-size", "128", "--threads", "1",
+          "--proxy-count", "1"])
     out = capsys.readouterr().out
-    assert "real photos: 3 images" in out and "class-agnostic" in out and "AP@0.5" in out
+    assert "tiles off: real photos: 3 images" in out and "tiles auto: real photos" in out
+    assert "class-agnostic" in out and "AP@0.5" in out
+    for canvas in ("1280x960", "1920x1080", "4032x3024"):
+        assert f"small-light proxy {canvas}" in out
+    # at 128 px every proxy canvas is tiled by auto: 5, 3 and 5 passes
+    assert "passes per photo 5.0" in out and "passes per photo 3.0" in out

@@ -64,7 +64,8 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     assert response.status == 200, await response.text()
     record = await response.json()
     assert set(record) == {"id", "created_at", "filename", "sha256", "width", "height", "model",
-                           "inference_ms", "detections", "api", "model_version", "source"}
+                           "inference_ms", "detections", "api", "model_version", "source",
+                           "passes"}
     assert record["api"] == "native"
     # The version: SHA-256 over the cfg, weights and names (each after its size and a NUL).
     model = test_config.default_model
