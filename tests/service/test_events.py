@@ -18,7 +18,7 @@ from service.recorder import encode_entry
 from service.web import keys
 from service.workers.pool import DetectorPool
 from settings import Config
-from tests.conftest import form
+from tests.helpers import form
 from tests.events_support import Receiver, free_port, record, until
 
 SECRET = "change-me"
