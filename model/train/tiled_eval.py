@@ -27,7 +27,7 @@ from model.darknet import Darknet
 from model.inference import Detector
 from model.preprocess import decode_for_network
 from model.tiles import TileSetting
-from model.train.evaluate import Forward, ImageResult, to_view
+from model.train.metrics import Forward, ImageResult, to_view
 from model.train.metrics import VIEW_BANDS, agnostic_stats
 from model.train.proxy import proxy_scene
 from model.train.real import RealImage

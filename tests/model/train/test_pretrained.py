@@ -20,7 +20,7 @@ from model.train.pretrained import (
 )
 from model.weights import load_weights, save_weights
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 COCO_CFG = ROOT.parent / "shared" / "models" / "yolov3-tiny-coco" / "yolov3-tiny.cfg"
 SHIPPED_CFG = ROOT / "model" / "data" / "traffic-lights-yolov3-tiny.cfg"
 

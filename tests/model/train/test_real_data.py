@@ -23,7 +23,7 @@ from model.train.real import (
     source_of,
 )
 
-SHARED = Path(__file__).resolve().parents[4].parent / "shared"
+SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 CINTA = SHARED / "datasets" / "cinta-train"
 
 

@@ -17,7 +17,7 @@ from model.train.metrics import (
 from model.train.real import CLASS_COLOUR
 
 NAMES = ["go", "stop", "stopLeft", "goLeft", "warning", "warningLeft"]
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 CINTA = ROOT.parent / "shared" / "datasets" / "cinta-train"
 
 

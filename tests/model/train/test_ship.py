@@ -10,7 +10,7 @@ from model.darknet import Darknet
 from model.train.ship import ship
 from model.weights import load_weights, read_checkpoint, save_weights
 
-CFG = Path(__file__).resolve().parents[4] / "model" / "data" / "traffic-lights-yolov3-tiny.cfg"
+CFG = Path(__file__).resolve().parents[3] / "model" / "data" / "traffic-lights-yolov3-tiny.cfg"
 
 
 def test_ship_halves_and_the_engine_loads_it(tmp_path: Path) -> None:
