@@ -123,29 +123,46 @@ class HistoryFilter:
     min_confidence: float | None = None
     filename: str | None = None
     model: str | None = None
+    reviewed: bool | None = None  # True: only reviewed records; False: only unreviewed
+
+
+# History orders: newest first, or the images the model was least sure of first (the
+# lowest best confidence: "least confidence" active learning; with a label filter, that
+# label's best box; records with no box at all come last).
+ORDERS = ("newest", "least_confident")
+NO_BOX_CONFIDENCE = 2.0  # sorts records without boxes after every real confidence
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Keyset position: the (created_at, id) of the last record of a page."""
+    """Keyset position: the (created_at, id) of the last record of a page, and in the
+    ``least_confident`` order its confidence key."""
 
     created_at: datetime
     id: UUID
+    confidence: float | None = None
 
     def encode(self) -> str:
-        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = f"{self.created_at.isoformat()}|{self.id}"
+        if self.confidence is not None:
+            raw += f"|{self.confidence!r}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, token: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-            stamp, ident = raw.split("|")
+            stamp, ident, *rest = raw.split("|")
+            if len(rest) > 1:
+                raise ValueError("too many parts")
+            confidence = float(rest[0]) if rest else None
+            if confidence is not None and not 0.0 <= confidence <= NO_BOX_CONFIDENCE:
+                raise ValueError("confidence out of range")
             created_at = datetime.fromisoformat(stamp)
             if created_at.tzinfo is None:
                 raise ValueError("naive timestamp")
             # In UTC, as the database compares it (an offset can push it out of range).
-            return cls(created_at.astimezone(timezone.utc), UUID(ident))
+            return cls(created_at.astimezone(timezone.utc), UUID(ident), confidence)
         except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise InvalidCursor("invalid cursor") from exc
 
@@ -568,6 +585,11 @@ def _record(row: asyncpg.Record) -> Record:
                   api=row["api"])
 
 
+def record_from_row(row: asyncpg.Record) -> Record:
+    """A record from a row with the columns of ``_COLUMNS`` (``export_queries``)."""
+    return _record(row)
+
+
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:
     """One record by id; raises RecordNotFound."""
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM detections d WHERE d.id = $1",
@@ -640,7 +662,18 @@ def _filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str,
         where.append(f"d.filename ILIKE {arg('%' + _escape_like(filters.filename) + '%')}")
     if filters.model is not None:
         where.append(f"d.model = {arg(filters.model)}")
+    if filters.reviewed is not None:
+        # reviews: migrations/0010_reviews.sql (one row per reviewed record).
+        where.append(("" if filters.reviewed else "NOT ")
+                     + "EXISTS (SELECT 1 FROM reviews r WHERE r.detection_id = d.id)")
     return source, where, order_at, order_id
+
+
+def _confidence_key(filters: HistoryFilter) -> str:
+    """The ``least_confident`` order's key: the best confidence of the record (of the
+    filtered label's boxes, with a label), records without boxes last."""
+    column = "t.max_confidence" if filters.label is not None else "d.max_confidence"
+    return f"coalesce({column}, {NO_BOX_CONFIDENCE})"
 
 
 def _args() -> tuple[list[Any], Callable[[Any], str]]:
@@ -654,15 +687,28 @@ def _args() -> tuple[list[Any], Callable[[Any], str]]:
 
 
 def history_query(filters: HistoryFilter, *, limit: int,
-                  cursor: Cursor | None = None) -> tuple[str, list[Any]]:
+                  cursor: Cursor | None = None, order: str = "newest") -> tuple[str, list[Any]]:
     """The SQL and arguments of one history page (``limit + 1`` rows, to see if more exist).
 
-    With a label, rows are read in order from the ``detection_labels`` index on
-    (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
-    of ``detections``. Either way a page costs about ``limit`` index entries.
+    Newest first: with a label, rows are read in order from the ``detection_labels``
+    index on (label, created_at DESC, detection_id DESC); without, from the
+    (created_at, id) index of ``detections``. Either way a page costs about ``limit``
+    index entries. ``least_confident``: ascending by the record's best confidence
+    (:func:`_confidence_key`), then by id; the key is returned as the column ``_key``.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}")
     args, arg = _args()
     source, where, order_at, order_id = _filter_sql(filters, arg)
+    if order == "least_confident":
+        key = _confidence_key(filters)
+        if cursor is not None:
+            confidence = NO_BOX_CONFIDENCE if cursor.confidence is None else cursor.confidence
+            where.append(f"({key}, {order_id}) > ({arg(confidence)}::real, {arg(cursor.id)})")
+        sql = (f"SELECT {_COLUMNS}, {key} AS _key FROM {source}"
+               + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY {key}, {order_id} LIMIT {arg(limit + 1)}")
+        return sql, args
     if cursor is not None:
         where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
     sql = (f"SELECT {_COLUMNS} FROM {source}"
@@ -672,18 +718,57 @@ def history_query(filters: HistoryFilter, *, limit: int,
 
 
 async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFilter(), *,
-                          limit: int = 50, cursor: Cursor | None = None) -> Page:
-    """One page of history, newest first, keyset-paginated on (created_at, id)."""
+                          limit: int = 50, cursor: Cursor | None = None,
+                          order: str = "newest") -> Page:
+    """One page of history, keyset-paginated: newest first on (created_at, id), or
+    ``least_confident`` first (:func:`history_query`)."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be within 1..{MAX_PAGE_SIZE}")
-    sql, args = history_query(filters, limit=limit, cursor=cursor)
+    sql, args = history_query(filters, limit=limit, cursor=cursor, order=order)
     rows = await pool.fetch(sql, *args)
     items = [_record(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
-        next_cursor = Cursor(last.created_at, last.id)
+        confidence = float(rows[limit - 1]["_key"]) if order == "least_confident" else None
+        next_cursor = Cursor(last.created_at, last.id, confidence)
     return Page(items, next_cursor)
+
+
+def _export_source(filters: HistoryFilter, arg: Callable[[Any], str]) -> str:
+    """FROM and WHERE of the records an export takes (:func:`export_queries`)."""
+    source, where, _, _ = _filter_sql(replace(filters, min_confidence=None), arg)
+    if filters.min_confidence is not None:
+        conf = "t.max_confidence" if filters.label is not None else "d.max_confidence"
+        where.append(f"(rv.detection_id IS NOT NULL OR {conf} >= {arg(filters.min_confidence)})")
+    return (f"FROM {source} LEFT JOIN reviews rv ON rv.detection_id = d.id"
+            + (f" WHERE {' AND '.join(where)}" if where else ""))
+
+
+def export_queries(filters: HistoryFilter) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+    """The SQL and arguments of an export (``service/export``): the rows (oldest first;
+    each record with its review and its stored image, NULLs when none) and a summary
+    (``records``, and ``labels``: every label the export will write).
+
+    The records are the history's under ``filters``, except that ``min_confidence``
+    leaves no reviewed record out (its review is the truth); for an unreviewed record
+    it is also the threshold of the boxes exported.
+    """
+    args, arg = _args()
+    rows = (f"SELECT s.*, i.content_type, i.data AS image FROM (SELECT {_COLUMNS}, "
+            f"rv.boxes AS review_boxes, rv.reviewer, rv.reviewed_at "
+            f"{_export_source(filters, arg)}) s "
+            "LEFT JOIN images i ON i.sha256 = s.sha256 ORDER BY s.created_at, s.id")
+    summary_args, summary_arg = _args()
+    body = _export_source(filters, summary_arg)
+    threshold = summary_arg(filters.min_confidence or 0.0)
+    summary = (f"WITH sel AS (SELECT d.detections, rv.boxes AS review_boxes {body}) "
+               "SELECT (SELECT count(*) FROM sel) AS records, ARRAY("
+               "SELECT b ->> 'label' FROM sel, jsonb_array_elements(sel.review_boxes) b "
+               "UNION SELECT e ->> 'label' FROM sel, jsonb_array_elements(sel.detections) e "
+               "WHERE sel.review_boxes IS NULL "
+               f"AND (e ->> 'confidence')::real >= {threshold}::real) AS labels")
+    return (rows, args), (summary, summary_args)
 
 
 def _utc_midnight(moment: datetime) -> datetime:
@@ -719,9 +804,12 @@ class _Tally:
                      labels=labels, days=days)
 
 
+STAT_SOURCES = ("model", "review")
+
+
 async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
                 since: datetime | None = None, until: datetime | None = None,
-                model: str | None = None) -> Stats:
+                model: str | None = None, source: str = "model") -> Stats:
     """Counts of the records ``filters`` select (or ``since``/``until``/``model``): in
     total, per label and per UTC day.
 
@@ -734,10 +822,21 @@ async def stats(pool: asyncpg.Pool, filters: HistoryFilter | None = None, *,
     day, appended by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
     at the edges of a range, and the ``min_confidence`` and ``filename`` filters, which
     that table cannot answer, are counted from the records themselves.
+
+    ``source="review"`` counts the reviewed boxes instead of the model's: only reviewed
+    records count, each with its review's boxes, and a label filter selects the records
+    whose review has that label (:func:`_count_reviews`; ``min_confidence`` still
+    selects by the model's confidence, reviewed boxes have none).
     """
+    if source not in STAT_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(STAT_SOURCES)}")
     if filters is None:
         filters = HistoryFilter(since=since, until=until, model=model)
-    if filters.min_confidence is not None or filters.filename:
+    if source == "review":
+        tally = _Tally()
+        await _count_reviews(pool, filters, tally)
+        return tally.stats()
+    if filters.min_confidence is not None or filters.filename or filters.reviewed is not None:
         return await _stats_from_records(pool, filters)
     first = None
     if filters.since is not None:
@@ -794,6 +893,32 @@ async def _count_records(pool: asyncpg.Pool, filters: HistoryFilter, tally: _Tal
         pool.fetch(f"SELECT l.label, count(*) AS records, sum(l.boxes) AS boxes "
                    f"FROM {source} JOIN detection_labels l ON l.detection_id = d.id"
                    f"{condition} GROUP BY l.label", *args))
+    for row in days:
+        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
+    for row in labels:
+        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+
+
+async def _count_reviews(pool: asyncpg.Pool, filters: HistoryFilter, tally: _Tally) -> None:
+    """Counts of the reviewed boxes of the reviewed records ``filters`` select (the label
+    filter applies to the reviewed labels)."""
+    if filters.reviewed is False:  # unreviewed records have no reviewed boxes
+        return
+    args, arg = _args()
+    label = filters.label
+    _, where, _, _ = _filter_sql(replace(filters, label=None, reviewed=None), arg)
+    if label is not None:
+        where.append("EXISTS (SELECT 1 FROM jsonb_array_elements(r.boxes) b "
+                     f"WHERE b ->> 'label' = {arg(label)})")
+    source = "detections d JOIN reviews r ON r.detection_id = d.id"
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    days, labels = await asyncio.gather(
+        pool.fetch(f"SELECT d.created_day AS day, count(*) AS records, "
+                   f"coalesce(sum(r.num_boxes), 0) AS boxes FROM {source}{condition} "
+                   f"GROUP BY d.created_day", *args),
+        pool.fetch(f"SELECT b ->> 'label' AS label, count(DISTINCT d.id) AS records, "
+                   f"count(*) AS boxes FROM {source} CROSS JOIN LATERAL "
+                   f"jsonb_array_elements(r.boxes) b{condition} GROUP BY 1", *args))
     for row in days:
         tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
     for row in labels:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.web.handlers import api, deepstack, docs, login, pages
+from service.web.handlers import api, deepstack, docs, export, login, pages, review
 from settings import BASE_DIR
 
 STATIC_DIR = BASE_DIR / "system" / "static"
@@ -20,6 +20,10 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/detect", api.detect, name="detect")
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
+    router.add_put("/api/detections/{id}/review", review.put_review, name="api_review")
+    router.add_delete("/api/detections/{id}/review", review.delete_review,
+                      name="api_review_delete")
+    router.add_get("/api/export", export.export, name="api_export")
     router.add_get("/api/stats", api.stats, name="api_stats")
     router.add_get("/api/models", api.models, name="api_models")
 

@@ -24,6 +24,7 @@ from model.errors import (
 )
 from service.detect import ClientGone, DetectTimeout
 from service.recorder import StorageUnavailable
+from service.review import InvalidReview
 from service.workers.models import UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
 from utils.admission import QueueFull
@@ -88,6 +89,7 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(DetectTimeout, 504, "timeout", RETRY_AFTER_BUSY_S),
     ErrorRule(ClientGone, 499, "client_closed_request"),
     ErrorRule(db.RecordNotFound, 404, "not_found"),
+    ErrorRule(InvalidReview, 400, "invalid_review"),
     ErrorRule(UnknownModel, 404, "unknown_model"),
     ErrorRule(db.UNAVAILABLE_ERRORS, 503, "database_unavailable", RETRY_AFTER_S,
               message="the database is unavailable; try again shortly"),

@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 import db
+from service import review
 from service.detect import DetectOptions, Timing, Upload, detect_images
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.renditions import SIZES
@@ -125,7 +126,9 @@ async def list_detections(request: web.Request) -> web.Response:
     limit = params.limit(query, maximum=db.MAX_PAGE_SIZE)
     pool = request.app[keys.db_key]
     await check_label(request.app[keys.config_key], pool, filters.label)
-    page = await db.list_detections(pool, filters, limit=limit, cursor=params.cursor(query))
+    order = params.order(query)
+    page = await db.list_detections(pool, filters, limit=limit,
+                                    cursor=params.cursor(query, order), order=order)
     next_cursor = page.next_cursor.encode() if page.next_cursor else None
     next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
     return web.json_response({
@@ -137,9 +140,12 @@ async def list_detections(request: web.Request) -> web.Response:
 
 
 async def get_detection(request: web.Request) -> web.Response:
-    """GET /api/detections/{id}"""
-    record = await db.get_detection(request.app[keys.db_key], _record_id(request))
-    return web.json_response(record.to_json())
+    """GET /api/detections/{id}: the record, and its ``review`` (or null)."""
+    pool = request.app[keys.db_key]
+    record = await db.get_detection(pool, _record_id(request))
+    reviewed = await review.get_review(pool, record.id)
+    return web.json_response({**record.to_json(),
+                              "review": reviewed.to_json() if reviewed else None})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -148,7 +154,7 @@ async def stats(request: web.Request) -> web.Response:
     filters = params.history_filter(request.query)
     pool = request.app[keys.db_key]
     await check_label(request.app[keys.config_key], pool, filters.label)
-    result = await db.stats(pool, filters)
+    result = await db.stats(pool, filters, source=params.stat_source(request.query))
     return web.json_response(result.to_json())
 
 
