@@ -23,7 +23,9 @@ import db
 from model.detection import Detection
 from model.draw import label_style, palette
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
+from service import review
 from service.web import keys, labels, params
+from service.web.handlers import review as review_handlers
 
 PAGE_SIZE = 24
 FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model")
@@ -140,7 +142,12 @@ async def record_page(request: web.Request) -> web.Response:
         shown = raw_id if len(raw_id) <= 80 else raw_id[:79] + "…"
         return render_error(request, 404, "Record not found",
                             f"There is no detection record with id “{shown}”.")
-    return render("record.html", request, {"nav": "history", "rec": record_view(record)})
+    pool = request.app[keys.db_key]
+    reviewed = await review.get_review(pool, record.id)
+    allowed = await review_handlers.review_labels(request.app[keys.config_key], pool, record)
+    return render("record.html", request, {
+        "nav": "history", "rec": record_view(record), "palette": palette(),
+        "review": review_handlers.review_view(record, reviewed, allowed)})
 
 
 def render_error(request: web.Request, status: int, title: str, message: str) -> web.Response:

@@ -84,3 +84,25 @@ async def delete_review(request: web.Request) -> web.Response:
     if not await review.delete_review(request.app[keys.db_key], record_id):
         raise db.RecordNotFound(f"detection {record_id} has no review")
     return web.Response(status=204)
+
+
+def review_view(record: db.Record, reviewed: review.Review | None,
+                allowed: list[str]) -> dict[str, object]:
+    """What the record page shows and its script edits: the model's boxes, each with
+    the review's verdict on it (right, relabelled, wrong; None while unreviewed), the
+    boxes the reviewer drew, and the labels a review may use."""
+    verdicts: list[dict[str, object] | None] = [None] * len(record.detections)
+    drawn = []
+    if reviewed is not None:
+        verdicts = [{"state": "wrong", "label": None} for _ in record.detections]
+        for box in reviewed.boxes:
+            if box.detection is None:
+                drawn.append(box.to_json())
+                continue
+            same = box.label == record.detections[box.detection].label
+            verdicts[box.detection] = {"state": "right" if same else "relabelled",
+                                       "label": box.label}
+    return {"id": str(record.id), "width": record.width, "height": record.height,
+            "labels": allowed, "detections": [d.to_json() for d in record.detections],
+            "review": reviewed.to_json() if reviewed is not None else None,
+            "verdicts": verdicts, "drawn": drawn}
