@@ -28,7 +28,11 @@ from service.web import keys, labels, params
 from service.web.handlers import review as review_handlers
 
 PAGE_SIZE = 24
-FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model")
+FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model", "reviewed",
+                "order", "source")
+# The "needs review" view: unreviewed records, those the model was least sure of first.
+NEEDS_REVIEW = {"reviewed": "no", "order": "least_confident"}
+_OTHER_PARAMS = {"order": params.order, "source": params.stat_source}  # not filters
 CHART_MAX_DAYS = 366  # a longer range shows its last year
 # Real street photos a newcomer can try (system/static/examples, CC BY 4.0: its
 # CREDITS.md), for the shipped traffic-light model.
@@ -72,10 +76,15 @@ async def history(request: web.Request) -> web.Response:
     except labels.UnknownLabel as exc:
         return render_unknown_label(request, exc, kept)
 
+    order, source = params.order(kept), params.stat_source(kept)
+    if cursor is not None and (cursor.confidence is not None) != (order == "least_confident"):
+        errors.append("cursor: was made for another order")
+        cursor = None
     page, stats = await asyncio.gather(
-        db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor),
-        db.stats(pool, filters),
+        db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor, order=order),
+        db.stats(pool, filters, source=source),
     )
+    reviewed = await review.reviewed_ids(pool, [r.id for r in page.items])
     queried = time.perf_counter()
     # The label menu: the model's classes (the filtered one's, else every served
     # model's), then any other label seen in what the filters select.
@@ -100,7 +109,11 @@ async def history(request: web.Request) -> web.Response:
         "filtered": bool(kept),
         "errors": errors,
         "labels": menu,
-        "records": [record_view(record) for record in page.items],
+        "records": [{**record_view(record), "reviewed": record.id in reviewed}
+                    for record in page.items],
+        "needs_review_url": str(base.with_query(NEEDS_REVIEW)),
+        "needs_review": all(kept.get(k) == v for k, v in NEEDS_REVIEW.items()),
+        "source": source,
         "show_model": several_models,
         "next_url": next_url,
         "first_url": str(base.with_query(kept)) if cursor is not None else None,
@@ -181,7 +194,7 @@ def parse_filters(query: Mapping[str, str]) -> tuple[db.HistoryFilter, dict[str,
         if not value:
             continue
         try:
-            params.history_filter({name: value})
+            _OTHER_PARAMS.get(name, params.history_filter)({name: value})
         except params.ParamError as exc:
             errors.append(exc.message)
         else:

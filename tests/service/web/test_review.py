@@ -211,3 +211,28 @@ async def test_stats_count_reviewed_labels(client: Any) -> None:
     assert (await (await client.get("/api/stats?source=review&reviewed=no")).json()) \
         ["records"] == 0
     await assert_error(await client.get("/api/stats?source=people"), 400, "bad_parameter")
+
+
+async def test_history_page_needs_review_view(client: Any) -> None:
+    import re
+
+    recs = await save(client.server.app, [[0.9], [0.35], [0.6]])
+    await client.put(f"/api/detections/{recs[1].id}/review", json={"boxes": []})
+    html = await (await client.get("/history")).text()
+    cards = re.findall(r'<li class="record-card card" data-record-id="([^"]+)">(.*?)</li>\s*(?=<li class="record-card|</ol>)',
+                       html, re.S)
+    assert [c[0] for c in cards] == [str(r.id) for r in reversed(recs)]
+    assert ["✓ Reviewed" in body for _, body in cards] == [False, True, False]
+    link = re.search(r'<a [^>]*id="needs-review" href="([^"]+)"', html).group(1)
+    assert link == "/history?reviewed=no&amp;order=least_confident"
+
+    html = await (await client.get("/history?reviewed=no&order=least_confident")).text()
+    ids = re.findall(r'class="record-card card" data-record-id="([^"]+)"', html)
+    assert ids == [str(recs[2].id), str(recs[0].id)]  # 0.6, then 0.9; the reviewed one gone
+    assert re.search(r'id="needs-review"[^>]*aria-current="page"', html)
+    assert '<option value="least_confident" selected>' in html
+
+    html = await (await client.get("/history?source=review")).text()
+    assert "Reviewed objects per label" in html and "Reviewed images per day" in html
+    response = await client.get("/history?order=sideways")
+    assert response.status == 400 and "order: must be one of" in await response.text()
