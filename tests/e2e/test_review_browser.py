@@ -178,3 +178,23 @@ async def test_review_fits_a_phone(client: Any, page_factory: Any, width: int) -
                 await page.locator("#review-list select, #review-list button").all()]:
         assert box["height"] >= 34
     await screenshot(page, f"review-{width}")
+
+
+async def test_needs_review_view_from_the_history_page(client: Any, page_factory: Any) -> None:
+    sure, unsure = await saved_record(client), await saved_record(client)
+    pool = client.server.app[keys.db_key]
+    await pool.execute("UPDATE detections SET max_confidence = 0.2 WHERE id = $1", unsure.id)
+    reviewed = await saved_record(client)
+    await client.put(f"/api/detections/{reviewed.id}/review", json={"boxes": []})
+    page = await page_factory()
+    await page.goto(str(client.make_url("/history")))
+    assert await page.locator(f'[data-record-id="{reviewed.id}"] .record-card__reviewed') \
+        .inner_text() == "✓ Reviewed"
+    await page.click("#needs-review")
+    await page.wait_for_url("**/history?reviewed=no&order=least_confident")
+    ids = [await card.get_attribute("data-record-id")
+           for card in await page.locator(".record-card").all()]
+    assert ids == [str(unsure.id), str(sure.id)]
+    assert await page.get_attribute("#needs-review", "aria-current") == "page"
+    assert await page.locator("#f-order").input_value() == "least_confident"
+    await screenshot(page, "needs-review")
