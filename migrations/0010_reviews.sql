@@ -12,3 +12,8 @@ CREATE TABLE reviews (
     reviewer     text,            -- the token's name; NULL with access control off
     reviewed_at  timestamptz NOT NULL
 );
+
+-- The "least confident first" order of the history (db.history_query): records by their
+-- best confidence, those without boxes last, read in order from this index.
+CREATE INDEX detections_least_confident_idx
+    ON detections ((coalesce(max_confidence, 2.0)), id);
