@@ -145,6 +145,8 @@ async def test_reviewing_needs_a_token_when_access_control_is_on(
     await assert_error(await client.put(url, json=body,
                                         headers={"Authorization": "Bearer yolo_wrong"}),
                        401, "unauthorized")
+    await assert_error(await client.delete(url), 401, "unauthorized")
+    await assert_error(await client.get("/api/export?reviewed=yes"), 401, "unauthorized")
     response = await client.put(url, json=body, headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200
     assert (await response.json())["reviewer"] == "labeller-1"
