@@ -133,29 +133,46 @@ class HistoryFilter:
     min_confidence: float | None = None
     filename: str | None = None
     model: str | None = None
+    reviewed: bool | None = None  # True: only reviewed records; False: only unreviewed
+
+
+# History orders: newest first, or the images the model was least sure of first (the
+# lowest best confidence: "least confidence" active learning; with a label filter, that
+# label's best box; records with no box at all come last).
+ORDERS = ("newest", "least_confident")
+NO_BOX_CONFIDENCE = 2.0  # sorts records without boxes after every real confidence
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Keyset position: the (created_at, id) of the last record of a page."""
+    """Keyset position: the (created_at, id) of the last record of a page, and in the
+    ``least_confident`` order its confidence key."""
 
     created_at: datetime
     id: UUID
+    confidence: float | None = None
 
     def encode(self) -> str:
-        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = f"{self.created_at.isoformat()}|{self.id}"
+        if self.confidence is not None:
+            raw += f"|{self.confidence!r}"
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, token: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-            stamp, ident = raw.split("|")
+            stamp, ident, *rest = raw.split("|")
+            if len(rest) > 1:
+                raise ValueError("too many parts")
+            confidence = float(rest[0]) if rest else None
+            if confidence is not None and not 0.0 <= confidence <= NO_BOX_CONFIDENCE:
+                raise ValueError("confidence out of range")
             created_at = datetime.fromisoformat(stamp)
             if created_at.tzinfo is None:
                 raise ValueError("naive timestamp")
             # In UTC, as the database compares it (an offset can push it out of range).
-            return cls(created_at.astimezone(timezone.utc), UUID(ident))
+            return cls(created_at.astimezone(timezone.utc), UUID(ident), confidence)
         except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise InvalidCursor("invalid cursor") from exc
 
@@ -468,6 +485,11 @@ def _record(row: asyncpg.Record) -> Record:
                   passes=row["passes"])
 
 
+def record_from_row(row: asyncpg.Record) -> Record:
+    """A record from a row with the columns of ``_COLUMNS`` (``export_queries``)."""
+    return _record(row)
+
+
 async def get_detection(pool: asyncpg.Pool, detection_id: UUID) -> Record:
     """One record by id; raises RecordNotFound."""
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM detections d WHERE d.id = $1",
@@ -540,7 +562,18 @@ def filter_sql(filters: HistoryFilter, arg: Callable[[Any], str]) -> tuple[str, 
         where.append(f"d.filename ILIKE {arg('%' + _escape_like(filters.filename) + '%')}")
     if filters.model is not None:
         where.append(f"d.model = {arg(filters.model)}")
+    if filters.reviewed is not None:
+        # reviews: migrations/0010_reviews.sql (one row per reviewed record).
+        where.append(("" if filters.reviewed else "NOT ")
+                     + "EXISTS (SELECT 1 FROM reviews r WHERE r.detection_id = d.id)")
     return source, where, order_at, order_id
+
+
+def _confidence_key(filters: HistoryFilter) -> str:
+    """The ``least_confident`` order's key: the best confidence of the record (of the
+    filtered label's boxes, with a label), records without boxes last."""
+    column = "t.max_confidence" if filters.label is not None else "d.max_confidence"
+    return f"coalesce({column}, {NO_BOX_CONFIDENCE})"
 
 
 def query_args() -> tuple[list[Any], Callable[[Any], str]]:
@@ -556,15 +589,28 @@ def query_args() -> tuple[list[Any], Callable[[Any], str]]:
 
 
 def history_query(filters: HistoryFilter, *, limit: int,
-                  cursor: Cursor | None = None) -> tuple[str, list[Any]]:
+                  cursor: Cursor | None = None, order: str = "newest") -> tuple[str, list[Any]]:
     """The SQL and arguments of one history page (``limit + 1`` rows, to see if more exist).
 
-    With a label, rows are read in order from the ``detection_labels`` index on
-    (label, created_at DESC, detection_id DESC); without, from the (created_at, id) index
-    of ``detections``. Either way a page costs about ``limit`` index entries.
+    Newest first: with a label, rows are read in order from the ``detection_labels``
+    index on (label, created_at DESC, detection_id DESC); without, from the
+    (created_at, id) index of ``detections``. Either way a page costs about ``limit``
+    index entries. ``least_confident``: ascending by the record's best confidence
+    (:func:`_confidence_key`), then by id; the key is returned as the column ``_key``.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}")
     args, arg = query_args()
     source, where, order_at, order_id = filter_sql(filters, arg)
+    if order == "least_confident":
+        key = _confidence_key(filters)
+        if cursor is not None:
+            confidence = NO_BOX_CONFIDENCE if cursor.confidence is None else cursor.confidence
+            where.append(f"({key}, {order_id}) > ({arg(confidence)}::real, {arg(cursor.id)})")
+        sql = (f"SELECT {_COLUMNS}, {key} AS _key FROM {source}"
+               + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY {key}, {order_id} LIMIT {arg(limit + 1)}")
+        return sql, args
     if cursor is not None:
         where.append(f"({order_at}, {order_id}) < ({arg(cursor.created_at)}, {arg(cursor.id)})")
     sql = (f"SELECT {_COLUMNS} FROM {source}"
@@ -574,15 +620,54 @@ def history_query(filters: HistoryFilter, *, limit: int,
 
 
 async def list_detections(pool: asyncpg.Pool, filters: HistoryFilter = HistoryFilter(), *,
-                          limit: int = 50, cursor: Cursor | None = None) -> Page:
-    """One page of history, newest first, keyset-paginated on (created_at, id)."""
+                          limit: int = 50, cursor: Cursor | None = None,
+                          order: str = "newest") -> Page:
+    """One page of history, keyset-paginated: newest first on (created_at, id), or
+    ``least_confident`` first (:func:`history_query`)."""
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be within 1..{MAX_PAGE_SIZE}")
-    sql, args = history_query(filters, limit=limit, cursor=cursor)
+    sql, args = history_query(filters, limit=limit, cursor=cursor, order=order)
     rows = await pool.fetch(sql, *args)
     items = [_record(row) for row in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
-        next_cursor = Cursor(last.created_at, last.id)
+        confidence = float(rows[limit - 1]["_key"]) if order == "least_confident" else None
+        next_cursor = Cursor(last.created_at, last.id, confidence)
     return Page(items, next_cursor)
+
+
+def _export_source(filters: HistoryFilter, arg: Callable[[Any], str]) -> str:
+    """FROM and WHERE of the records an export takes (:func:`export_queries`)."""
+    source, where, _, _ = filter_sql(replace(filters, min_confidence=None), arg)
+    if filters.min_confidence is not None:
+        conf = "t.max_confidence" if filters.label is not None else "d.max_confidence"
+        where.append(f"(rv.detection_id IS NOT NULL OR {conf} >= {arg(filters.min_confidence)})")
+    return (f"FROM {source} LEFT JOIN reviews rv ON rv.detection_id = d.id"
+            + (f" WHERE {' AND '.join(where)}" if where else ""))
+
+
+def export_queries(filters: HistoryFilter) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+    """The SQL and arguments of an export (``service/export``): the rows (oldest first;
+    each record with its review and its stored image, NULLs when none) and a summary
+    (``records``, and ``labels``: every label the export will write).
+
+    The records are the history's under ``filters``, except that ``min_confidence``
+    leaves no reviewed record out (its review is the truth); for an unreviewed record
+    it is also the threshold of the boxes exported.
+    """
+    args, arg = query_args()
+    rows = (f"SELECT s.*, i.content_type, i.data AS image FROM (SELECT {_COLUMNS}, "
+            f"rv.boxes AS review_boxes, rv.reviewer, rv.reviewed_at "
+            f"{_export_source(filters, arg)}) s "
+            "LEFT JOIN images i ON i.sha256 = s.sha256 ORDER BY s.created_at, s.id")
+    summary_args, summary_arg = query_args()
+    body = _export_source(filters, summary_arg)
+    threshold = summary_arg(filters.min_confidence or 0.0)
+    summary = (f"WITH sel AS (SELECT d.detections, rv.boxes AS review_boxes {body}) "
+               "SELECT (SELECT count(*) FROM sel) AS records, ARRAY("
+               "SELECT b ->> 'label' FROM sel, jsonb_array_elements(sel.review_boxes) b "
+               "UNION SELECT e ->> 'label' FROM sel, jsonb_array_elements(sel.detections) e "
+               "WHERE sel.review_boxes IS NULL "
+               f"AND (e ->> 'confidence')::real >= {threshold}::real) AS labels")
+    return (rows, args), (summary, summary_args)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.web.apis import deepstack, native
-from service.web.handlers import api, docs, events, login, models, pages
+from service.web.handlers import api, docs, events, export, login, models, pages, review
 from service.web.uploads import defer_continue
 from settings import BASE_DIR
 
@@ -25,6 +25,10 @@ def setup_routes(app: web.Application) -> None:
     router.add_post("/detect", native.detect, name="detect", expect_handler=defer_continue)
     router.add_get("/api/detections", api.list_detections, name="api_detections")
     router.add_get("/api/detections/{id}", api.get_detection, name="api_detection")
+    router.add_put("/api/detections/{id}/review", review.put_review, name="api_review")
+    router.add_delete("/api/detections/{id}/review", review.delete_review,
+                      name="api_review_delete")
+    router.add_get("/api/export", export.export, name="api_export")
     router.add_get("/api/stats", api.stats, name="api_stats")
     router.add_get("/api/models", api.models, name="api_models")
     router.add_get("/api/models/{name}", models.get_model, name="api_model")

@@ -85,9 +85,12 @@ class _Tally:
                      labels=labels, days=days)
 
 
+STAT_SOURCES = ("model", "review")
+
+
 async def stats(pool: asyncpg.Pool, filters: db.HistoryFilter | None = None, *,
                 since: datetime | None = None, until: datetime | None = None,
-                model: str | None = None) -> Stats:
+                model: str | None = None, source: str = "model") -> Stats:
     """Counts of the records ``filters`` select (or ``since``/``until``/``model``): in
     total, per label and per UTC day.
 
@@ -100,10 +103,21 @@ async def stats(pool: asyncpg.Pool, filters: db.HistoryFilter | None = None, *,
     day, appended by a trigger: ``migrations/0005_history_counts.sql``); the parts of days
     at the edges of a range, and the ``min_confidence`` and ``filename`` filters, which
     that table cannot answer, are counted from the records themselves.
+
+    ``source="review"`` counts the reviewed boxes instead of the model's: only reviewed
+    records count, each with its review's boxes, and a label filter selects the records
+    whose review has that label (:func:`_count_reviews`; ``min_confidence`` still
+    selects by the model's confidence, reviewed boxes have none).
     """
+    if source not in STAT_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(STAT_SOURCES)}")
     if filters is None:
         filters = db.HistoryFilter(since=since, until=until, model=model)
-    if filters.min_confidence is not None or filters.filename:
+    if source == "review":
+        tally = _Tally()
+        await _count_reviews(pool, filters, tally)
+        return tally.stats()
+    if filters.min_confidence is not None or filters.filename or filters.reviewed is not None:
         return await _stats_from_records(pool, filters)
     first = None
     if filters.since is not None:
@@ -160,6 +174,32 @@ async def _count_records(pool: asyncpg.Pool, filters: db.HistoryFilter, tally: _
         pool.fetch(f"SELECT l.label, count(*) AS records, sum(l.boxes) AS boxes "
                    f"FROM {source} JOIN detection_labels l ON l.detection_id = d.id"
                    f"{condition} GROUP BY l.label", *args))
+    for row in days:
+        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
+    for row in labels:
+        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+
+
+async def _count_reviews(pool: asyncpg.Pool, filters: db.HistoryFilter, tally: _Tally) -> None:
+    """Counts of the reviewed boxes of the reviewed records ``filters`` select (the label
+    filter applies to the reviewed labels)."""
+    if filters.reviewed is False:  # unreviewed records have no reviewed boxes
+        return
+    args, arg = db.query_args()
+    label = filters.label
+    _, where, _, _ = db.filter_sql(replace(filters, label=None, reviewed=None), arg)
+    if label is not None:
+        where.append("EXISTS (SELECT 1 FROM jsonb_array_elements(r.boxes) b "
+                     f"WHERE b ->> 'label' = {arg(label)})")
+    source = "detections d JOIN reviews r ON r.detection_id = d.id"
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    days, labels = await asyncio.gather(
+        pool.fetch(f"SELECT d.created_day AS day, count(*) AS records, "
+                   f"coalesce(sum(r.num_boxes), 0) AS boxes FROM {source}{condition} "
+                   f"GROUP BY d.created_day", *args),
+        pool.fetch(f"SELECT b ->> 'label' AS label, count(DISTINCT d.id) AS records, "
+                   f"count(*) AS boxes FROM {source} CROSS JOIN LATERAL "
+                   f"jsonb_array_elements(r.boxes) b{condition} GROUP BY 1", *args))
     for row in days:
         tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
     for row in labels:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from model.darknet import Darknet
 from model.layers import YOLOLayer
+from model.train import yolo_dir
 from model.train.dataset import SceneDataset, collate
 from model.train.evaluate import evaluate, real_summary, run_proxy, run_real
 from model.train.loss import LayerInfo, LossConfig, YoloLoss
@@ -162,6 +163,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="held-out small-light proxy scenes (1280x960) scored per epoch")
     p.add_argument("--val-size", type=int, default=None,
                    help="input size for validation (default: --img-size)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="train on a dataset in Darknet's layout (an obj.data, or its folder: "
+                        "python -m service.export) instead of generated scenes; each epoch "
+                        "is scored on its valid list")
     return p.parse_args(argv)
 
 
@@ -183,7 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     ema = ModelEMA(net)
     optimizer = build_optimizer(net, args.lr, args.weight_decay)
     criterion = YoloLoss(loss_layers(net), net.num_classes, args.img_size, LossConfig())
-    if args.real is not None or args.crops is not None:
+    data_val = []
+    if args.data is not None:  # model.train.yolo_dir; no generated scenes then
+        dataset, data_val = yolo_dir.training_data(args.data, net, args.seed, args.img_size)
+        args.val_count = 0
+    elif args.real is not None or args.crops is not None:
         train_photos = list_real(args.real, "train") if args.real is not None else []
         if args.real is not None:
             held = list_real(args.real, "val")
@@ -257,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         line = (f"epoch {epoch} box {running[0]:.4f} obj {running[1]:.4f} cls {running[2]:.4f} "
                 f"mAP50 {stats.mean_ap():.4f} AP {aps}{real} fitness {fitness:.4f} "
                 f"minutes {(time.monotonic() - started) / 60:.1f}")
+        if data_val:  # --data: the export's own validation images decide
+            fitness = yolo_dir.score(ema.ema, data_val, val_size)
+            line += f" data mAP50 {fitness:.4f}"
         history.append(line)
         logger.info(line)
         results = "\n".join(history)

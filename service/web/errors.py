@@ -26,6 +26,7 @@ from model.errors import (
 from service.detect import ClientGone, DetectTimeout
 from service.events.rules import FixedEvent, InvalidEvent, UnknownEvent
 from service.recorder import StorageUnavailable
+from service.review import InvalidReview
 from service.serving.servers import DefaultModelRemoval, UnknownModel
 from service.workers.pool import ImageKilledWorker, PoolUnavailable
 from utils.admission import QueueFull
@@ -91,6 +92,7 @@ ERRORS: tuple[ErrorRule, ...] = (
     ErrorRule(DetectTimeout, 504, "timeout", RETRY_AFTER_BUSY_S),
     ErrorRule(ClientGone, 499, "client_closed_request"),
     ErrorRule(db.RecordNotFound, 404, "not_found"),
+    ErrorRule(InvalidReview, 400, "invalid_review"),
     ErrorRule(UnknownModel, 404, "unknown_model"),
     ErrorRule(DefaultModelRemoval, 409, "default_model"),
     ErrorRule(UnknownEvent, 404, "unknown_event"),

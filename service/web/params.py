@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from uuid import UUID
 
-from db import Cursor, HistoryFilter, InvalidCursor
+from db import ORDERS, Cursor, HistoryFilter, InvalidCursor
 from model.tiles import AUTO, OFF, TileSetting
+from service.history_stats import STAT_SOURCES
 from service.web.errors import ApiError
 
 MAX_FILTER_LENGTH = 200
@@ -78,7 +79,7 @@ def timestamp(query: Mapping[str, str], name: str, *, end_of_day: bool = False) 
 
 
 def history_filter(query: Mapping[str, str]) -> HistoryFilter:
-    """label, since, until, min_confidence, filename, model -> HistoryFilter."""
+    """label, since, until, min_confidence, filename, model, reviewed -> HistoryFilter."""
     since = timestamp(query, "since")
     until = timestamp(query, "until", end_of_day=True)
     if since is not None and until is not None and since >= until:
@@ -90,21 +91,42 @@ def history_filter(query: Mapping[str, str]) -> HistoryFilter:
         min_confidence=unit_interval(query, "min_confidence", None, allow_zero=True),
         filename=_text(query, "filename"),
         model=_text(query, "model"),
+        reviewed=reviewed(query),
     )
+
+
+def reviewed(query: Mapping[str, str]) -> bool | None:
+    """reviewed=yes|no: only reviewed / only unreviewed records; absent: both."""
+    value = choice(query, "reviewed", ("yes", "no"), "")
+    return None if value == "" else value == "yes"
+
+
+def order(query: Mapping[str, str]) -> str:
+    """order=newest (the default) | least_confident (``db.ORDERS``)."""
+    return choice(query, "order", ORDERS, ORDERS[0])
+
+
+def stat_source(query: Mapping[str, str]) -> str:
+    """source=model (the default: the model's boxes) | review (the reviewed boxes)."""
+    return choice(query, "source", STAT_SOURCES, STAT_SOURCES[0])
 
 
 def limit(query: Mapping[str, str], default: int = 50, maximum: int = 200) -> int:
     return positive_int(query, "limit", default, maximum)
 
 
-def cursor(query: Mapping[str, str]) -> Cursor | None:
+def cursor(query: Mapping[str, str], order: str = "newest") -> Cursor | None:
+    """The paging cursor; one made for another ``order`` is refused."""
     raw = _text(query, "cursor")
     if raw is None:
         return None
     try:
-        return Cursor.decode(raw)
+        decoded = Cursor.decode(raw)
     except InvalidCursor:
         raise ParamError("cursor", "is not a cursor returned by this service") from None
+    if (decoded.confidence is not None) != (order == "least_confident"):
+        raise ParamError("cursor", f"was made for another order than {order}")
+    return decoded
 
 
 def record_id(raw: str) -> UUID:

@@ -12,7 +12,7 @@ from uuid import UUID
 from aiohttp import web
 
 import db
-from service import history_stats
+from service import history_stats, review
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.renditions import SIZES
 from service.web import keys, params
@@ -38,7 +38,9 @@ async def list_detections(request: web.Request) -> web.Response:
     limit = params.limit(query, maximum=db.MAX_PAGE_SIZE)
     pool = request.app[keys.db_key]
     await check_label(request.app[keys.servers_key], pool, filters.label)
-    page = await db.list_detections(pool, filters, limit=limit, cursor=params.cursor(query))
+    order = params.order(query)
+    page = await db.list_detections(pool, filters, limit=limit,
+                                    cursor=params.cursor(query, order), order=order)
     next_cursor = page.next_cursor.encode() if page.next_cursor else None
     next_url = str(request.rel_url.update_query(cursor=next_cursor)) if next_cursor else None
     return web.json_response({
@@ -50,9 +52,12 @@ async def list_detections(request: web.Request) -> web.Response:
 
 
 async def get_detection(request: web.Request) -> web.Response:
-    """GET /api/detections/{id}"""
-    record = await db.get_detection(request.app[keys.db_key], _record_id(request))
-    return web.json_response(record.to_json())
+    """GET /api/detections/{id}: the record, and its ``review`` (or null)."""
+    pool = request.app[keys.db_key]
+    record = await db.get_detection(pool, _record_id(request))
+    reviewed = await review.get_review(pool, record.id)
+    return web.json_response({**record.to_json(),
+                              "review": reviewed.to_json() if reviewed else None})
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -61,7 +66,7 @@ async def stats(request: web.Request) -> web.Response:
     filters = params.history_filter(request.query)
     pool = request.app[keys.db_key]
     await check_label(request.app[keys.servers_key], pool, filters.label)
-    result = await history_stats.stats(pool, filters)
+    result = await history_stats.stats(pool, filters, source=params.stat_source(request.query))
     return web.json_response(result.to_json())
 
 

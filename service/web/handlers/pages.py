@@ -22,12 +22,17 @@ import db
 from model.detection import Detection
 from model.draw import label_style, palette
 from model.formats import ACCEPT_ATTRIBUTE, ACCEPTED_TEXT
-from service import history_stats
+from service import history_stats, review
 from service.web import keys, labels, params
 from service.web.chart import day_chart
+from service.web.handlers import review as review_handlers
 
 PAGE_SIZE = 24
-FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model")
+FILTER_NAMES = ("label", "since", "until", "min_confidence", "filename", "model", "reviewed",
+                "order", "source")
+# The "needs review" view: unreviewed records, those the model was least sure of first.
+NEEDS_REVIEW = {"reviewed": "no", "order": "least_confident"}
+_OTHER_PARAMS = {"order": params.order, "source": params.stat_source}  # not filters
 # Real street photos a newcomer can try (system/static/examples, CC BY 4.0: its
 # CREDITS.md), for the shipped traffic-light model.
 EXAMPLES = ({"file": "street-green.jpg", "title": "Green light"},
@@ -70,10 +75,15 @@ async def history(request: web.Request) -> web.Response:
     except labels.UnknownLabel as exc:
         return render_unknown_label(request, exc, kept)
 
+    order, source = params.order(kept), params.stat_source(kept)
+    if cursor is not None and (cursor.confidence is not None) != (order == "least_confident"):
+        errors.append("cursor: was made for another order")
+        cursor = None
     page, stats = await asyncio.gather(
-        db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor),
-        history_stats.stats(pool, filters),
+        db.list_detections(pool, filters, limit=PAGE_SIZE, cursor=cursor, order=order),
+        history_stats.stats(pool, filters, source=source),
     )
+    reviewed = await review.reviewed_ids(pool, [r.id for r in page.items])
     queried = time.perf_counter()
     # The label menu: the model's classes (the filtered one's, else every served
     # model's), then any other label seen in what the filters select.
@@ -97,7 +107,11 @@ async def history(request: web.Request) -> web.Response:
         "filtered": bool(kept),
         "errors": errors,
         "labels": menu,
-        "records": [record_view(record) for record in page.items],
+        "records": [{**record_view(record), "reviewed": record.id in reviewed}
+                    for record in page.items],
+        "needs_review_url": str(base.with_query(NEEDS_REVIEW)),
+        "needs_review": all(kept.get(k) == v for k, v in NEEDS_REVIEW.items()),
+        "source": source,
         "show_model": several_models,
         "next_url": next_url,
         "first_url": str(base.with_query(kept)) if cursor is not None else None,
@@ -139,7 +153,12 @@ async def record_page(request: web.Request) -> web.Response:
         shown = raw_id if len(raw_id) <= 80 else raw_id[:79] + "…"
         return render_error(request, 404, "Record not found",
                             f"There is no detection record with id “{shown}”.")
-    return render("record.html", request, {"nav": "history", "rec": record_view(record)})
+    pool = request.app[keys.db_key]
+    reviewed = await review.get_review(pool, record.id)
+    allowed = await review_handlers.review_labels(request.app[keys.servers_key], pool, record)
+    return render("record.html", request, {
+        "nav": "history", "rec": record_view(record), "palette": palette(),
+        "review": review_handlers.review_view(record, reviewed, allowed)})
 
 
 def render_error(request: web.Request, status: int, title: str, message: str) -> web.Response:
@@ -173,7 +192,7 @@ def parse_filters(query: Mapping[str, str]) -> tuple[db.HistoryFilter, dict[str,
         if not value:
             continue
         try:
-            params.history_filter({name: value})
+            _OTHER_PARAMS.get(name, params.history_filter)({name: value})
         except params.ParamError as exc:
             errors.append(exc.message)
         else:

@@ -90,7 +90,7 @@ async def test_detect_multipart_returns_stored_record(client: Any, portrait_jpeg
     # Committed before the response: readable through the API and the database.
     stored = await client.get(f"/api/detections/{record['id']}")
     assert stored.status == 200
-    assert await stored.json() == record
+    assert await stored.json() == {**record, "review": None}  # not reviewed yet
     pool = client.server.app[keys.db_key]
     assert await pool.fetchval("SELECT count(*) FROM detections") == 1
 
@@ -480,7 +480,7 @@ async def test_restart_keeps_history(test_config: Config, detector_pool: Detecto
     second = await aiohttp_client(await init_app(test_config, detector_pool=detector_pool))
     response = await second.get(f"/api/detections/{record['id']}")
     assert response.status == 200
-    assert await response.json() == record
+    assert await response.json() == {**record, "review": None}
     assert await (await second.get(f"/detections/{record['id']}/image")).read() == portrait_jpeg
 
 

@@ -377,7 +377,8 @@ async def _send_case(client: Any, method: str, path_qs: str) -> tuple[str, int, 
         headers = {"Content-Type": "multipart/form-data; boundary=fuzzboundary"}
     response = await send(client, method, path_qs, headers, body)
     async with response:
-        text = await response.text()
+        # Bytes first: GET /api/export answers a zip.
+        text = (await response.read()).decode("utf-8", "replace")
         stored = 0
         if response.status == 200 and method == "POST" and body:
             answer = json.loads(text)

@@ -314,7 +314,8 @@ async def test_record_page(client: Any) -> None:
     assert len(rows) == 2
     cells = [re.sub(r"<[^>]+>", "", cell).strip()
              for cell in re.findall(r"<td.*?</td>", rows[0], re.S)]
-    assert cells == ["1", "stop (1)", "91.2%", "1", "3", "101", "203", "100 × 200"]
+    assert cells == ["1", "stop (1)", "91.2%", "1", "3", "101", "203", "100 × 200",
+                     "not reviewed"]
     assert pages.color_style(1, "stop") in rows[0] and "--c: #d62728" in rows[0]  # red
     no_external_assets(html)
 
