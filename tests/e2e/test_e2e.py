@@ -37,8 +37,13 @@ async def default_pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 @pytest.fixture
 async def default_client(make_config: Callable[..., Config], default_pool: DetectorPool,
                          aiohttp_client: Any) -> Any:
-    """The test database; the shipped model's thresholds come with its pool."""
-    app = await init_app(make_config(), detector_pool=default_pool)
+    """The test database, serving the shipped model (its pool) with its settings."""
+    model = default_pool.model
+    entry = {"cfg": str(model.cfg), "weights": str(model.weights), "names": str(model.names),
+             "img_size": model.img_size, "conf_thres": model.conf_thres,
+             "iou_thres": model.iou_thres, "agnostic_nms": model.agnostic_nms,
+             "tiles": str(model.tiles)}
+    app = await init_app(make_config(models={model.name: entry}), detector_pool=default_pool)
     return await aiohttp_client(app)
 
 

@@ -42,12 +42,24 @@ async def assert_error(response: aiohttp.ClientResponse, status: int, code: str 
 
 
 def server_timing(header: str) -> list[tuple[str, float]]:
-    """``a;dur=1.5, b;dur=2`` -> ``[("a", 1.5), ("b", 2.0)]`` (the service's own format)."""
+    """``a;dur=1.5, b;dur=2, n;desc="3"`` -> ``[("a", 1.5), ("b", 2.0)]``: the phases (the
+    service's own format; counts, given as ``desc``, are :func:`server_counts`')."""
     phases = []
     for metric in header.split(","):
         name, _, duration = metric.strip().partition(";dur=")
-        phases.append((name, float(duration)))
+        if duration:
+            phases.append((name, float(duration)))
     return phases
+
+
+def server_counts(header: str) -> dict[str, int]:
+    """The ``name;desc="N"`` entries of a Server-Timing header (``passes``)."""
+    counts = {}
+    for metric in header.split(","):
+        name, _, desc = metric.strip().partition(";desc=")
+        if desc:
+            counts[name] = int(desc.strip('"'))
+    return counts
 
 
 @pytest.fixture
@@ -191,6 +203,7 @@ async def test_detect_reports_server_timing(client: Any, portrait_jpeg: bytes) -
     assert all(duration >= 0 for duration in ms.values())
     assert ms["decode"] > 0 and ms["infer"] > 0  # the worker's own figures came through
     assert ms["decode"] + ms["infer"] <= ms["detect"] + 0.02  # each rounded to 0.01 ms
+    assert server_counts(response.headers["Server-Timing"]) == {"passes": 1}  # no tiles
 
 
 async def test_undecodable_image_written_ahead_is_deleted(client: Any,

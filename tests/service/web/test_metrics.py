@@ -261,12 +261,12 @@ def test_pool_metrics_buckets() -> None:
     metrics = PoolMetrics("m")
     for seconds in (0.003, 0.2, 45.0):
         metrics.observe_queue(seconds)
-    metrics.observe_batch(5, 0.04)
-    metrics.observe_batch(1, 0.002)
+    metrics.observe_batch(5, 0.04, [1, 1, 5, 1, 9])  # two images in tiles
+    metrics.observe_batch(1, 0.002, [1])
     samples, types = parse(generate_latest(metrics).decode("utf-8"))
     assert {name: kind for name, kind in types.items() if not name.endswith("_created")} \
         == {"yolo_queue_seconds": "histogram", "yolo_batch_size": "histogram",
-            "yolo_inference_seconds": "histogram"}
+            "yolo_inference_seconds": "histogram", "yolo_passes": "histogram"}
 
     def bucket(name: str, le: str) -> float:
         return value(samples, f"{name}_bucket", le=le, model="m")
@@ -277,6 +277,8 @@ def test_pool_metrics_buckets() -> None:
     assert [bucket("yolo_batch_size", le) for le in ("1.0", "4.0", "6.0", "+Inf")] == [1, 1, 2, 2]
     assert value(samples, "yolo_batch_size_sum", model="m") == 6
     assert [bucket("yolo_inference_seconds", le) for le in ("0.001", "0.0025", "0.05")] == [0, 1, 2]
+    assert [bucket("yolo_passes", le) for le in ("1.0", "5.0", "7.0", "9.0")] == [4, 5, 5, 6]
+    assert value(samples, "yolo_passes_sum", model="m") == 18
     les = {dict(labels)["le"] for name, labels in samples if name == "yolo_batch_size_bucket"}
     assert les == {str(float(b)) for b in BATCH_BUCKETS} | {"+Inf"}
 
