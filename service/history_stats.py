@@ -77,6 +77,13 @@ class _Tally:
         entry[0] += records
         entry[1] += boxes
 
+    def add_rows(self, days: list[asyncpg.Record], labels: list[asyncpg.Record]) -> None:
+        """Rows of ``day, records, boxes`` and of ``label, records, boxes``."""
+        for row in days:
+            self.add_day(row["day"], int(row["records"]), int(row["boxes"]))
+        for row in labels:
+            self.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+
     def stats(self) -> Stats:
         days = [DayCount(day, r, b) for day, (r, b) in sorted(self.days.items()) if r > 0]
         labels = [LabelCount(label, r, b) for label, (r, b) in self.labels.items() if r > 0]
@@ -174,10 +181,7 @@ async def _count_records(pool: asyncpg.Pool, filters: db.HistoryFilter, tally: _
         pool.fetch(f"SELECT l.label, count(*) AS records, sum(l.boxes) AS boxes "
                    f"FROM {source} JOIN detection_labels l ON l.detection_id = d.id"
                    f"{condition} GROUP BY l.label", *args))
-    for row in days:
-        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
-    for row in labels:
-        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+    tally.add_rows(days, labels)
 
 
 async def _count_reviews(pool: asyncpg.Pool, filters: db.HistoryFilter, tally: _Tally) -> None:
@@ -200,10 +204,7 @@ async def _count_reviews(pool: asyncpg.Pool, filters: db.HistoryFilter, tally: _
         pool.fetch(f"SELECT b ->> 'label' AS label, count(DISTINCT d.id) AS records, "
                    f"count(*) AS boxes FROM {source} CROSS JOIN LATERAL "
                    f"jsonb_array_elements(r.boxes) b{condition} GROUP BY 1", *args))
-    for row in days:
-        tally.add_day(row["day"], int(row["records"]), int(row["boxes"]))
-    for row in labels:
-        tally.add_label(row["label"], int(row["records"]), int(row["boxes"]))
+    tally.add_rows(days, labels)
 
 
 async def _stats_from_records(pool: asyncpg.Pool, filters: db.HistoryFilter) -> Stats:

@@ -137,6 +137,16 @@ def record_id(raw: str) -> UUID:
         raise ParamError("id", f"is not a record id: {raw!r}") from None
 
 
+def path_record_id(match_info: Mapping[str, str]) -> UUID:
+    """The record id of a URL such as ``/api/detections/{id}``: 404 when it is none (as
+    for an id no record has)."""
+    try:
+        return record_id(match_info["id"])
+    except ParamError:
+        raise ApiError(404, "not_found", f"no detection with id {match_info['id']!r}") \
+            from None
+
+
 def source(query: Mapping[str, str], fields: Mapping[str, str] | None = None) -> str | None:
     """Where the image came from (``source=camera-3``: a query parameter, or a form
     field of the DeepStack routes), recorded with the detection; None when not said."""

@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from uuid import UUID
 
 from aiohttp import web
 
@@ -20,13 +19,6 @@ from service.web.labels import check_label
 from service.web.errors import RETRY_AFTER_S, ApiError
 
 log = logging.getLogger(__name__)
-
-def _record_id(request: web.Request) -> UUID:
-    try:
-        return params.record_id(request.match_info["id"])
-    except params.ParamError:
-        raise ApiError(404, "not_found", f"no detection with id {request.match_info['id']!r}") \
-            from None
 
 
 # ---------------------------------------------------------------- history
@@ -54,7 +46,7 @@ async def list_detections(request: web.Request) -> web.Response:
 async def get_detection(request: web.Request) -> web.Response:
     """GET /api/detections/{id}: the record, and its ``review`` (or null)."""
     pool = request.app[keys.db_key]
-    record = await db.get_detection(pool, _record_id(request))
+    record = await db.get_detection(pool, params.path_record_id(request.match_info))
     reviewed = await review.get_review(pool, record.id)
     return web.json_response({**record.to_json(),
                               "review": reviewed.to_json() if reviewed else None})
@@ -81,9 +73,9 @@ async def detection_image(request: web.Request) -> web.Response:
     pool = request.app[keys.db_key]
     headers = {"Cache-Control": "private, max-age=86400"}  # records never change
     if not annotated and "size" not in query:
-        _, image = await db.get_image(pool, _record_id(request))
+        _, image = await db.get_image(pool, params.path_record_id(request.match_info))
         return web.Response(body=image.data, content_type=image.content_type, headers=headers)
-    record = await db.get_detection(pool, _record_id(request))
+    record = await db.get_detection(pool, params.path_record_id(request.match_info))
     rendition = await request.app[keys.renditions_key].get(record, SIZES[size],
                                                            annotated=annotated)
     return web.Response(body=rendition.data, content_type=rendition.content_type,

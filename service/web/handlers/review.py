@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -25,13 +24,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 
-
-def _record_id(request: web.Request) -> UUID:
-    try:
-        return params.record_id(request.match_info["id"])
-    except params.ParamError:
-        raise ApiError(404, "not_found", f"no detection with id {request.match_info['id']!r}") \
-            from None
 
 
 async def review_labels(servers: ModelServers, pool: asyncpg.Pool,
@@ -64,7 +56,7 @@ async def put_review(request: web.Request) -> web.Response:
     """PUT /api/detections/{id}/review: ``{"boxes": [{"label", "box": {x1, y1, x2, y2},
     "detection"?}]}``, the reviewed truth for the image (replaces an earlier review)."""
     pool = request.app[keys.db_key]
-    record = await db.get_detection(pool, _record_id(request))
+    record = await db.get_detection(pool, params.path_record_id(request.match_info))
     body = await _json_body(request)
     allowed = await review_labels(request.app[keys.servers_key], pool, record)
     boxes = review.parse_boxes(body, width=record.width, height=record.height,
@@ -78,7 +70,7 @@ async def put_review(request: web.Request) -> web.Response:
 
 async def delete_review(request: web.Request) -> web.Response:
     """DELETE /api/detections/{id}/review: drop the review (404 when there is none)."""
-    record_id = _record_id(request)
+    record_id = params.path_record_id(request.match_info)
     if not await review.delete_review(request.app[keys.db_key], record_id):
         raise db.RecordNotFound(f"detection {record_id} has no review")
     return web.Response(status=204)
