@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -48,6 +47,16 @@ from model.train.metrics import (
 from model.train.proxy import CANVASES, proxy_scene
 from model.train.real import CLASS_COLOUR, RealImage, list_real
 from model.train.scenes import Scene, make_scene
+from model.train.tiled_eval import (
+    Forward,
+    ImageResult,
+    engine,
+    format_runs,
+    proxy_photos,
+    real_photos,
+    run_tiled,
+    to_view,
+)
 from model.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -61,7 +70,6 @@ def held_out_scene(seed: int, index: int, size: int) -> Scene:
     return make_scene(seed, index, h, w)
 
 
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 @torch.no_grad()
@@ -94,18 +102,6 @@ def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int
         bar.update(len(scenes))
     bar.close()
     return stats
-
-
-ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label classes, boxes
-
-
-def to_view(result: ImageResult, scale: float) -> ImageResult:
-    """``result`` with detection and label boxes multiplied by ``scale`` (photo pixels to
-    the network's view of the whole photo: IoU is unchanged, sizes become view sizes)."""
-    det, cls, boxes = result
-    det = np.asarray(det, np.float64).reshape(-1, 6).copy()
-    det[:, :4] *= scale
-    return det, cls, np.asarray(boxes, np.float64).reshape(-1, 4) * scale
 
 
 def run_proxy(net: Darknet, photos: list[RealImage], seed: int, count: int, img_size: int,
@@ -285,15 +281,6 @@ def main(argv: list[str] | None = None) -> None:
     load_weights(net, args.weights)
     net.eval()
     forward = _forward(net, args)
-    # model.train.tiled_eval builds on this module's helpers: imported here, not above.
-    from model.train.tiled_eval import (
-        engine,
-        format_runs,
-        proxy_photos,
-        real_photos,
-        run_tiled,
-    )
-
     detector = engine(net, names, args.img_size, forward)
     settings = [parse_tiles(t) for t in args.tiles]
     for path in args.negatives:
