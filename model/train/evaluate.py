@@ -41,16 +41,22 @@ from model.train.dataset import source_shape
 from model.train.metrics import (
     VIEW_BANDS,
     DetectionStats,
-    Forward,
-    ImageResult,
     agnostic_stats,
     colour_accuracy,
-    to_view,
 )
-from model.train.tiled_eval import engine, format_runs, proxy_photos, real_photos, run_tiled
 from model.train.proxy import CANVASES, proxy_scene
 from model.train.real import CLASS_COLOUR, RealImage, list_real
 from model.train.scenes import Scene, make_scene
+from model.train.tiled_eval import (
+    Forward,
+    ImageResult,
+    engine,
+    format_runs,
+    proxy_photos,
+    real_photos,
+    run_tiled,
+    to_view,
+)
 from model.weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -96,8 +102,6 @@ def evaluate(net: Darknet, seed: int, count: int, img_size: int, scene_size: int
         bar.update(len(scenes))
     bar.close()
     return stats
-
-
 
 
 def run_proxy(net: Darknet, photos: list[RealImage], seed: int, count: int, img_size: int,
@@ -277,7 +281,6 @@ def main(argv: list[str] | None = None) -> None:
     load_weights(net, args.weights)
     net.eval()
     forward = _forward(net, args)
-
     detector = engine(net, names, args.img_size, forward)
     settings = [parse_tiles(t) for t in args.tiles]
     for path in args.negatives:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -193,18 +191,3 @@ def colour_accuracy(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
             colour += class_colour[pred] == class_colour[true]
             exact += pred == true
     return found, colour, exact
-
-
-# What a network gives for a batch (the raw heads), as evaluation runs it.
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
-
-ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label classes, boxes
-
-
-def to_view(result: ImageResult, scale: float) -> ImageResult:
-    """``result`` with detection and label boxes multiplied by ``scale`` (photo pixels to
-    the network's view of the whole photo: IoU is unchanged, sizes become view sizes)."""
-    det, cls, boxes = result
-    det = np.asarray(det, np.float64).reshape(-1, 6).copy()
-    det[:, :4] *= scale
-    return det, cls, np.asarray(boxes, np.float64).reshape(-1, 4) * scale

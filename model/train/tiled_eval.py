@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import cv2
@@ -27,12 +27,23 @@ from model.darknet import Darknet
 from model.inference import Detector
 from model.preprocess import decode_for_network
 from model.tiles import TileSetting
-from model.train.metrics import Forward, ImageResult, to_view
 from model.train.metrics import VIEW_BANDS, agnostic_stats
 from model.train.proxy import proxy_scene
 from model.train.real import RealImage
 
 SMALL_TARGET = (8.0, float("inf"))  # the proxy target: lights of 8 px and more at the view
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+ImageResult = tuple[np.ndarray, np.ndarray, np.ndarray]  # detections, label classes, boxes
+
+
+def to_view(result: ImageResult, scale: float) -> ImageResult:
+    """``result`` with detection and label boxes multiplied by ``scale`` (photo pixels to
+    the network's view of the whole photo: IoU is unchanged, sizes become view sizes)."""
+    det, cls, boxes = result
+    det = np.asarray(det, np.float64).reshape(-1, 6).copy()
+    det[:, :4] *= scale
+    return det, cls, np.asarray(boxes, np.float64).reshape(-1, 4) * scale
 
 
 def engine(net: Darknet, names: list[str], img_size: int,

@@ -101,8 +101,8 @@ def test_decode_keeps_what_the_tiles_need_and_boxes_map_back(detector: Detector)
 
 # -- the shipped model on a real photo ------------------------------------------------------
 
-SHIPPED_CFG = MODEL_DATA_DIR / "traffic-lights-yolov3-tiny.cfg"
-SHIPPED_PT = MODEL_DATA_DIR / "traffic-lights-yolov3-tiny.pt"
+SHIPPED_CFG = MODEL_DATA_DIR / "traffic-lights-yolov4-tiny-3l.cfg"
+SHIPPED_PT = MODEL_DATA_DIR / "traffic-lights-yolov4-tiny-3l.pt"
 
 
 def _label_box(stem: str, img: np.ndarray) -> np.ndarray:

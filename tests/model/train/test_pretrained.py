@@ -156,7 +156,7 @@ def test_opencv_reads_the_shipped_cfg_and_computes_the_same(tmp_path: Path) -> N
     # OpenCV: cx, cy, w, h relative to the input, objectness, class score x objectness
     assert theirs.shape[0] == mine.shape[0] == 3 * (4 * 4 + 8 * 8 + 16 * 16)
     mine_rel = mine[:, :4] / 128
-    order = lambda a: np.lexsort((a[:, 3], a[:, 2], a[:, 1], a[:, 0]))  # noqa: E731
+    order = lambda a: np.lexsort((a[:, 3], a[:, 2], a[:, 1], a[:, 0]))
     np.testing.assert_allclose(theirs[order(theirs[:, :4])][:, :5],
                                np.column_stack((mine_rel, mine[:, 4]))[order(mine_rel)],
                                rtol=1e-3, atol=1e-4)

@@ -11,7 +11,13 @@ import pytest
 from model.train.metrics import long_side
 from model.train.proxy import CANVASES, LIGHT_VIEW_PX, proxy_scene
 from model.train.real import RealImage, list_real
-from model.train.small import crops_on_scene, fill_canvas, paste_photos, shrink, zoom_out
+from model.train.small import (
+    crops_on_scene,
+    fill_canvas,
+    paste_photos,
+    shrink,
+    zoom_out,
+)
 from tests.paths import shared
 
 
