@@ -572,9 +572,11 @@ def _backend(section: _Section, device: str) -> str:
 
 
 def _tiles(section: _Section) -> TileSetting:
-    """``tiles``: off (the default), auto or {size, overlap} (``SIZE:OVERLAP``)."""
+    """``tiles``: off (the default), auto or {size, overlap} (``SIZE:OVERLAP``). YAML reads
+    a bare ``off`` as false: that is off too."""
+    value = section.get("tiles")
     try:
-        return parse_tiles(section.get("tiles"))
+        return parse_tiles("off" if value is False else value)
     except ValueError as exc:
         raise ConfigError(section.key("tiles"), str(exc)) from None
 

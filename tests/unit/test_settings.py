@@ -250,3 +250,23 @@ def test_precision_is_per_model_with_the_workers_default() -> None:
     with pytest.raises(ConfigError, match="^models.b.precision: int8 runs on ONNX Runtime"):
         load_test_config({"workers": {"backend": "torch"}},
                          models={"a": entry, "b": {**entry, "precision": "int8"}})
+
+
+def test_tiles_are_per_model_and_read_as_yaml_writes_them() -> None:
+    entry = {"cfg": str(DATA / "tiny.cfg"), "weights": str(DATA / "tiny.cfg"),
+             "names": str(DATA / "tiny.names")}
+    text = """
+a: {tiles: auto}
+b: {tiles: off}
+c: {tiles: {size: 640, overlap: 0.25}}
+d: {tiles: "800:0.1"}
+e: {}
+"""
+    tiles = yaml.safe_load(text)
+    config = load_test_config(models={name: {**entry, **extra} for name, extra in tiles.items()})
+    assert [str(config.model(name).tiles) for name in "abcde"] == \
+        ["auto", "off", "640:0.25", "800:0.1", "off"]
+    with pytest.raises(ConfigError, match="^models.a.tiles: "):
+        load_test_config(models={"a": {**entry, "tiles": "sometimes"}})
+    shipped = load_config(BASE_DIR / "config" / "config.yaml", env={})
+    assert str(shipped.default_model.tiles) in ("off", "auto")
