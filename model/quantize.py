@@ -60,7 +60,7 @@ class Calibration:
     photos); None for the extremes.  Measured in docs/model.md.
     """
 
-    scenes: int = 48
+    scenes: int = 96
     seed: int = 12
     scene_size: int = 256
     photos: tuple[Path, ...] = ()
