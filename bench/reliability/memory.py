@@ -39,7 +39,7 @@ KEPT_LIMIT_MIB = {"login": 32, "deepstack-list": 32, "detect": 192}
 HEALTHZ_LIMIT_S = 2.5
 
 
-def _request(row: str, token: str, jpeg: bytes) -> tuple[str, dict[str, str], bytes]:
+def row_request(row: str, token: str, jpeg: bytes) -> tuple[str, dict[str, str], bytes]:
     if row == "detect":
         return "/detect", {"Content-Type": "image/jpeg", "Authorization": f"Bearer {token}"}, \
             jpeg + b"\0" * (BODY_BYTES - len(jpeg))
@@ -48,11 +48,13 @@ def _request(row: str, token: str, jpeg: bytes) -> tuple[str, dict[str, str], by
         b"token=" + b"a" * BODY_BYTES
 
 
-async def _burst(url: str, path: str, headers: dict[str, str], body: bytes,
-                 count: int) -> list[int]:
+async def burst(url: str, path: str, headers: dict[str, str], body: bytes, count: int,
+                timeout: float = 600.0) -> list[int]:
+    """``count`` concurrent POSTs of ``body``; their statuses (0: closed before the body
+    was all sent)."""
     connector = aiohttp.TCPConnector(limit=count, force_close=True)
     async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         async def one() -> int:
             try:
                 async with session.post(url + path, data=io.BytesIO(body),
@@ -65,7 +67,7 @@ async def _burst(url: str, path: str, headers: dict[str, str], body: bytes,
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-def _healthz(url: str, stop: threading.Event) -> float:
+def slowest_healthz(url: str, stop: threading.Event) -> float:
     """The slowest /healthz, polled every 50 ms until ``stop``: from a thread of its own
     with a blocking client, so that the busy event loop measured is the service's, not
     the one sending the burst."""
@@ -98,14 +100,14 @@ async def large_bodies(live: LiveInstance, token: str, jpeg: bytes) -> PhaseRepo
     report = PhaseReport("memory")
     log_start = live.service.log_path.stat().st_size if live.service.log_path.exists() else 0
     for row, count in ROWS:
-        path, headers, body = _request(row, token, jpeg)
+        path, headers, body = row_request(row, token, jpeg)
         idle = _rss_bytes(pid)
         stop, done = threading.Event(), asyncio.Event()
         sampler = asyncio.create_task(_sample(pid, done))
-        probe = asyncio.create_task(asyncio.to_thread(_healthz, live.url, stop))
+        probe = asyncio.create_task(asyncio.to_thread(slowest_healthz, live.url, stop))
         started = time.monotonic()
         try:
-            statuses = await _burst(live.url, path, headers, body, count)
+            statuses = await burst(live.url, path, headers, body, count)
         finally:
             stop.set()
             done.set()

@@ -11,8 +11,6 @@ repeats the rows at full scale.
 from __future__ import annotations
 
 import asyncio
-import http.client
-import io
 import threading
 import os
 import subprocess
@@ -20,18 +18,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
 import yaml
 
+from bench.reliability.memory import burst, row_request, slowest_healthz
 from service.web.tokens import create_token
 from settings import BASE_DIR, Config
 from tests.service.test_shutdown import wait_ready, write_service_config
 
-MIB = 1024 * 1024
-BODY_MB = 19
 ROWS = {  # row: (concurrent requests, peak growth limit MiB, kept growth limit MiB)
     "login": (96, 48, 16),
     "deepstack-list": (96, 48, 16),
@@ -48,55 +43,6 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     raise AssertionError(f"no {field} for {pid}")
 
 
-def padded_jpeg(jpeg: bytes, size: int) -> bytes:
-    """A valid JPEG of ``size`` bytes: the image, then filler after its end marker."""
-    return jpeg + b"\0" * (size - len(jpeg))
-
-
-async def burst(url: str, row: str, count: int, token: str, jpeg: bytes) -> list[int]:
-    """``count`` concurrent requests of the row, each with a 19 MB body."""
-    if row == "detect":
-        body = padded_jpeg(jpeg, BODY_MB * MIB)
-        path, headers = "/detect", {"Content-Type": "image/jpeg",
-                                    "Authorization": f"Bearer {token}"}
-    else:
-        body = b"token=" + b"a" * (BODY_MB * MIB)
-        path = "/login" if row == "login" else "/v1/vision/custom/list"
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    connector = aiohttp.TCPConnector(limit=count, force_close=True)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
-        async def one() -> int:
-            try:
-                async with session.post(url + path, data=io.BytesIO(body),
-                                        headers=headers) as response:
-                    await response.read()
-                    return response.status
-            except aiohttp.ClientError:  # refused before the body was all sent: closed
-                return 0
-
-        return list(await asyncio.gather(*(one() for _ in range(count))))
-
-
-def slowest_healthz(url: str, stop: threading.Event) -> float:
-    """The slowest /healthz, polled every 50 ms until ``stop``: from a thread of its own
-    with a blocking client, so that the busy event loop measured is the service's, not
-    the one sending the burst."""
-    parts = urlsplit(url)
-    slowest = 0.0
-    while not stop.is_set():
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        started = time.monotonic()
-        try:
-            conn.request("GET", "/healthz")
-            conn.getresponse().read()
-        finally:
-            conn.close()
-        slowest = max(slowest, time.monotonic() - started)
-        stop.wait(0.05)
-    return slowest
-
-
 async def measure(url: str, pid: int, row: str, count: int, token: str,
                   jpeg: bytes) -> dict[str, Any]:
     """Run the row's burst; the main process's RSS before, at peak and kept after."""
@@ -104,7 +50,7 @@ async def measure(url: str, pid: int, row: str, count: int, token: str,
     stop = threading.Event()
     probe = asyncio.create_task(asyncio.to_thread(slowest_healthz, url, stop))
     try:
-        statuses = await burst(url, row, count, token, jpeg)
+        statuses = await burst(url, *row_request(row, token, jpeg), count, timeout=300)
     finally:
         stop.set()
         slowest = await probe
